@@ -1,0 +1,46 @@
+//! The ncx wire protocol, sans-IO: bytes in, messages out.
+//!
+//! Nothing here touches a socket, a clock or a runtime, so every decoder can be fuzzed and tested on
+//! plain byte slices. The specification, byte by byte, is `README.md` beside this crate; the test
+//! vectors it lists are checked by `tests/spec_vectors.rs`.
+//!
+//! Glossary (the same nouns are used in the `ncx` crate):
+//! - **Session**: one TLS connection between a client and the server, with a yamux session on top.
+//! - **Control stream**: the first substream, opened by the client. It carries [`Message::Hello`],
+//!   authentication, service registration, pings and errors.
+//! - **Service**: a named TCP endpoint on the client's side that the server exposes on a public port.
+//! - **Visitor**: a TCP connection that arrives at a public port of the server.
+//! - **Substream**: the yamux stream opened by the server for one visitor. It begins with a
+//!   [`Message::VisitorHeader`] and the client's [`Message::VisitorStatus`], then carries raw bytes.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod message;
+
+pub use codec::{decode, encode, encode_to_vec, DecodeError, FrameDecoder};
+pub use message::{ErrorCode, Message, Name, NameError, Text};
+
+/// The protocol version this crate speaks. Sent in [`Message::Hello`] and [`Message::Welcome`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The TLS ALPN identifier of this protocol version. A server refuses a client that does not offer it,
+/// so a peer of another major version fails at the TLS handshake with a clear alert instead of
+/// misreading frames.
+pub const ALPN: &[u8] = b"ncx/1";
+
+/// Label for the TLS exporter (RFC 8446 §7.5) whose output the client signs to prove its token.
+/// Binding the proof to this value makes a captured proof useless on any other TLS connection.
+pub const AUTH_EXPORTER_LABEL: &[u8] = b"EXPORTER-ncx-auth-v1";
+
+/// Length in bytes of the exported keying material and of the HMAC-SHA256 proof.
+pub const AUTH_PROOF_LEN: usize = 32;
+
+/// Largest frame body (type byte plus payload) any peer may send. Every message of this version fits
+/// in well under half of it; a larger declared length is rejected before a byte of it is buffered.
+pub const MAX_FRAME_LEN: usize = 4096;
+
+/// Longest identity or service name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest human-readable message, in bytes of UTF-8.
+pub const MAX_TEXT_LEN: usize = 1024;

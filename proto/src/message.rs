@@ -1,0 +1,326 @@
+//! Typed messages and the validated string types they carry.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::{AUTH_PROOF_LEN, MAX_NAME_LEN, MAX_TEXT_LEN};
+
+/// An identity or service name: 1 to [`MAX_NAME_LEN`] bytes of `A-Z a-z 0-9 . _ -`.
+///
+/// The narrow alphabet keeps names safe to print in logs and to use in file names, and makes a
+/// name that differs only by invisible Unicode impossible.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(String);
+
+/// Why a string is not a valid [`Name`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name has no characters.
+    #[error("a name must not be empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("a name is at most {MAX_NAME_LEN} bytes, this one has {0}")]
+    TooLong(usize),
+    /// The name has a character outside `A-Z a-z 0-9 . _ -`.
+    #[error("a name may only use letters, digits, '.', '_' and '-' (found {0:?})")]
+    BadChar(char),
+}
+
+impl Name {
+    /// Checks `s` and wraps it.
+    pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if s.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong(s.len()));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(NameError::BadChar(c));
+        }
+        Ok(Name(s))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for Name {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Name::new(s)
+    }
+}
+
+/// Human-readable text of at most [`MAX_TEXT_LEN`] bytes.
+///
+/// [`Text::new`] cuts longer input at a character boundary instead of failing: these strings explain
+/// an error to a person, and a shortened explanation beats none.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Text(String);
+
+impl Text {
+    /// Wraps `s`, cut to [`MAX_TEXT_LEN`] bytes at a character boundary.
+    pub fn new(s: impl Into<String>) -> Self {
+        let mut s = s.into();
+        if s.len() > MAX_TEXT_LEN {
+            let mut end = MAX_TEXT_LEN;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+        }
+        Text(s)
+    }
+
+    /// The text as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn from_checked(s: String) -> Self {
+        debug_assert!(s.len() <= MAX_TEXT_LEN);
+        Text(s)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// Why something was refused, as a number that programs can match on. The accompanying [`Text`] is
+/// for people; the code is what decides behaviour (for example whether a client retries).
+///
+/// Codes this version does not know decode as [`ErrorCode::Other`], so a newer peer's new codes never
+/// make a frame invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// The server has no identity of that name.
+    UnknownIdentity,
+    /// The proof does not match the identity's token.
+    BadToken,
+    /// The requested public port is outside what the identity may use.
+    PortNotAllowed,
+    /// The requested public port is held by another identity or another program.
+    PortInUse,
+    /// The session already registered a service of this name.
+    DuplicateService,
+    /// The server could not bind the port for another reason (the message says which).
+    BindFailed,
+    /// A message arrived that is not allowed at this point of the exchange.
+    ProtocolViolation,
+    /// A newer session of the same identity took over; this one is closed.
+    SessionReplaced,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The client has no service of the name in a visitor header.
+    UnknownService,
+    /// The local service refused the connection.
+    LocalRefused,
+    /// The local service did not accept the connection within the connect deadline.
+    LocalTimeout,
+    /// Connecting to the local service failed for another reason (the message says which).
+    LocalError,
+    /// A limit was reached (the message says which).
+    LimitReached,
+    /// The server failed internally; the message says what.
+    Internal,
+    /// A code this version does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The code's number on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::VersionMismatch => 1,
+            ErrorCode::UnknownIdentity => 2,
+            ErrorCode::BadToken => 3,
+            ErrorCode::PortNotAllowed => 4,
+            ErrorCode::PortInUse => 5,
+            ErrorCode::DuplicateService => 6,
+            ErrorCode::BindFailed => 7,
+            ErrorCode::ProtocolViolation => 8,
+            ErrorCode::SessionReplaced => 9,
+            ErrorCode::ShuttingDown => 10,
+            ErrorCode::UnknownService => 11,
+            ErrorCode::LocalRefused => 12,
+            ErrorCode::LocalTimeout => 13,
+            ErrorCode::LocalError => 14,
+            ErrorCode::LimitReached => 15,
+            ErrorCode::Internal => 16,
+            ErrorCode::Other(n) => n,
+        }
+    }
+
+    /// The code of a number read from the wire. `from_u16(c.to_u16()) == c` for every known code;
+    /// `Other(n)` is returned only for numbers no known code uses.
+    pub fn from_u16(n: u16) -> Self {
+        match n {
+            1 => ErrorCode::VersionMismatch,
+            2 => ErrorCode::UnknownIdentity,
+            3 => ErrorCode::BadToken,
+            4 => ErrorCode::PortNotAllowed,
+            5 => ErrorCode::PortInUse,
+            6 => ErrorCode::DuplicateService,
+            7 => ErrorCode::BindFailed,
+            8 => ErrorCode::ProtocolViolation,
+            9 => ErrorCode::SessionReplaced,
+            10 => ErrorCode::ShuttingDown,
+            11 => ErrorCode::UnknownService,
+            12 => ErrorCode::LocalRefused,
+            13 => ErrorCode::LocalTimeout,
+            14 => ErrorCode::LocalError,
+            15 => ErrorCode::LimitReached,
+            16 => ErrorCode::Internal,
+            n => ErrorCode::Other(n),
+        }
+    }
+
+    /// Whether a client should stop retrying after this refusal: configuration must change first.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::VersionMismatch | ErrorCode::UnknownIdentity | ErrorCode::BadToken
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ErrorCode::VersionMismatch => "protocol version mismatch",
+            ErrorCode::UnknownIdentity => "unknown identity",
+            ErrorCode::BadToken => "bad token",
+            ErrorCode::PortNotAllowed => "port not allowed",
+            ErrorCode::PortInUse => "port in use",
+            ErrorCode::DuplicateService => "duplicate service",
+            ErrorCode::BindFailed => "bind failed",
+            ErrorCode::ProtocolViolation => "protocol violation",
+            ErrorCode::SessionReplaced => "session replaced",
+            ErrorCode::ShuttingDown => "server shutting down",
+            ErrorCode::UnknownService => "unknown service",
+            ErrorCode::LocalRefused => "local service refused the connection",
+            ErrorCode::LocalTimeout => "local service did not answer in time",
+            ErrorCode::LocalError => "local service unreachable",
+            ErrorCode::LimitReached => "limit reached",
+            ErrorCode::Internal => "internal server error",
+            ErrorCode::Other(n) => return write!(f, "error code {n}"),
+        };
+        f.write_str(s)
+    }
+}
+
+/// Every message of the protocol. Which ones may appear where is said on each variant and enforced by
+/// the peers, not by the codec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Client → server, first on the control stream: who the client is and the proof that it holds
+    /// the identity's token (HMAC-SHA256 keyed by the token over the TLS exporter value).
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the client.
+        version: u16,
+        /// The identity the client claims.
+        identity: Name,
+        /// HMAC-SHA256(token, exporter(AUTH_EXPORTER_LABEL, identity, 32)).
+        proof: [u8; AUTH_PROOF_LEN],
+    },
+    /// Server → client: the hello was accepted.
+    Welcome {
+        /// [`crate::PROTOCOL_VERSION`] of the server.
+        version: u16,
+    },
+    /// Client → server: expose a service on a public port (0: the server picks one).
+    Register {
+        /// The service's name, unique within the session.
+        service: Name,
+        /// The public port wanted, or 0.
+        remote_port: u16,
+    },
+    /// Server → client: the service is listening on `remote_port`.
+    Registered {
+        /// The service's name as registered.
+        service: Name,
+        /// The public port actually bound (never 0).
+        remote_port: u16,
+    },
+    /// Server → client: the service was not registered; the session goes on.
+    ServiceRefused {
+        /// The service's name as registered.
+        service: Name,
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: Text,
+    },
+    /// Either way: the session is refused or ends; the sender closes it after this message.
+    Error {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: Text,
+    },
+    /// Either way, on the control stream: answer with a [`Message::Pong`] of the same value.
+    Ping(u64),
+    /// The answer to a [`Message::Ping`].
+    Pong(u64),
+    /// Server → client, first on a visitor substream: which service, and who is visiting.
+    VisitorHeader {
+        /// The service the visitor connected to.
+        service: Name,
+        /// The visitor's address as the server saw it.
+        visitor: SocketAddr,
+    },
+    /// Client → server, the answer to a [`Message::VisitorHeader`]. After `None` the substream
+    /// carries raw bytes of the spliced connection; after `Some` the client closes it.
+    VisitorStatus {
+        /// `None`: connected to the local service. `Some`: refused, with why.
+        refusal: Option<(ErrorCode, Text)>,
+    },
+}
+
+impl Message {
+    /// The type byte of this message on the wire.
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => 0x01,
+            Message::Welcome { .. } => 0x02,
+            Message::Register { .. } => 0x03,
+            Message::Registered { .. } => 0x04,
+            Message::ServiceRefused { .. } => 0x05,
+            Message::Error { .. } => 0x06,
+            Message::Ping(_) => 0x07,
+            Message::Pong(_) => 0x08,
+            Message::VisitorHeader { .. } => 0x10,
+            Message::VisitorStatus { .. } => 0x11,
+        }
+    }
+}

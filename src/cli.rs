@@ -1,0 +1,309 @@
+//! The command line: clap definitions (their doc comments are the `--help` text) and what each
+//! subcommand does with them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use toml::Spanned;
+
+use crate::config::{
+    ClientFile, ClientSettings, IdentityFile, ServerCert, ServerFile, ServerSettings,
+    ServerTlsFile, ServiceFile, ServiceSpec, Source,
+};
+
+/// ncx: a reverse tunnel. A client behind NAT dials the server once (TLS 1.3, one TCP connection,
+/// yamux on top); every visitor at a public port of the server becomes a substream to that client.
+#[derive(Debug, Parser)]
+#[command(name = "ncx", version)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter such as `ncx=debug`.
+    /// Without it, RUST_LOG is used, and then `info`.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the public server.
+    Server(ServerArgs),
+    /// Run the client inside the private network.
+    Client(ClientArgs),
+    /// Create a CA, server and client certificates.
+    Certs(CertsArgs),
+    /// Run a server, a client and a sample service on loopback, and tunnel a round trip.
+    Demo(DemoArgs),
+}
+
+/// `ncx server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// TOML configuration file (see README); flags given as well override its values.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Address to accept clients on [default: 0.0.0.0:7835].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// PEM certificate chain of the server (leaf first). Without it a self-signed certificate is
+    /// created on first start and reused.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server certificate.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Where the self-signed certificate is kept when --cert is not given [default: certs].
+    #[arg(long)]
+    pub auto_cert_dir: Option<PathBuf>,
+    /// Seconds for a client's TLS handshake, hello and authentication together [default: 10].
+    #[arg(long)]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Concurrent visitors per client session [default: 10000].
+    #[arg(long)]
+    pub max_visitors_per_session: Option<usize>,
+    /// Add an identity (a client name) with --token and --ports; more need a config file.
+    #[arg(long, requires_all = ["token", "ports"])]
+    pub identity: Option<String>,
+    /// The identity's token.
+    #[arg(long, env = "NCX_TOKEN", hide_env_values = true, requires = "identity")]
+    pub token: Option<String>,
+    /// Public ports the identity may use, e.g. `3389,20000-20100`.
+    #[arg(long, value_delimiter = ',', requires = "identity")]
+    pub ports: Vec<String>,
+    /// Address the identity's public ports are bound on [default: 0.0.0.0].
+    #[arg(long, requires = "identity")]
+    pub bind: Option<String>,
+}
+
+/// `ncx client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// TOML configuration file (see README); flags given as well override its values.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The server, as HOST:PORT.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Name expected in the server's certificate with --ca [default: the host of --server].
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// The identity to authenticate as.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// The identity's token.
+    #[arg(long, env = "NCX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// SHA-256 fingerprint of the server's certificate, as the server prints it at start.
+    #[arg(long)]
+    pub server_fingerprint: Option<String>,
+    /// PEM file of the CA that signed the server's certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Do not verify the server at all. Anyone on the network path can then impersonate it.
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
+    /// A service to expose: NAME=LOCAL_HOST:PORT@REMOTE_PORT (0 lets the server pick the port).
+    /// Repeat for more services.
+    #[arg(long = "service", short = 's')]
+    pub services: Vec<ServiceSpec>,
+    /// Seconds to wait for a local service to accept a connection [default: 5].
+    #[arg(long)]
+    pub local_connect_timeout_secs: Option<u64>,
+}
+
+/// `ncx certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write into (and to read the CA from).
+    #[arg(long, default_value = "certs", global = true)]
+    pub dir: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long, global = true)]
+    pub force: bool,
+    #[command(subcommand)]
+    pub kind: CertsKind,
+}
+
+/// What `ncx certs` creates.
+#[derive(Debug, Subcommand)]
+pub enum CertsKind {
+    /// A new CA: ca.crt and ca.key (mode 0600).
+    Ca {
+        /// The CA's common name.
+        #[arg(long, default_value = "ncx CA")]
+        name: String,
+    },
+    /// A server certificate signed by the CA: server.crt (with the CA appended) and server.key.
+    Server {
+        /// DNS names and IP addresses clients use to reach the server.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// A client certificate signed by the CA for an identity: client-NAME.crt and client-NAME.key.
+    Client {
+        /// The identity.
+        name: String,
+    },
+}
+
+/// `ncx demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Exit 0 after the round trip (non-zero with the reason if it failed) instead of serving.
+    #[arg(long)]
+    pub check: bool,
+}
+
+fn spanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+impl ServerArgs {
+    fn settings(self) -> anyhow::Result<ServerSettings> {
+        let mut flags = ServerFile {
+            listen: self.listen.map(spanned),
+            tls: None,
+            handshake_timeout_secs: self.handshake_timeout_secs.map(spanned),
+            max_handshakes: None,
+            max_visitors_per_session: self.max_visitors_per_session.map(spanned),
+            identities: Vec::new(),
+        };
+        if self.cert.is_some() || self.auto_cert_dir.is_some() {
+            flags.tls = Some(ServerTlsFile {
+                cert: self.cert.map(spanned),
+                key: self.key.map(spanned),
+                auto_cert_dir: self.auto_cert_dir,
+            });
+        }
+        if let (Some(name), Some(token)) = (self.identity, self.token) {
+            flags.identities.push(IdentityFile {
+                name: spanned(name),
+                token: spanned(token),
+                bind: self.bind.map(spanned),
+                ports: spanned(self.ports.into_iter().map(spanned).collect()),
+            });
+        }
+        Ok(match self.config {
+            Some(path) => {
+                let src = Source::file(&path)?;
+                let mut file: ServerFile = src.parse()?;
+                file.listen = flags.listen.or(file.listen);
+                file.handshake_timeout_secs =
+                    flags.handshake_timeout_secs.or(file.handshake_timeout_secs);
+                file.max_visitors_per_session = flags
+                    .max_visitors_per_session
+                    .or(file.max_visitors_per_session);
+                file.tls = flags.tls.or(file.tls);
+                file.identities.extend(flags.identities);
+                ServerSettings::from_parsed(file, &src)?
+            }
+            None => ServerSettings::from_flags(flags)?,
+        })
+    }
+}
+
+impl ClientArgs {
+    fn settings(self) -> anyhow::Result<ClientSettings> {
+        let flags = ClientFile {
+            server: self.server.map(spanned),
+            server_name: self.server_name.map(spanned),
+            identity: self.identity.map(spanned),
+            // The env value is passed separately so a file's token wins over the environment.
+            token: None,
+            server_fingerprint: self.server_fingerprint.map(spanned),
+            ca: self.ca.map(spanned),
+            insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
+            connect_timeout_secs: None,
+            handshake_timeout_secs: None,
+            local_connect_timeout_secs: self.local_connect_timeout_secs.map(spanned),
+            services: self
+                .services
+                .into_iter()
+                .map(|s| ServiceFile {
+                    name: spanned(s.name.to_string()),
+                    local: spanned(s.local),
+                    remote_port: s.remote_port,
+                })
+                .collect(),
+        };
+        Ok(match self.config {
+            Some(path) => ClientSettings::from_source(&Source::file(&path)?, flags, self.token)?,
+            None => ClientSettings::from_flags(flags, self.token)?,
+        })
+    }
+}
+
+/// Runs the parsed command until it finishes or `shutdown` fires.
+pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Server(args) => {
+            let settings = args.settings()?;
+            let identity = match &settings.cert {
+                ServerCert::Files { cert, key } => {
+                    crate::tls::ServerIdentity::from_files(cert, key)?
+                }
+                ServerCert::Auto(dir) => {
+                    let (identity, created) = crate::certs::load_or_create_self_signed(dir)?;
+                    if created {
+                        println!(
+                            "created a self-signed server certificate in {} (key mode 0600)",
+                            dir.display()
+                        );
+                    }
+                    identity
+                }
+            };
+            let fingerprint = identity.fingerprint();
+            println!("server certificate fingerprint: {fingerprint}");
+            println!("clients pin it with: --server-fingerprint {fingerprint}");
+            let listener = TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.listen))?;
+            let server = crate::server::Server::new(settings, identity)?;
+            server.run(listener, shutdown).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Client(args) => {
+            let settings = args.settings()?;
+            crate::client::run(settings, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(args) => {
+            let written = match &args.kind {
+                CertsKind::Ca { name } => crate::certs::create_ca(&args.dir, name, args.force)?,
+                CertsKind::Server { names } => crate::certs::create_leaf(
+                    &args.dir,
+                    crate::certs::LeafKind::Server,
+                    names,
+                    "server",
+                    args.force,
+                )?,
+                CertsKind::Client { name } => {
+                    let name = ncx_proto::Name::new(name.clone())
+                        .with_context(|| format!("identity {name:?}"))?;
+                    crate::certs::create_leaf(
+                        &args.dir,
+                        crate::certs::LeafKind::Client,
+                        &[name.to_string()],
+                        &format!("client-{name}"),
+                        args.force,
+                    )?
+                }
+            };
+            println!("wrote {}", written.cert.display());
+            println!("wrote {} (mode 0600)", written.key.display());
+            println!("fingerprint: {}", written.fingerprint);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            crate::demo::run(args.check, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! `ncx client`: dials the server once, authenticates, registers services, and splices every
+//! visitor substream the server opens to the local service.
+//!
+//! - `mod.rs`: connecting ([`Client::connect`]), the control stream ([`Connected::run`]) and the
+//!   reconnect loop ([`run`]).
+//! - [`visitor`]: one substream from header to splice.
+
+mod visitor;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ncx_proto::{ErrorCode, Message, Name, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::config::{ClientSettings, ServiceSpec};
+use crate::framed::{write_message, MessageReader, ReadError};
+use crate::session::{self, SessionEnd};
+use crate::tls::{ServerTrust, TlsError};
+
+/// First pause before reconnecting.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Longest pause between reconnects.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that lived this long resets the backoff to its initial value.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+
+/// Why the client could not connect, or why its session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection to the server failed.
+    #[error("connecting to the server at {addr}: {source}")]
+    Connect {
+        /// The server address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A deadline passed.
+    #[error("{stage} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        stage: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// TLS failed; the text names the cause in plain words.
+    #[error("{0}")]
+    Tls(String),
+    /// The server refused this client.
+    #[error("the server refused this client: {message} ({code})")]
+    Refused {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+    /// The server broke the protocol or the connection failed mid-exchange.
+    #[error("{0}")]
+    Protocol(String),
+    /// Every service was refused, so the session has nothing to do.
+    #[error("the server refused every service: {0}")]
+    NoServices(String),
+    /// The session ended after it was established.
+    #[error("the session ended: {0}")]
+    SessionLost(String),
+    /// Building the TLS configuration failed.
+    #[error(transparent)]
+    Config(#[from] TlsError),
+}
+
+impl ClientError {
+    /// Whether retrying cannot help until the configuration changes (bad token, unknown identity,
+    /// version mismatch, server certificate refused).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Refused { code, .. } => code.is_permanent(),
+            ClientError::Tls(_) | ClientError::Config(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The outcome of registering one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// The service.
+    pub name: Name,
+    /// The public port, or the refusal.
+    pub result: Result<u16, (ErrorCode, String)>,
+}
+
+/// A configured client.
+#[derive(Clone)]
+pub struct Client {
+    settings: Arc<ClientSettings>,
+    connector: TlsConnector,
+}
+
+/// An authenticated session with its services registered.
+pub struct Connected {
+    /// What became of each configured service.
+    pub services: Vec<ServiceStatus>,
+    ctrl: Compat<yamux::Stream>,
+    reader: MessageReader,
+    driver: JoinHandle<SessionEnd>,
+    session_cancel: CancellationToken,
+    visitors_cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Client {
+    /// Builds the TLS configuration.
+    pub fn new(settings: ClientSettings) -> Result<Self, ClientError> {
+        let tls = crate::tls::client_config(&settings.trust)?;
+        Ok(Client {
+            settings: Arc::new(settings),
+            connector: TlsConnector::from(Arc::new(tls)),
+        })
+    }
+
+    /// Connects, authenticates and registers every service. Returns once each service has an
+    /// answer; visitors are served from then on, by tasks the returned [`Connected`] owns.
+    pub async fn connect(&self) -> Result<Connected, ClientError> {
+        let s = &self.settings;
+        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&s.server)).await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: s.server.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    stage: "connecting to the server",
+                    after: s.connect_timeout,
+                })
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
+            warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");
+        }
+        let deadline = tokio::time::Instant::now() + s.handshake_timeout;
+        let hs_timeout = || ClientError::Timeout {
+            stage: "the handshake with the server",
+            after: s.handshake_timeout,
+        };
+        let tls = match tokio::time::timeout_at(
+            deadline,
+            self.connector.connect(s.server_name.clone(), tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Err(ClientError::Tls(crate::tls::explain_handshake_error(
+                    &e, &s.trust,
+                )))
+            }
+            Err(_) => return Err(hs_timeout()),
+        };
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(ncx_proto::ALPN) {
+            return Err(ClientError::Tls(
+                "the server did not agree to protocol ncx/1 (protocol version mismatch: upgrade the older side)".into(),
+            ));
+        }
+        let exported = crate::auth::export(conn)
+            .map_err(|e| ClientError::Tls(format!("exporting TLS keying material: {e}")))?;
+
+        let session_cancel = CancellationToken::new();
+        let visitors_cancel = session_cancel.child_token();
+        let tracker = TaskTracker::new();
+        let services: Arc<HashMap<Name, ServiceSpec>> = Arc::new(
+            s.services
+                .iter()
+                .map(|svc| (svc.name.clone(), svc.clone()))
+                .collect(),
+        );
+        let on_inbound = {
+            let tracker = tracker.clone();
+            let cancel = visitors_cancel.clone();
+            let services = services.clone();
+            let local_timeout = s.local_connect_timeout;
+            // The session state is only known once the session exists; the driver delivers no
+            // stream before `start` returns, so the slot is always filled in time.
+            let state_slot: Arc<std::sync::OnceLock<Arc<session::SessionState>>> =
+                Arc::new(std::sync::OnceLock::new());
+            let slot = state_slot.clone();
+            (
+                Box::new(move |stream: yamux::Stream| {
+                    let Some(state) = slot.get().cloned() else {
+                        return;
+                    };
+                    tracker.spawn(
+                        visitor::serve(
+                            stream,
+                            state,
+                            services.clone(),
+                            local_timeout,
+                            cancel.clone(),
+                        )
+                        .instrument(tracing::info_span!(
+                            "visitor",
+                            service = tracing::field::Empty,
+                            peer = tracing::field::Empty
+                        )),
+                    );
+                }) as session::InboundHandler,
+                state_slot,
+            )
+        };
+        let (on_inbound, state_slot) = on_inbound;
+        let (handle, driver) =
+            session::start(tls, yamux::Mode::Client, on_inbound, session_cancel.clone());
+        let _ = state_slot.set(handle.state().clone());
+        let driver = tokio::spawn(driver.in_current_span());
+
+        let mut connected = Connected {
+            services: Vec::new(),
+            ctrl: match tokio::time::timeout_at(deadline, handle.open()).await {
+                Ok(Ok(stream)) => stream.compat(),
+                Ok(Err(_)) => {
+                    return Err(ClientError::Protocol(
+                        "the session closed before the control stream opened".into(),
+                    ))
+                }
+                Err(_) => return Err(hs_timeout()),
+            },
+            reader: MessageReader::new(),
+            driver,
+            session_cancel,
+            visitors_cancel,
+            tracker,
+        };
+        let result = tokio::time::timeout_at(
+            deadline,
+            connected.hello(
+                &s.identity,
+                &s.token,
+                &exported,
+                &s.services,
+                server_host(&s.server),
+            ),
+        )
+        .await;
+        match result {
+            Ok(Ok(())) => Ok(connected),
+            Ok(Err(e)) => {
+                connected.close().await;
+                Err(e)
+            }
+            Err(_) => {
+                connected.close().await;
+                Err(hs_timeout())
+            }
+        }
+    }
+}
+
+/// Turns a read failure during the handshake into the most useful error: a TLS alert from the server
+/// (for example a refused client certificate) says more than "connection reset".
+fn read_failure(stage: &str, e: ReadError) -> ClientError {
+    if let ReadError::Io(io) = &e {
+        if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return ClientError::Tls(format!("the server ended TLS while {stage}: {tls}"));
+        }
+    }
+    ClientError::Protocol(format!("{stage}: {e}"))
+}
+
+impl Connected {
+    async fn hello(
+        &mut self,
+        identity: &Name,
+        token: &crate::auth::Token,
+        exported: &crate::auth::ExportedKey,
+        services: &[ServiceSpec],
+        host: &str,
+    ) -> Result<(), ClientError> {
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            identity: identity.clone(),
+            proof: crate::auth::prove(token, exported, identity),
+        };
+        write_message(&mut self.ctrl, &hello)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("sending the hello: {e}")))?;
+        match self.reader.read(&mut self.ctrl).await {
+            Ok(Message::Welcome { .. }) => {}
+            Ok(Message::Error { code, message }) => {
+                return Err(ClientError::Refused {
+                    code,
+                    message: message.to_string(),
+                })
+            }
+            Ok(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "the server answered the hello with message type 0x{:02x}",
+                    other.type_byte()
+                )))
+            }
+            Err(e) => return Err(read_failure("waiting for the server's welcome", e)),
+        }
+        for svc in services {
+            let reg = Message::Register {
+                service: svc.name.clone(),
+                remote_port: svc.remote_port,
+            };
+            write_message(&mut self.ctrl, &reg)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("registering services: {e}")))?;
+        }
+        let mut answers: HashMap<Name, Result<u16, (ErrorCode, String)>> = HashMap::new();
+        while answers.len() < services.len() {
+            let (name, result) = match self.reader.read(&mut self.ctrl).await {
+                Ok(Message::Registered {
+                    service,
+                    remote_port,
+                }) => (service, Ok(remote_port)),
+                Ok(Message::ServiceRefused {
+                    service,
+                    code,
+                    message,
+                }) => (service, Err((code, message.to_string()))),
+                Ok(Message::Ping(v)) => {
+                    write_message(&mut self.ctrl, &Message::Pong(v))
+                        .await
+                        .map_err(|e| ClientError::Protocol(format!("answering a ping: {e}")))?;
+                    continue;
+                }
+                Ok(Message::Error { code, message }) => {
+                    return Err(ClientError::Refused {
+                        code,
+                        message: message.to_string(),
+                    })
+                }
+                Ok(other) => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected message type 0x{:02x} while registering services",
+                        other.type_byte()
+                    )))
+                }
+                Err(e) => return Err(read_failure("registering services", e)),
+            };
+            if !services.iter().any(|s| s.name == name) || answers.contains_key(&name) {
+                return Err(ClientError::Protocol(format!(
+                    "the server answered for service {name}, which was not asked for or answered twice"
+                )));
+            }
+            answers.insert(name, result);
+        }
+        self.services = services
+            .iter()
+            .map(|svc| ServiceStatus {
+                name: svc.name.clone(),
+                result: answers
+                    .remove(&svc.name)
+                    .expect("every service was answered"),
+            })
+            .collect();
+        for st in &self.services {
+            match &st.result {
+                Ok(port) => {
+                    info!(service = %st.name, public = %format!("{host}:{port}"), "service available")
+                }
+                Err((code, msg)) => {
+                    warn!(service = %st.name, %code, reason = %msg, "service refused by the server")
+                }
+            }
+        }
+        if self.services.iter().all(|s| s.result.is_err()) {
+            let reasons = self
+                .services
+                .iter()
+                .filter_map(|s| {
+                    s.result
+                        .as_ref()
+                        .err()
+                        .map(|(_, m)| format!("{}: {m}", s.name))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ClientError::NoServices(reasons));
+        }
+        Ok(())
+    }
+
+    /// The public port of a registered service.
+    pub fn port(&self, service: &str) -> Option<u16> {
+        self.services
+            .iter()
+            .find(|s| s.name.as_str() == service)
+            .and_then(|s| s.result.as_ref().ok().copied())
+    }
+
+    /// Serves visitors until the session ends or `shutdown` fires. Returns `Ok` only for a shutdown.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                end = &mut self.driver => {
+                    break Err(ClientError::SessionLost(match end {
+                        Ok(SessionEnd::PeerClosed) => "the server closed the connection".into(),
+                        Ok(SessionEnd::Failed(e)) => format!("the connection failed: {e}"),
+                        Ok(SessionEnd::Closed) => "closed".into(),
+                        Err(e) => format!("the session task failed: {e}"),
+                    }));
+                }
+                m = self.reader.read(&mut self.ctrl) => match m {
+                    Ok(Message::Ping(v)) => {
+                        if let Err(e) = write_message(&mut self.ctrl, &Message::Pong(v)).await {
+                            break Err(ClientError::SessionLost(format!("answering a ping: {e}")));
+                        }
+                    }
+                    Ok(Message::Pong(_)) => {}
+                    Ok(Message::Error { code, message }) => {
+                        break Err(ClientError::SessionLost(format!("the server ended the session: {message} ({code})")));
+                    }
+                    Ok(other) => {
+                        break Err(ClientError::SessionLost(format!("unexpected message type 0x{:02x} on the control stream", other.type_byte())));
+                    }
+                    Err(e) => break Err(ClientError::SessionLost(format!("the control stream failed: {e}"))),
+                },
+            }
+        };
+        self.close().await;
+        result
+    }
+
+    /// Ends the session: visitors are reset, the connection closed.
+    async fn close(&mut self) {
+        self.visitors_cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.session_cancel.cancel();
+        if !self.driver.is_finished() {
+            let _ = (&mut self.driver).await;
+        }
+    }
+}
+
+/// The host part of `HOST:PORT` (brackets kept for IPv6), to print a service's public address.
+fn server_host(server: &str) -> &str {
+    server.rsplit_once(':').map_or(server, |(h, _)| h)
+}
+
+/// Connects and serves until `shutdown`, reconnecting with exponential backoff and jitter after
+/// every loss. Returns an error only for a permanent refusal (bad token, unknown identity, version
+/// mismatch, server certificate refused), which retrying cannot fix.
+pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Result<(), ClientError> {
+    let client = Client::new(settings)?;
+    let mut backoff = BACKOFF_INITIAL;
+    loop {
+        let started = tokio::time::Instant::now();
+        let err = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = client.connect() => match r {
+                Ok(connected) => {
+                    info!("connected to the server");
+                    match connected.run(shutdown.clone()).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            },
+        };
+        if err.is_permanent() {
+            return Err(err);
+        }
+        if started.elapsed() >= BACKOFF_RESET_AFTER {
+            backoff = BACKOFF_INITIAL;
+        }
+        let pause = jitter(backoff);
+        warn!(error = %err, retry_in = ?pause, "not connected; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// `base` ± 20%, so that many clients cut off together do not return together.
+fn jitter(base: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let r = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX); // 0..=1
+    base.mul_f64(0.8 + 0.4 * r)
+}

@@ -1,0 +1,124 @@
+//! One visitor on the client: read the header, connect to the local service within its deadline,
+//! answer with a status, splice.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ncx_proto::{ErrorCode, Message, Name, Text};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ServiceSpec;
+use crate::framed::{write_message, MessageReader};
+use crate::session::SessionState;
+use crate::splice::{splice, SpliceEnd, Substream};
+
+/// How long the server may take to send a visitor header after opening a substream.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn serve(
+    stream: yamux::Stream,
+    state: Arc<SessionState>,
+    services: Arc<HashMap<Name, ServiceSpec>>,
+    local_timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let mut sub = Substream::new(stream, state);
+    let mut reader = MessageReader::new();
+    let header = tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = tokio::time::timeout(HEADER_TIMEOUT, reader.read(&mut sub)) => r,
+    };
+    let (service, visitor) = match header {
+        Ok(Ok(Message::VisitorHeader { service, visitor })) => (service, visitor),
+        Ok(Ok(other)) => {
+            warn!(
+                "the server opened a substream with message type 0x{:02x} instead of a visitor header",
+                other.type_byte()
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "reading a visitor header failed");
+            return;
+        }
+        Err(_) => {
+            warn!("the server sent no visitor header within {HEADER_TIMEOUT:?}");
+            return;
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("service", service.as_str());
+    span.record("peer", tracing::field::display(visitor));
+
+    let Some(spec) = services.get(&service) else {
+        refuse(
+            &mut sub,
+            ErrorCode::UnknownService,
+            format!("no service named {service}"),
+        )
+        .await;
+        return;
+    };
+    let connect = tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = tokio::time::timeout(local_timeout, TcpStream::connect(&spec.local)) => r,
+    };
+    let tcp = match connect {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            let code = if e.kind() == ErrorKind::ConnectionRefused {
+                ErrorCode::LocalRefused
+            } else {
+                ErrorCode::LocalError
+            };
+            refuse(&mut sub, code, format!("connecting to {}: {e}", spec.local)).await;
+            return;
+        }
+        Err(_) => {
+            refuse(
+                &mut sub,
+                ErrorCode::LocalTimeout,
+                format!("{} did not accept within {local_timeout:?}", spec.local),
+            )
+            .await;
+            return;
+        }
+    };
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "setting TCP_NODELAY failed");
+    }
+    if let Err(e) = write_message(&mut sub, &Message::VisitorStatus { refusal: None }).await {
+        debug!(error = %e, "could not confirm the visitor to the server");
+        crate::splice::abort(tcp);
+        return;
+    }
+    debug!(local = %spec.local, "visitor connected");
+    match splice(tcp, sub, &cancel).await {
+        SpliceEnd::Finished {
+            from_tcp,
+            from_substream,
+        } => debug!(
+            bytes_to_visitor = from_tcp,
+            bytes_from_visitor = from_substream,
+            "visitor finished"
+        ),
+        SpliceEnd::Reset(e) => info!(reason = %e, "visitor reset"),
+        SpliceEnd::Cancelled => debug!("visitor reset: session ended"),
+    }
+}
+
+/// Tells the server why the visitor cannot be served, logs it, and closes the substream cleanly.
+async fn refuse(sub: &mut Substream, code: ErrorCode, message: String) {
+    warn!(%code, reason = %message, "visitor refused");
+    let status = Message::VisitorStatus {
+        refusal: Some((code, Text::new(message))),
+    };
+    if write_message(sub, &status).await.is_ok() {
+        let _ = sub.shutdown().await;
+    }
+}

@@ -1,0 +1,116 @@
+//! `ncx server`: accepts clients, authenticates them, and exposes their services on public ports.
+//!
+//! - `mod.rs`: the accept loop; every connection's handshake runs in its own task, capped in number.
+//! - [`session`]: one task per client session: handshake, authentication, takeover, control stream.
+//! - [`services`]: binding public ports under the identity's policy and serving their visitors.
+//! - [`registry`]: which session and which ports each identity holds.
+
+mod registry;
+mod services;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ncx_proto::Name;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{IdentityPolicy, ServerSettings};
+use crate::tls::{Fingerprint, ServerIdentity, TlsError};
+
+/// Pause after a failed `accept` (for example EMFILE) so the loop backs off instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// State shared by every task of one server.
+struct Shared {
+    settings: ServerSettings,
+    identities: HashMap<Name, IdentityPolicy>,
+    acceptor: TlsAcceptor,
+    registry: registry::Registry,
+    next_session: AtomicU64,
+}
+
+/// A configured server, ready to run on a listener.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+    fingerprint: Fingerprint,
+}
+
+impl Server {
+    /// Builds the TLS configuration and the identity table.
+    pub fn new(settings: ServerSettings, identity: ServerIdentity) -> Result<Self, TlsError> {
+        let fingerprint = identity.fingerprint();
+        let tls = crate::tls::server_config(identity)?;
+        let identities = settings
+            .identities
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        Ok(Server {
+            shared: Arc::new(Shared {
+                settings,
+                identities,
+                acceptor: TlsAcceptor::from(Arc::new(tls)),
+                registry: registry::Registry::default(),
+                next_session: AtomicU64::new(1),
+            }),
+            fingerprint,
+        })
+    }
+
+    /// The fingerprint of the server's certificate, which clients pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Accepts clients on `listener` until `shutdown` fires, then ends every session (visitors are
+    /// reset, ports released) and returns once every task it started has finished.
+    pub async fn run(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let handshakes = Arc::new(Semaphore::new(self.shared.settings.max_handshakes));
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, fingerprint = %self.fingerprint, "server listening");
+        }
+        loop {
+            // Waiting for a handshake slot before accepting leaves further clients in the kernel's
+            // backlog rather than holding sockets we cannot serve yet.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = handshakes.clone().acquire_owned() => p.expect("the handshake semaphore is never closed"),
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a client failed; backing off");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                        }
+                    }
+                },
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!(%peer, error = %e, "setting TCP_NODELAY failed");
+            }
+            let span = tracing::info_span!("session", %peer, client = tracing::field::Empty);
+            tracker.spawn(
+                session::run(self.shared.clone(), tcp, permit, shutdown.child_token())
+                    .instrument(span),
+            );
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+        info!("server stopped");
+    }
+}

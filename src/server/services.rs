@@ -1,0 +1,294 @@
+//! Public ports: binding them under the identity's policy, and turning each visitor into a
+//! substream to the client.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ncx_proto::{ErrorCode, Message, Name, Text};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{debug, info, warn, Instrument};
+
+use super::registry::PortClaimError;
+use super::session::SessionCtx;
+use crate::config::IdentityPolicy;
+use crate::framed::{write_message, MessageReader};
+use crate::splice::{abort, splice, SpliceEnd, Substream};
+
+/// How long the server waits for the client to answer a visitor header. The client's own local
+/// connect deadline (5 s by default) is what normally answers first.
+pub const VISITOR_STATUS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a visitor waits for a substream when the session's open queue is full.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pending connections the kernel queues on a public port.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Ports tried when the client asks for "any port" and the OS's pick is outside the policy.
+const PICK_ATTEMPTS: usize = 512;
+
+/// Pause after a failed `accept` on a public port.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The services of one session.
+pub(super) struct Services {
+    ctx: Arc<SessionCtx>,
+    identity: Name,
+    policy: IdentityPolicy,
+    names: HashSet<Name>,
+}
+
+impl Services {
+    pub(super) fn new(ctx: Arc<SessionCtx>, identity: Name, policy: IdentityPolicy) -> Self {
+        Services {
+            ctx,
+            identity,
+            policy,
+            names: HashSet::new(),
+        }
+    }
+
+    /// Handles one `Register`: binds the port and starts serving it, or says why not.
+    pub(super) fn register(&mut self, service: Name, port: u16) -> Message {
+        let refused = |code: ErrorCode, message: String| {
+            warn!(%service, port, %code, reason = %message, "service refused");
+            Message::ServiceRefused {
+                service: service.clone(),
+                code,
+                message: Text::new(message),
+            }
+        };
+        if self.names.contains(&service) {
+            return refused(
+                ErrorCode::DuplicateService,
+                format!("service {service} is already registered in this session"),
+            );
+        }
+        let bound = if port == 0 {
+            self.pick_port()
+        } else if !self.policy.allows(port) {
+            Err((
+                ErrorCode::PortNotAllowed,
+                format!(
+                    "port {port} is outside the ports allowed for identity {} ({})",
+                    self.identity,
+                    self.policy.ports_text()
+                ),
+            ))
+        } else {
+            self.claim_and_bind(port)
+        };
+        let (listener, port) = match bound {
+            Ok(b) => b,
+            Err((code, message)) => return refused(code, message),
+        };
+        self.names.insert(service.clone());
+        let addr = SocketAddr::new(self.policy.bind, port);
+        info!(%service, %addr, "service exposed");
+        let span = tracing::info_span!("service", %service, port);
+        self.ctx
+            .tracker
+            .spawn(serve(self.ctx.clone(), listener, service.clone(), port).instrument(span));
+        Message::Registered {
+            service,
+            remote_port: port,
+        }
+    }
+
+    fn claim_and_bind(&self, port: u16) -> Result<(TcpListener, u16), (ErrorCode, String)> {
+        let registry = &self.ctx.shared.registry;
+        match registry.claim_port(port, &self.identity, self.ctx.id) {
+            Ok(()) => {}
+            Err(PortClaimError::OtherIdentity(_)) => {
+                // The other identity's name is not this client's business.
+                return Err((
+                    ErrorCode::PortInUse,
+                    format!("port {port} is in use by another identity"),
+                ));
+            }
+            Err(PortClaimError::OtherSession) => {
+                return Err((
+                    ErrorCode::PortInUse,
+                    format!("port {port} is still held by an earlier session of this identity"),
+                ));
+            }
+        }
+        match bind(self.policy.bind, port) {
+            Ok(l) => Ok((l, port)),
+            Err(e) => {
+                registry.release_port(port, self.ctx.id);
+                let code = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    ErrorCode::PortInUse
+                } else {
+                    ErrorCode::BindFailed
+                };
+                Err((
+                    code,
+                    format!("binding {}:{port} failed: {e}", self.policy.bind),
+                ))
+            }
+        }
+    }
+
+    /// Port 0: let the OS pick, and keep its pick if the policy allows it; otherwise walk the allowed
+    /// ranges from a varying start.
+    fn pick_port(&self) -> Result<(TcpListener, u16), (ErrorCode, String)> {
+        if let Ok(l) = bind(self.policy.bind, 0) {
+            if let Ok(port) = l.local_addr().map(|a| a.port()) {
+                if self.policy.allows(port)
+                    && self
+                        .ctx
+                        .shared
+                        .registry
+                        .claim_port(port, &self.identity, self.ctx.id)
+                        .is_ok()
+                {
+                    return Ok((l, port));
+                }
+            }
+        }
+        let candidates: Vec<u16> = self.policy.ports.iter().flat_map(|r| r.0.clone()).collect();
+        if !candidates.is_empty() {
+            let start =
+                usize::try_from(self.ctx.id.wrapping_mul(7919)).unwrap_or(0) % candidates.len();
+            for i in 0..candidates.len().min(PICK_ATTEMPTS) {
+                let port = candidates[(start + i) % candidates.len()];
+                if self.ctx.shared.registry.is_claimed(port) {
+                    continue;
+                }
+                if let Ok(b) = self.claim_and_bind(port) {
+                    return Ok(b);
+                }
+            }
+        }
+        Err((
+            ErrorCode::PortInUse,
+            format!(
+                "no free port among those allowed for identity {} ({})",
+                self.identity,
+                self.policy.ports_text()
+            ),
+        ))
+    }
+}
+
+fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    let socket = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // Lets a port be bound again at once after its session ends, despite visitor connections in
+    // TIME_WAIT. Two live listeners on one port are still impossible on Linux.
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(ip, port))?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts visitors on one public port until the session's services are cancelled, then releases
+/// the port.
+async fn serve(ctx: Arc<SessionCtx>, listener: TcpListener, service: Name, port: u16) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = ctx.services_cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "accepting a visitor failed; backing off");
+                    tokio::select! {
+                        _ = ctx.services_cancel.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        let span = tracing::info_span!("visitor", %peer);
+        ctx.tracker
+            .spawn(visitor(ctx.clone(), tcp, peer, service.clone()).instrument(span));
+    }
+    drop(listener);
+    ctx.shared.registry.release_port(port, ctx.id);
+    debug!("port released");
+}
+
+async fn visitor(ctx: Arc<SessionCtx>, tcp: TcpStream, peer: SocketAddr, service: Name) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "setting TCP_NODELAY failed");
+    }
+    let Ok(_permit) = ctx.visitors.clone().try_acquire_owned() else {
+        warn!(
+            limit = ctx.shared.settings.max_visitors_per_session,
+            "visitor refused: the session has reached its visitor limit"
+        );
+        abort(tcp);
+        return;
+    };
+    let stream = tokio::select! {
+        _ = ctx.services_cancel.cancelled() => { abort(tcp); return; }
+        r = tokio::time::timeout(OPEN_TIMEOUT, ctx.handle.open()) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => { debug!(error = %e, "no substream for the visitor"); abort(tcp); return; }
+            Err(_) => { warn!("no substream for the visitor within {OPEN_TIMEOUT:?}"); abort(tcp); return; }
+        },
+    };
+    let mut sub = Substream::new(stream, ctx.handle.state().clone());
+    let header = Message::VisitorHeader {
+        service: service.clone(),
+        visitor: peer,
+    };
+    let status = async {
+        write_message(&mut sub, &header)
+            .await
+            .map_err(|e| format!("sending the visitor header: {e}"))?;
+        MessageReader::new()
+            .read(&mut sub)
+            .await
+            .map_err(|e| format!("reading the client's answer: {e}"))
+    };
+    let status = tokio::select! {
+        _ = ctx.services_cancel.cancelled() => { abort(tcp); return; }
+        r = tokio::time::timeout(VISITOR_STATUS_TIMEOUT, status) => r,
+    };
+    match status {
+        Ok(Ok(Message::VisitorStatus { refusal: None })) => {}
+        Ok(Ok(Message::VisitorStatus {
+            refusal: Some((code, message)),
+        })) => {
+            warn!(%code, reason = %message, "the client could not reach the local service; visitor closed");
+            abort(tcp);
+            return;
+        }
+        Ok(Ok(other)) => {
+            warn!(
+                "the client answered a visitor header with message type 0x{:02x}",
+                other.type_byte()
+            );
+            abort(tcp);
+            return;
+        }
+        Ok(Err(e)) => {
+            info!(reason = %e, "visitor closed");
+            abort(tcp);
+            return;
+        }
+        Err(_) => {
+            warn!("the client did not answer the visitor header within {VISITOR_STATUS_TIMEOUT:?}");
+            abort(tcp);
+            return;
+        }
+    }
+    debug!("visitor connected");
+    match splice(tcp, sub, &ctx.services_cancel).await {
+        SpliceEnd::Finished {
+            from_tcp,
+            from_substream,
+        } => debug!(
+            bytes_in = from_tcp,
+            bytes_out = from_substream,
+            "visitor finished"
+        ),
+        SpliceEnd::Reset(e) => info!(reason = %e, "visitor reset"),
+        SpliceEnd::Cancelled => debug!("visitor reset: session ended"),
+    }
+}

@@ -1,0 +1,297 @@
+//! The one task that owns and drives a yamux connection.
+//!
+//! yamux 0.14 does all socket I/O inside `poll_next_inbound`, so exactly one task must own the
+//! `Connection` and keep polling it, even on a side that only opens streams. Other tasks ask that
+//! task for new outbound streams through a bounded channel with a oneshot reply ([`SessionHandle`]).
+//!
+//! yamux reports a lost connection to its streams only as a clean EOF. To let a splice tell "the
+//! peer finished" from "the session died", the socket under yamux is wrapped in [`WatchedIo`], which
+//! marks the session dead *before* yamux sees the failure and wakes the streams; the driver marks it
+//! dead too whenever it stops. See [`SessionState::is_dead`].
+
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
+
+/// yamux's stream limit on both sides. Exceeding it kills the whole session, so opens are gated
+/// well below it (see [`crate::server`]'s per-session visitor limit).
+pub const MAX_YAMUX_STREAMS: usize = 16_384;
+
+/// Data frames are split at this size. 64 KiB measured fastest through TLS here (STACK.md §3) and
+/// stays far below the 1 MiB frame-body limit a yamux peer enforces.
+pub const SPLIT_SEND_SIZE: usize = 64 * 1024;
+
+/// yamux's fixed initial per-stream window (256 KiB); its setters require the connection window to
+/// cover every stream's initial window.
+const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
+
+/// Open requests that may wait for the driver at once; callers beyond it wait for a slot.
+const OPEN_QUEUE: usize = 64;
+
+/// Driver events handled per wake-up before yielding to other tasks.
+const EVENTS_PER_POLL: usize = 64;
+
+/// How long a locally closed session may take to send its GoAway and close the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The yamux configuration both peers use.
+pub fn yamux_config() -> yamux::Config {
+    let mut cfg = yamux::Config::default();
+    // The window setter asserts it covers max_num_streams × 256 KiB, so it goes first.
+    cfg.set_max_connection_receive_window(Some(MAX_YAMUX_STREAMS * YAMUX_STREAM_WINDOW));
+    cfg.set_max_num_streams(MAX_YAMUX_STREAMS);
+    cfg.set_split_send_size(SPLIT_SEND_SIZE);
+    cfg
+}
+
+/// What every task working on one session can see of it.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    dead: AtomicBool,
+}
+
+impl SessionState {
+    /// Whether the session ended in a way that may have cut streams short: the socket failed or
+    /// reached EOF, the driver stopped, or the session was closed locally. Set before any stream can
+    /// observe the EOF that results, so a stream that reads EOF and then finds this `false` was
+    /// finished cleanly by its peer.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    fn mark_dead(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The socket under yamux, watched: EOF or an error in either direction marks the session dead
+/// before yamux (and through it, any stream) learns of it.
+pub struct WatchedIo<T> {
+    inner: T,
+    state: Arc<SessionState>,
+}
+
+impl<T> WatchedIo<T> {
+    fn new(inner: T, state: Arc<SessionState>) -> Self {
+        WatchedIo { inner, state }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &res {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.state.mark_dead()
+            }
+            Poll::Ready(Err(_)) => self.state.mark_dead(),
+            _ => {}
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = &res {
+            self.state.mark_dead();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Err(_)) = &res {
+            self.state.mark_dead();
+        }
+        res
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.state.mark_dead();
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Err(_)) = &res {
+            self.state.mark_dead();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The session is gone; no stream can be opened on it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the session is closed")]
+pub struct SessionClosed;
+
+/// How a session's driver ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Closed locally (cancelled) and the close completed or timed out.
+    Closed,
+    /// The peer closed the connection.
+    PeerClosed,
+    /// The connection failed.
+    Failed(yamux::ConnectionError),
+}
+
+/// A cheap handle to a running session: opens streams and reads its state.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    open_tx: mpsc::Sender<oneshot::Sender<yamux::Stream>>,
+    state: Arc<SessionState>,
+}
+
+impl SessionHandle {
+    /// Opens a new outbound stream. yamux sends nothing until the stream is first written to.
+    ///
+    /// Cancel-safe: a caller that gives up (for example through a timeout) leaves a closed oneshot
+    /// behind, which the driver skips instead of handing it a stream.
+    pub async fn open(&self) -> Result<yamux::Stream, SessionClosed> {
+        let (tx, rx) = oneshot::channel();
+        self.open_tx.send(tx).await.map_err(|_| SessionClosed)?;
+        rx.await.map_err(|_| SessionClosed)
+    }
+
+    /// The session's shared state.
+    pub fn state(&self) -> &Arc<SessionState> {
+        &self.state
+    }
+}
+
+/// Called by the driver for every stream the peer opens. It must not block: spawn, or hand over
+/// through a non-blocking send.
+pub type InboundHandler = Box<dyn FnMut(yamux::Stream) + Send>;
+
+/// Starts a session over `io` and returns its handle and the driver future. The caller spawns the
+/// driver on a task it owns; the driver runs until `cancel` fires (then closes the session cleanly)
+/// or the connection ends, and marks the session dead before it returns.
+pub fn start<T>(
+    io: T,
+    mode: yamux::Mode,
+    on_inbound: InboundHandler,
+    cancel: CancellationToken,
+) -> (SessionHandle, impl Future<Output = SessionEnd> + Send)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(SessionState::default());
+    let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE);
+    let conn = yamux::Connection::new(
+        WatchedIo::new(io, state.clone()).compat(),
+        yamux_config(),
+        mode,
+    );
+    let handle = SessionHandle {
+        open_tx,
+        state: state.clone(),
+    };
+    let driver = drive(conn, open_rx, on_inbound, cancel, state);
+    (handle, driver)
+}
+
+async fn drive<T>(
+    mut conn: yamux::Connection<T>,
+    mut open_rx: mpsc::Receiver<oneshot::Sender<yamux::Stream>>,
+    mut on_inbound: InboundHandler,
+    cancel: CancellationToken,
+    state: Arc<SessionState>,
+) -> SessionEnd
+where
+    T: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let mut cancelled = pin!(cancel.cancelled());
+    // The open request the driver is currently trying to satisfy.
+    let mut waiting: Option<oneshot::Sender<yamux::Stream>> = None;
+    let end = std::future::poll_fn(|cx| {
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        for _ in 0..EVENTS_PER_POLL {
+            let mut progressed = false;
+            if waiting.is_none() {
+                if let Poll::Ready(Some(tx)) = open_rx.poll_recv(cx) {
+                    waiting = Some(tx);
+                }
+            }
+            // A caller that gave up must not receive the next stream (it would be dropped, and
+            // reset, instead of reaching a live caller).
+            if waiting.as_ref().is_some_and(|tx| tx.is_closed()) {
+                waiting = None;
+                progressed = true;
+            }
+            if waiting.is_some() {
+                match conn.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        if let Some(tx) = waiting.take() {
+                            // If the caller left in the meantime the stream is dropped unused.
+                            let _ = tx.send(stream);
+                        }
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(SessionEnd::Failed(e))),
+                    Poll::Pending => {}
+                }
+            }
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    on_inbound(stream);
+                    progressed = true;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(SessionEnd::Failed(e))),
+                Poll::Ready(None) => return Poll::Ready(Some(SessionEnd::PeerClosed)),
+                Poll::Pending => {}
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+        // Budget used up while still making progress: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+    state.mark_dead();
+    open_rx.close();
+    match end {
+        Some(end) => end,
+        None => {
+            // Closing locally: send GoAway and close the socket, bounded in time.
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                std::future::poll_fn(|cx| conn.poll_close(cx)),
+            )
+            .await;
+            SessionEnd::Closed
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Splicing a TCP connection with a substream, keeping half-close and making resets visible.
+//!
+//! yamux reads a reset stream and a lost session as a clean EOF. Passed on as such, a visitor would
+//! take a truncated reply for a complete one. [`Substream`] turns those EOFs back into errors, and
+//! [`splice`] answers an error on either side by resetting the TCP connection (RST, not FIN).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::session::SessionState;
+
+/// Copy buffer per direction. 64 KiB measured about 35% faster than tokio's 8 KiB default through
+/// the full tunnel (STACK.md §6).
+pub const COPY_BUFFER: usize = 64 * 1024;
+
+/// A yamux stream with tokio I/O traits whose EOF is only clean when the peer really finished.
+pub struct Substream {
+    inner: Compat<yamux::Stream>,
+    session: Arc<SessionState>,
+    /// Whether we closed our write side (after which yamux shows a peer FIN and a peer RST alike).
+    write_closed: bool,
+}
+
+impl Substream {
+    /// Wraps a stream of the session whose state is `session`.
+    pub fn new(stream: yamux::Stream, session: Arc<SessionState>) -> Self {
+        Substream {
+            inner: stream.compat(),
+            session,
+            write_closed: false,
+        }
+    }
+}
+
+impl AsyncRead for Substream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                if self.session.is_dead() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the tunnel session was lost",
+                    )));
+                }
+                // A FIN leaves the stream half-open (RecvClosed); only a RST closes it while our
+                // side is still open.
+                if !self.write_closed && self.inner.get_ref().is_closed() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "the substream was reset by the peer",
+                    )));
+                }
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Substream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.write_closed = true;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How a splice ended.
+#[derive(Debug)]
+pub enum SpliceEnd {
+    /// Both directions finished with EOF; the counts are bytes TCP→substream and substream→TCP.
+    Finished {
+        /// Bytes read from the TCP side.
+        from_tcp: u64,
+        /// Bytes read from the substream.
+        from_substream: u64,
+    },
+    /// A side failed or was reset; the TCP connection was reset.
+    Reset(io::Error),
+    /// The owner cancelled (session gone or shutdown); the TCP connection was reset.
+    Cancelled,
+}
+
+/// Copies both ways until both directions reach EOF. An EOF in one direction is passed on as a
+/// half-close (FIN) and the other direction keeps flowing. Any error, or `cancel`, resets the TCP
+/// connection and drops the substream (which yamux answers with RST if it is still open).
+pub async fn splice(
+    mut tcp: TcpStream,
+    mut sub: Substream,
+    cancel: &CancellationToken,
+) -> SpliceEnd {
+    let res = tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut sub, COPY_BUFFER, COPY_BUFFER) => r,
+        _ = cancel.cancelled() => {
+            abort(tcp);
+            return SpliceEnd::Cancelled;
+        }
+    };
+    match res {
+        Ok((from_tcp, from_substream)) => SpliceEnd::Finished {
+            from_tcp,
+            from_substream,
+        },
+        Err(e) => {
+            abort(tcp);
+            SpliceEnd::Reset(e)
+        }
+    }
+}
+
+/// Closes `tcp` with RST instead of FIN, so its peer cannot mistake the end for a complete reply.
+pub fn abort(tcp: TcpStream) {
+    // Failure only means the socket is already gone; dropping it then does the rest.
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
+}
