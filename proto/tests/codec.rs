@@ -1,0 +1,192 @@
+//! Codec behaviour beyond the spec vectors: caps, streaming, extremes.
+
+use ncx_proto::{
+    decode, encode_to_vec, DecodeError, ErrorCode, FrameDecoder, Message, Name, Text,
+    MAX_FRAME_LEN, MAX_NAME_LEN, MAX_TEXT_LEN,
+};
+
+fn all_kinds() -> Vec<Message> {
+    let long = Name::new("x".repeat(MAX_NAME_LEN)).unwrap();
+    let text = Text::new("é".repeat(MAX_TEXT_LEN));
+    vec![
+        Message::Hello {
+            version: u16::MAX,
+            identity: long.clone(),
+            proof: [0; 32],
+        },
+        Message::Welcome { version: 0 },
+        Message::Register {
+            service: long.clone(),
+            remote_port: 0,
+        },
+        Message::Registered {
+            service: long.clone(),
+            remote_port: 65535,
+        },
+        Message::ServiceRefused {
+            service: long.clone(),
+            code: ErrorCode::Other(60000),
+            message: text.clone(),
+        },
+        Message::Error {
+            code: ErrorCode::Internal,
+            message: text.clone(),
+        },
+        Message::Ping(u64::MAX),
+        Message::Pong(0),
+        Message::VisitorHeader {
+            service: long,
+            visitor: "[ffff::ffff]:65535".parse().unwrap(),
+        },
+        Message::VisitorStatus {
+            refusal: Some((ErrorCode::LocalTimeout, text)),
+        },
+        Message::VisitorStatus { refusal: None },
+    ]
+}
+
+#[test]
+fn largest_messages_fit_well_within_the_cap() {
+    for m in all_kinds() {
+        let b = encode_to_vec(&m);
+        assert!(
+            b.len() - 2 <= MAX_FRAME_LEN / 2,
+            "{m:?} is {} bytes",
+            b.len()
+        );
+        assert_eq!(decode(&b).unwrap(), Some((m, b.len())));
+    }
+}
+
+#[test]
+fn text_is_cut_at_a_char_boundary() {
+    let t = Text::new("é".repeat(MAX_TEXT_LEN));
+    assert!(t.as_str().len() <= MAX_TEXT_LEN);
+    assert_eq!(t.as_str().len(), MAX_TEXT_LEN); // 2-byte chars, even cap
+    let t = Text::new(format!("a{}", "é".repeat(MAX_TEXT_LEN)));
+    assert_eq!(t.as_str().len(), MAX_TEXT_LEN - 1);
+}
+
+#[test]
+fn one_byte_over_the_cap_is_rejected_without_the_body() {
+    let len = u16::try_from(MAX_FRAME_LEN + 1).unwrap();
+    assert_eq!(
+        decode(&len.to_be_bytes()),
+        Err(DecodeError::FrameTooLong(MAX_FRAME_LEN + 1))
+    );
+    // Exactly the cap is allowed to wait for its body.
+    let len = u16::try_from(MAX_FRAME_LEN).unwrap().to_be_bytes();
+    assert_eq!(decode(&[len[0], len[1], 0x06]), Ok(None));
+    assert_eq!(
+        decode(&u16::MAX.to_be_bytes()),
+        Err(DecodeError::FrameTooLong(65535))
+    );
+}
+
+#[test]
+fn oversized_text_length_is_rejected() {
+    // Error frame whose text claims 1025 bytes.
+    let mut b = vec![0, 0, 0x06, 0, 1];
+    b.extend_from_slice(&u16::try_from(MAX_TEXT_LEN + 1).unwrap().to_be_bytes());
+    b.extend(std::iter::repeat_n(b'a', MAX_TEXT_LEN + 1));
+    let len = u16::try_from(b.len() - 2).unwrap().to_be_bytes();
+    b[..2].copy_from_slice(&len);
+    assert_eq!(decode(&b), Err(DecodeError::TextTooLong(MAX_TEXT_LEN + 1)));
+}
+
+#[test]
+fn oversized_name_is_rejected() {
+    let mut b = vec![0, 0, 0x03, 65];
+    b.extend(std::iter::repeat_n(b'a', 65));
+    b.extend_from_slice(&[0, 1]);
+    let len = u16::try_from(b.len() - 2).unwrap().to_be_bytes();
+    b[..2].copy_from_slice(&len);
+    assert_eq!(
+        decode(&b),
+        Err(DecodeError::BadName(ncx_proto::NameError::TooLong(65)))
+    );
+}
+
+#[test]
+fn truncated_body_and_bad_fields_are_invalid() {
+    // Welcome with a 1-byte version.
+    assert_eq!(
+        decode(&[0, 2, 0x02, 0]),
+        Err(DecodeError::Truncated("version"))
+    );
+    // VisitorHeader with family 5.
+    assert_eq!(
+        decode(&[0, 5, 0x10, 1, b'a', 5, 0]),
+        Err(DecodeError::BadAddressFamily(5))
+    );
+    // Error with code 0.
+    assert_eq!(
+        decode(&[0, 5, 0x06, 0, 0, 0, 0]),
+        Err(DecodeError::ZeroErrorCode)
+    );
+    // Connected status with text.
+    assert_eq!(
+        decode(&[0, 6, 0x11, 0, 0, 0, 1, b'x']),
+        Err(DecodeError::ConnectedWithText)
+    );
+    // Non-UTF-8 text.
+    assert_eq!(
+        decode(&[0, 6, 0x06, 0, 1, 0, 1, 0xff]),
+        Err(DecodeError::BadUtf8("message"))
+    );
+}
+
+#[test]
+fn every_error_code_round_trips() {
+    for n in 0..=u16::MAX {
+        assert_eq!(ErrorCode::from_u16(n).to_u16(), n);
+    }
+}
+
+#[test]
+fn decoder_reassembles_a_stream_split_anywhere() {
+    let msgs = all_kinds();
+    let mut stream = Vec::new();
+    for m in &msgs {
+        stream.extend(encode_to_vec(m));
+    }
+    for chunk in [1, 2, 3, 7, 64, 1000] {
+        let mut d = FrameDecoder::new();
+        let mut got = Vec::new();
+        for piece in stream.chunks(chunk) {
+            d.push(piece);
+            while let Some(m) = d.next_message().unwrap() {
+                got.push(m);
+            }
+            assert!(d.buffered() <= 2 + MAX_FRAME_LEN + chunk);
+        }
+        assert_eq!(got, msgs, "chunk size {chunk}");
+        assert_eq!(d.buffered(), 0);
+    }
+}
+
+#[test]
+fn wanted_never_reads_past_the_frame() {
+    let frame = encode_to_vec(&Message::Ping(1));
+    let mut d = FrameDecoder::new();
+    let mut fed = 0;
+    while d.next_message().unwrap().is_none() {
+        let want = d.wanted();
+        assert!(
+            fed + want <= frame.len(),
+            "asked for bytes beyond the frame"
+        );
+        d.push(&frame[fed..fed + want]);
+        fed += want;
+    }
+    assert_eq!(fed, frame.len());
+}
+
+#[test]
+fn names_are_validated() {
+    assert!(Name::new("ok.name_1-2").is_ok());
+    assert!(Name::new("").is_err());
+    assert!(Name::new("a b").is_err());
+    assert!(Name::new("ümlaut").is_err());
+    assert!(Name::new("x".repeat(65)).is_err());
+}

@@ -1,0 +1,164 @@
+//! Checks every hex vector in `proto/README.md` against the implementation: valid vectors decode to
+//! the message named here and re-encode to the same bytes; invalid vectors are rejected (never
+//! "need more bytes").
+
+use std::collections::BTreeMap;
+
+use ncx_proto::{decode, encode_to_vec, DecodeError, ErrorCode, Message, Name, Text};
+
+fn spec_vectors() -> BTreeMap<String, Vec<u8>> {
+    let spec = include_str!("../README.md");
+    let mut out = BTreeMap::new();
+    let mut lines = spec.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix("```hex ") else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        for l in lines.by_ref() {
+            if l.starts_with("```") {
+                break;
+            }
+            for h in l.split_whitespace() {
+                bytes.push(u8::from_str_radix(h, 16).expect("spec hex is valid"));
+            }
+        }
+        assert!(
+            out.insert(name.trim().to_owned(), bytes).is_none(),
+            "duplicate vector {name}"
+        );
+    }
+    out
+}
+
+fn n(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn expected_valid() -> BTreeMap<&'static str, Message> {
+    BTreeMap::from([
+        (
+            "hello",
+            Message::Hello {
+                version: 1,
+                identity: n("office"),
+                proof: [0xab; 32],
+            },
+        ),
+        ("welcome", Message::Welcome { version: 1 }),
+        (
+            "register",
+            Message::Register {
+                service: n("rdp"),
+                remote_port: 3389,
+            },
+        ),
+        (
+            "registered",
+            Message::Registered {
+                service: n("web"),
+                remote_port: 20001,
+            },
+        ),
+        (
+            "service_refused",
+            Message::ServiceRefused {
+                service: n("ssh"),
+                code: ErrorCode::PortNotAllowed,
+                message: Text::new("no"),
+            },
+        ),
+        (
+            "error",
+            Message::Error {
+                code: ErrorCode::BadToken,
+                message: Text::new("bad token"),
+            },
+        ),
+        ("ping", Message::Ping(7)),
+        ("pong", Message::Pong(7)),
+        (
+            "visitor_header_v4",
+            Message::VisitorHeader {
+                service: n("rdp"),
+                visitor: "203.0.113.7:51234".parse().unwrap(),
+            },
+        ),
+        (
+            "visitor_header_v6",
+            Message::VisitorHeader {
+                service: n("ssh"),
+                visitor: "[2001:db8::1]:443".parse().unwrap(),
+            },
+        ),
+        (
+            "visitor_connected",
+            Message::VisitorStatus { refusal: None },
+        ),
+        (
+            "visitor_refused",
+            Message::VisitorStatus {
+                refusal: Some((ErrorCode::LocalRefused, Text::new("refused"))),
+            },
+        ),
+    ])
+}
+
+fn expected_invalid() -> BTreeMap<&'static str, DecodeError> {
+    BTreeMap::from([
+        ("invalid_too_long", DecodeError::FrameTooLong(4097)),
+        ("invalid_empty", DecodeError::EmptyFrame),
+        ("invalid_unknown_type", DecodeError::UnknownType(0x7f)),
+        ("invalid_trailing", DecodeError::TrailingBytes(1)),
+        (
+            "invalid_name",
+            DecodeError::BadName(ncx_proto::NameError::BadChar(' ')),
+        ),
+    ])
+}
+
+#[test]
+fn every_spec_vector_is_checked() {
+    let spec: Vec<String> = spec_vectors().into_keys().collect();
+    let mut known: Vec<String> = expected_valid()
+        .into_keys()
+        .chain(expected_invalid().into_keys())
+        .map(str::to_owned)
+        .collect();
+    known.sort();
+    assert_eq!(
+        spec, known,
+        "the spec's vectors and this test's list differ"
+    );
+}
+
+#[test]
+fn valid_vectors_decode_and_reencode_byte_identical() {
+    let spec = spec_vectors();
+    for (name, msg) in expected_valid() {
+        let bytes = &spec[name];
+        assert_eq!(&encode_to_vec(&msg), bytes, "encoding of {name}");
+        let (decoded, used) = decode(bytes).unwrap().unwrap();
+        assert_eq!(decoded, msg, "decoding of {name}");
+        assert_eq!(used, bytes.len(), "{name} consumed");
+    }
+}
+
+#[test]
+fn invalid_vectors_are_rejected() {
+    let spec = spec_vectors();
+    for (name, err) in expected_invalid() {
+        assert_eq!(decode(&spec[name]), Err(err), "{name}");
+    }
+}
+
+#[test]
+fn every_strict_prefix_of_a_valid_vector_needs_more_bytes() {
+    let spec = spec_vectors();
+    for name in expected_valid().keys() {
+        let bytes = &spec[*name];
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), Ok(None), "{name} cut at {cut}");
+        }
+    }
+}
