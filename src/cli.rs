@@ -214,8 +214,7 @@ impl ClientArgs {
             server: self.server.map(spanned),
             server_name: self.server_name.map(spanned),
             identity: self.identity.map(spanned),
-            // The env value is passed separately so a file's token wins over the environment.
-            token: None,
+            token: self.token.map(spanned),
             server_fingerprint: self.server_fingerprint.map(spanned),
             ca: self.ca.map(spanned),
             insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
@@ -233,8 +232,8 @@ impl ClientArgs {
                 .collect(),
         };
         Ok(match self.config {
-            Some(path) => ClientSettings::from_source(&Source::file(&path)?, flags, self.token)?,
-            None => ClientSettings::from_flags(flags, self.token)?,
+            Some(path) => ClientSettings::from_source(&Source::file(&path)?, flags, None)?,
+            None => ClientSettings::from_flags(flags, None)?,
         })
     }
 }

@@ -35,6 +35,9 @@ pub const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 /// Concurrent visitors per session. Kept below yamux's stream limit, whose excess kills a session.
 pub const DEFAULT_MAX_VISITORS_PER_SESSION: usize = 10_000;
+/// The highest allowed `max_visitors_per_session`: yamux's stream limit less 1024 streams of
+/// headroom for the control stream and for substreams the client has not dropped yet.
+pub const MAX_VISITORS_PER_SESSION: usize = crate::session::MAX_YAMUX_STREAMS - 1024;
 
 /// A configuration mistake, located as precisely as the source allows.
 #[derive(Debug, thiserror::Error)]
@@ -363,19 +366,16 @@ impl ServerSettings {
             "max_visitors_per_session",
             DEFAULT_MAX_VISITORS_PER_SESSION,
         )?;
-        if max_visitors_per_session > crate::session::MAX_YAMUX_STREAMS / 2 {
-            let s = file
-                .max_visitors_per_session
-                .as_ref()
-                .expect("only a configured value can exceed the limit");
-            return Err(src.at(
-                s.span(),
-                Some("max_visitors_per_session"),
-                format!(
-                    "at most {} (half of yamux's stream limit, whose excess kills a session)",
-                    crate::session::MAX_YAMUX_STREAMS / 2
-                ),
-            ));
+        if let Some(v) = &file.max_visitors_per_session {
+            if *v.get_ref() > MAX_VISITORS_PER_SESSION {
+                return Err(src.at(
+                    v.span(),
+                    Some("max_visitors_per_session"),
+                    format!(
+                        "at most {MAX_VISITORS_PER_SESSION} (yamux's stream limit minus headroom: exceeding it kills a session)"
+                    ),
+                ));
+            }
         }
         let mut identities = Vec::with_capacity(file.identities.len());
         let mut seen = HashSet::new();

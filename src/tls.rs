@@ -410,12 +410,16 @@ pub fn explain_handshake_error(err: &std::io::Error, trust: &ServerTrust) -> Str
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
             format!("server certificate refused: {}", other.0)
         }
-        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => match trust {
+        // Two CAs with the same name (every `ncx certs ca` defaults to "ncx CA") show up as a bad
+        // signature rather than an unknown issuer.
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+        ) => match trust {
             ServerTrust::Ca { path, .. } => format!(
                 "server certificate refused: it is not signed by the CA in {}",
                 path.display()
             ),
-            _ => "server certificate refused: unknown issuer".into(),
+            _ => format!("server certificate refused: {tls}"),
         },
         rustls::Error::InvalidCertificate(e) => format!("server certificate refused: {e:?}"),
         rustls::Error::NoApplicationProtocol

@@ -1,0 +1,285 @@
+//! The `ncx` binary as a user runs it: real processes, real sockets on 127.0.0.1.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn ncx() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ncx"));
+    c.env_remove("RUST_LOG")
+        .env_remove("NCX_TOKEN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+/// Reads lines from `child`'s stdout and stderr until one contains `needle`; returns that line.
+async fn wait_for_line(child: &mut Child, needle: &str) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    for reader in [
+        Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(stderr),
+    ] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(l).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(l) = rx.recv().await {
+            if l.contains(needle) {
+                return Some(l);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the line appears in time");
+    // Keep draining so the child never blocks on a full pipe.
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    found.unwrap_or_else(|| panic!("the process ended without printing {needle:?}"))
+}
+
+#[tokio::test]
+async fn demo_check_exits_zero_after_a_round_trip() {
+    let out = tokio::time::timeout(WAIT, ncx().args(["demo", "--check"]).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("round trip through the tunnel ok"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn refused_client_exits_nonzero_with_the_reason() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("office", "right")])).await;
+    let out = tokio::time::timeout(
+        WAIT,
+        ncx()
+            .args([
+                "client",
+                "--server",
+                &server.addr.to_string(),
+                "--identity",
+                "office",
+            ])
+            .args([
+                "--server-fingerprint",
+                &pki.server.fingerprint().to_string(),
+            ])
+            .args(["--service", "web=127.0.0.1:9@0"])
+            .env("NCX_TOKEN", "hunter2-not-the-token")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: the server refused this client"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad token"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the token must never be logged: {stderr}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn certs_tooling_writes_private_keys_0600_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let run = |args: Vec<&str>| {
+        let mut c = ncx();
+        c.arg("certs").args(["--dir", d]).args(args);
+        async move {
+            tokio::time::timeout(WAIT, c.output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let ca = run(vec!["ca"]).await;
+    assert!(
+        ca.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ca.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ca.stdout).contains("fingerprint: sha256:"));
+    let srv = run(vec!["server", "localhost", "127.0.0.1"]).await;
+    assert!(
+        srv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&srv.stderr)
+    );
+    let cli = run(vec!["client", "office"]).await;
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    for key in ["ca.key", "server.key", "client-office.key"] {
+        let mode = std::fs::metadata(dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let again = run(vec!["ca"]).await;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let forced = run(vec!["--force", "server", "localhost", "127.0.0.1"]).await;
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+
+    // The files work: a server with them, a client trusting the CA file.
+    let identity = ncx::tls::ServerIdentity::from_files(
+        &dir.path().join("server.crt"),
+        &dir.path().join("server.key"),
+    )
+    .unwrap();
+    let trust = ncx::tls::ServerTrust::ca_file(&dir.path().join("ca.crt")).unwrap();
+    let server =
+        ncx::server::Server::new(server_settings(vec![common::identity("a", "t")]), identity)
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { server.run(listener, stop).await }
+    });
+    let echo = echo_service().await;
+    let client = RunningClient::start(client_settings(
+        addr,
+        trust,
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    ))
+    .await;
+    assert_eq!(
+        exchange(([127, 0, 0, 1], client.port("e")).into(), b"via ca")
+            .await
+            .unwrap(),
+        b"via ca"
+    );
+    client.stop().await;
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn server_without_certificate_creates_one_and_reuses_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut c = ncx();
+        c.args(["server", "--listen", "127.0.0.1:0", "--auto-cert-dir"])
+            .arg(dir.path())
+            .args(["--identity", "a", "--ports", "20000-20010"])
+            .env("NCX_TOKEN", "t")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let mut first = start();
+    let fp1 = wait_for_line(&mut first, "server certificate fingerprint:").await;
+    first.kill().await.unwrap();
+    let key = dir.path().join("ncx-server.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut second = start();
+    let fp2 = wait_for_line(&mut second, "server certificate fingerprint:").await;
+    second.kill().await.unwrap();
+    assert_eq!(fp1, fp2, "a restarted server keeps its certificate");
+    assert!(fp1.contains("sha256:"));
+}
+
+#[tokio::test]
+async fn walkthrough_with_processes_pinned_fingerprint() {
+    // The README's two-machine walkthrough, both machines on loopback.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ncx()
+        .args(["server", "--listen", "127.0.0.1:0", "--auto-cert-dir"])
+        .arg(dir.path())
+        .args([
+            "--identity",
+            "office",
+            "--ports",
+            "1024-65535",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .env("NCX_TOKEN", "s3cret-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listening = wait_for_line(&mut server, "server listening").await;
+    let addr = listening
+        .split("addr=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the log names the address")
+        .to_owned();
+    let fingerprint = ncx::certs::load_or_create_self_signed(dir.path())
+        .unwrap()
+        .0
+        .fingerprint()
+        .to_string();
+    let echo = echo_service().await;
+    let mut client = ncx()
+        .args(["client", "--server", &addr, "--identity", "office"])
+        .args(["--server-fingerprint", &fingerprint])
+        .args(["--service", &format!("echo={echo}@0")])
+        .env("NCX_TOKEN", "s3cret-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let available = wait_for_line(&mut client, "service available").await;
+    let public = available
+        .split("public=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the log names the public address")
+        .to_owned();
+    let public: std::net::SocketAddr = public.parse().unwrap();
+    assert_eq!(
+        exchange(public, b"through processes").await.unwrap(),
+        b"through processes"
+    );
+    client.kill().await.unwrap();
+    wait_until_refused(public, Duration::from_secs(1)).await;
+    server.kill().await.unwrap();
+}

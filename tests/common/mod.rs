@@ -1,0 +1,340 @@
+//! Shared test fixtures: certificates made with rcgen in the test, a real server and real clients on
+//! 127.0.0.1 with OS-assigned ports, and small local services.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ncx::auth::Token;
+use ncx::client::{Client, ClientError, Connected};
+use ncx::config::{
+    ClientSettings, IdentityPolicy, PortRange, ServerCert, ServerSettings, ServiceSpec,
+};
+use ncx::server::Server;
+use ncx::tls::{ServerIdentity, ServerTrust};
+use ncx_proto::Name;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Upper bound for any single wait in these tests; reaching it means a bug, not a slow machine.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A CA and a server certificate it signed, for `localhost` and 127.0.0.1.
+pub struct Pki {
+    pub ca_der: CertificateDer<'static>,
+    pub server: ServerIdentity,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut sp =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let sk = KeyPair::generate().unwrap();
+        let srv = sp.signed_by(&sk, &issuer).unwrap();
+        Pki {
+            ca_der: ca_cert.der().clone(),
+            server: ServerIdentity {
+                chain: vec![srv.der().clone(), ca_cert.der().clone()],
+                key: PrivateKeyDer::try_from(sk.serialize_der()).unwrap(),
+            },
+        }
+    }
+
+    pub fn server_identity(&self) -> ServerIdentity {
+        ServerIdentity {
+            chain: self.server.chain.clone(),
+            key: self.server.key.clone_key(),
+        }
+    }
+
+    pub fn ca_trust(&self) -> ServerTrust {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        ServerTrust::Ca {
+            path: "test-ca.pem".into(),
+            roots: Arc::new(roots),
+        }
+    }
+
+    pub fn pinned(&self) -> ServerTrust {
+        ServerTrust::Pinned(self.server.fingerprint())
+    }
+}
+
+pub fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+/// An identity allowed to bind any unprivileged port on 127.0.0.1.
+pub fn identity(n: &str, token: &str) -> IdentityPolicy {
+    identity_ports(n, token, vec![PortRange(1024..=65535)])
+}
+
+pub fn identity_ports(n: &str, token: &str, ports: Vec<PortRange>) -> IdentityPolicy {
+    IdentityPolicy {
+        name: name(n),
+        token: Token::new(token),
+        bind: "127.0.0.1".parse().unwrap(),
+        ports,
+    }
+}
+
+pub fn server_settings(identities: Vec<IdentityPolicy>) -> ServerSettings {
+    ServerSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert: ServerCert::Auto(Default::default()),
+        handshake_timeout: Duration::from_secs(10),
+        max_handshakes: 64,
+        max_visitors_per_session: 10_000,
+        identities,
+    }
+}
+
+/// A server running in this process on 127.0.0.1:0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(pki: &Pki, settings: ServerSettings) -> Self {
+        let server = Server::new(settings, pki.server_identity()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { server.run(listener, shutdown).await })
+        };
+        TestServer {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server stops in time")
+            .unwrap();
+    }
+}
+
+pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
+    ServiceSpec {
+        name: name(n),
+        local: local.to_string(),
+        remote_port,
+    }
+}
+
+pub fn client_settings(
+    server: SocketAddr,
+    trust: ServerTrust,
+    identity: &str,
+    token: &str,
+    services: Vec<ServiceSpec>,
+) -> ClientSettings {
+    ClientSettings {
+        server: server.to_string(),
+        server_name: rustls::pki_types::ServerName::try_from("localhost")
+            .unwrap()
+            .to_owned(),
+        trust,
+        identity: name(identity),
+        token: Token::new(token),
+        connect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(10),
+        local_connect_timeout: Duration::from_secs(5),
+        services,
+    }
+}
+
+pub async fn connect(settings: ClientSettings) -> Result<Connected, ClientError> {
+    tokio::time::timeout(WAIT, Client::new(settings)?.connect())
+        .await
+        .expect("connect finishes in time")
+}
+
+/// A connected client serving visitors in a task; `stop` shuts it down and waits.
+pub struct RunningClient {
+    pub ports: Vec<(String, Result<u16, String>)>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), ClientError>>,
+}
+
+impl RunningClient {
+    pub async fn start(settings: ClientSettings) -> Self {
+        let connected = connect(settings).await.expect("client connects");
+        let ports = connected
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    s.result.clone().map_err(|(c, m)| format!("{c}: {m}")),
+                )
+            })
+            .collect();
+        let shutdown = CancellationToken::new();
+        let task = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { connected.run(shutdown).await })
+        };
+        RunningClient {
+            ports,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn port(&self, service: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(n, _)| n == service)
+            .and_then(|(_, r)| r.clone().ok())
+            .unwrap_or_else(|| panic!("service {service} not registered: {:?}", self.ports))
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("client stops in time")
+            .unwrap()
+            .expect("client ends cleanly on shutdown");
+    }
+}
+
+/// An echo service: every byte back, FIN answered with FIN. Runs until the test ends.
+pub async fn echo_service() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A service that speaks first: writes `banner`, then echoes.
+pub async fn banner_service(banner: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(banner).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A service that reads until EOF, then answers with the byte count and a large reply.
+pub async fn read_all_then_answer_service(reply_len: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if s.read_to_end(&mut buf).await.is_err() {
+                    return;
+                }
+                let mut reply = format!("got {} bytes\n", buf.len()).into_bytes();
+                reply.extend((0..reply_len).map(|i| (i % 251) as u8));
+                let _ = s.write_all(&reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A deterministic xorshift generator, so payloads differ without a `rand` dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+/// Sends `payload` to `addr`, half-closes, and returns everything read back.
+pub async fn exchange(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let (mut r, mut w) = s.into_split();
+    let payload = payload.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&payload).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(w)
+    });
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await?;
+    let _w = writer.await.expect("writer task")?;
+    Ok(out)
+}
+
+/// Polls until connecting to `addr` is refused and returns how long that took. A bounded poll (every
+/// 5 ms, at most `within`), not a sleep standing in for synchronisation: the test asserts the bound.
+pub async fn wait_until_refused(addr: SocketAddr, within: Duration) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return start.elapsed(),
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < within,
+            "{addr} still accepts after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

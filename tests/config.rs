@@ -1,0 +1,161 @@
+//! Configuration: the example files parse, and mistakes name the file, line and key.
+
+use std::path::Path;
+
+use ncx::config::{ClientFile, ClientSettings, ConfigError, ServerCert, ServerSettings, Source};
+use ncx::tls::ServerTrust;
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+#[test]
+fn example_server_config_parses() {
+    let s = ServerSettings::from_source(&Source::file(&examples().join("server.toml")).unwrap())
+        .unwrap();
+    assert_eq!(s.listen.port(), 7835);
+    assert_eq!(s.identities.len(), 2);
+    assert!(s.identities[0].allows(13389));
+    assert!(s.identities[0].allows(20050));
+    assert!(!s.identities[0].allows(20100));
+    assert!(matches!(s.cert, ServerCert::Auto(_)));
+    // Secrets are masked in Debug output.
+    assert!(!format!("{s:?}").contains("change-me"), "{s:?}");
+}
+
+#[test]
+fn example_client_config_parses() {
+    let c = ClientSettings::from_source(
+        &Source::file(&examples().join("client.toml")).unwrap(),
+        ClientFile::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.identity.as_str(), "office");
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services[0].remote_port, 13389);
+    assert!(matches!(c.trust, ServerTrust::Pinned(_)));
+    assert!(!format!("{c:?}").contains("change-me"), "{c:?}");
+}
+
+fn server_err(text: &str) -> String {
+    ServerSettings::from_source(&Source::text("server.toml", text))
+        .expect_err("the config is invalid")
+        .to_string()
+}
+
+fn client_err(text: &str) -> String {
+    ClientSettings::from_source(
+        &Source::text("client.toml", text),
+        ClientFile::default(),
+        None,
+    )
+    .expect_err("the config is invalid")
+    .to_string()
+}
+
+const ID: &str = "[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [\"2000-3000\"]\n";
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let e = server_err(&format!("listen = \"127.0.0.1:1\"\nlisen = 3\n{ID}"));
+    assert!(e.starts_with("server.toml:2:"), "{e}");
+    assert!(e.contains("lisen"), "{e}");
+}
+
+#[test]
+fn bad_port_range_names_line_and_key() {
+    let e = server_err("[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [\"3000-2000\"]\n");
+    assert!(e.starts_with("server.toml:4:"), "{e}");
+    assert!(e.contains("ports"), "{e}");
+    assert!(e.contains("empty"), "{e}");
+}
+
+#[test]
+fn bad_types_and_values_are_located() {
+    let e = server_err(&format!("handshake_timeout_secs = \"ten\"\n{ID}"));
+    assert!(e.starts_with("server.toml:1:"), "{e}");
+    assert!(e.contains("handshake_timeout_secs"), "{e}");
+    let e = server_err(&format!("listen = \"nowhere\"\n{ID}"));
+    assert!(
+        e.starts_with("server.toml:1:") && e.contains("listen"),
+        "{e}"
+    );
+    let e = server_err(&format!(
+        "{ID}[[identities]]\nname = \"a\"\ntoken = \"u\"\nports = [\"1\"]\n"
+    ));
+    assert!(
+        e.starts_with("server.toml:6:") && e.contains("defined twice"),
+        "{e}"
+    );
+    let e = server_err("[[identities]]\nname = \"bad name\"\ntoken = \"t\"\nports = [\"1\"]\n");
+    assert!(e.starts_with("server.toml:2:") && e.contains("name"), "{e}");
+    let e = server_err(
+        "[tls]\ncert = \"x.pem\"\n[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [\"1\"]\n",
+    );
+    assert!(
+        e.starts_with("server.toml:2:") && e.contains("tls.key"),
+        "{e}"
+    );
+    let e = server_err("listen = \"127.0.0.1:1\"\n");
+    assert!(e.contains("no identities"), "{e}");
+}
+
+#[test]
+fn client_mistakes_are_located() {
+    let base = "server = \"h:1\"\nidentity = \"a\"\ntoken = \"t\"\nserver_fingerprint = \"sha256:00\"\n[[services]]\nname = \"s\"\nlocal = \"127.0.0.1:1\"\n";
+    let e = client_err(base);
+    assert!(
+        e.starts_with("client.toml:4:") && e.contains("server_fingerprint"),
+        "{e}"
+    );
+    let fp = format!("sha256:{}", "ab".repeat(32));
+    let ok = base.replace("sha256:00", &fp);
+    let e = client_err(&ok.replace("local = \"127.0.0.1:1\"", "local = \"nowhere\""));
+    assert!(
+        e.starts_with("client.toml:7:") && e.contains("local"),
+        "{e}"
+    );
+    let e = client_err(&format!("{ok}\nca = \"x\"\n").replacen(
+        "[[services]]",
+        "ca = \"/nonexistent/ca.pem\"\n[[services]]",
+        1,
+    ));
+    assert!(e.contains("choose one way") || e.contains("ca"), "{e}");
+    let e = client_err(&ok.replace("server_fingerprint", "#"));
+    assert!(e.contains("cannot be verified"), "{e}");
+    let e = client_err(&ok.replace("token = \"t\"\n", ""));
+    assert!(e.contains("no token"), "{e}");
+    // The token may come from the environment instead.
+    let c = ClientSettings::from_source(
+        &Source::text("client.toml", &ok.replace("token = \"t\"\n", "")),
+        ClientFile::default(),
+        Some("from-env".into()),
+    )
+    .unwrap();
+    assert!(!format!("{:?}", c.token).contains("from-env"));
+}
+
+#[test]
+fn missing_file_is_named() {
+    let e = Source::file(Path::new("/nonexistent/ncx.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e.to_string().contains("/nonexistent/ncx.toml"), "{e}");
+}
+
+#[test]
+fn service_flag_syntax() {
+    let s: ncx::config::ServiceSpec = "rdp=127.0.0.1:3389@13389".parse().unwrap();
+    assert_eq!(s.name.as_str(), "rdp");
+    assert_eq!(s.local, "127.0.0.1:3389");
+    assert_eq!(s.remote_port, 13389);
+    let s: ncx::config::ServiceSpec = "v6=[::1]:22@0".parse().unwrap();
+    assert_eq!(s.local, "[::1]:22");
+    assert!("rdp=127.0.0.1@1"
+        .parse::<ncx::config::ServiceSpec>()
+        .is_err());
+    assert!("127.0.0.1:1@1".parse::<ncx::config::ServiceSpec>().is_err());
+    assert!("a b=127.0.0.1:1@1"
+        .parse::<ncx::config::ServiceSpec>()
+        .is_err());
+}

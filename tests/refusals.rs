@@ -1,0 +1,292 @@
+//! Every refusal reaches the user with its specific reason.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use ncx::client::ClientError;
+use ncx::config::PortRange;
+use ncx::tls::{Fingerprint, ServerTrust};
+use ncx_proto::{ErrorCode, Message};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+async fn refused(settings: ncx::config::ClientSettings) -> ClientError {
+    match connect(settings).await {
+        Ok(_) => panic!("the client was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused_as_bad_token() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "right")])).await;
+    let svc = echo_service().await;
+    let err = refused(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "wrong",
+        vec![service("e", svc, 0)],
+    ))
+    .await;
+    match &err {
+        ClientError::Refused { code, message } => {
+            assert_eq!(*code, ErrorCode::BadToken);
+            assert!(message.contains("token"), "{message}");
+        }
+        other => panic!("expected a bad-token refusal, got {other:?}"),
+    }
+    assert!(err.is_permanent());
+    assert!(err.to_string().contains("bad token"), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_identity_is_refused_as_such() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let svc = echo_service().await;
+    let err = refused(client_settings(
+        server.addr,
+        pki.pinned(),
+        "nobody",
+        "t",
+        vec![service("e", svc, 0)],
+    ))
+    .await;
+    match &err {
+        ClientError::Refused { code, message } => {
+            assert_eq!(*code, ErrorCode::UnknownIdentity);
+            assert!(message.contains("nobody"), "{message}");
+        }
+        other => panic!("expected an unknown-identity refusal, got {other:?}"),
+    }
+    assert!(err.is_permanent());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_server_fingerprint_is_refused_naming_both() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let svc = echo_service().await;
+    let wrong = Fingerprint([7; 32]);
+    let err = refused(client_settings(
+        server.addr,
+        ServerTrust::Pinned(wrong),
+        "a",
+        "t",
+        vec![service("e", svc, 0)],
+    ))
+    .await;
+    let text = err.to_string();
+    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+    assert!(text.contains(&wrong.to_string()), "{text}");
+    assert!(
+        text.contains(&pki.server.fingerprint().to_string()),
+        "{text}"
+    );
+    assert!(err.is_permanent());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ca_that_did_not_sign_the_server_is_refused() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let svc = echo_service().await;
+    let err = refused(client_settings(
+        server.addr,
+        other.ca_trust(),
+        "a",
+        "t",
+        vec![service("e", svc, 0)],
+    ))
+    .await;
+    let text = err.to_string();
+    assert!(text.contains("not signed by the CA"), "{text}");
+    server.stop().await;
+}
+
+fn raw_tls_client_for(pki: &Pki, alpn: Vec<Vec<u8>>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(ncx::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test]
+async fn client_offering_another_protocol_version_fails_the_handshake_with_a_clear_reason() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let err = raw_tls_client_for(&pki, vec![b"ncx/2".to_vec()])
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect_err("the server must refuse ncx/2");
+    let explained = ncx::tls::explain_handshake_error(&err, &pki.ca_trust());
+    assert!(explained.contains("version mismatch"), "{explained}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_without_alpn_is_disconnected_after_the_handshake() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut tls = raw_tls_client_for(&pki, vec![])
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS itself succeeds without ALPN");
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, tls.read_to_end(&mut buf))
+        .await
+        .expect("the server closes the connection");
+    // Either a clean close_notify or a reset: what matters is that nothing is served.
+    if let Ok(n) = r {
+        assert_eq!(n, 0, "the server must not speak to a client without ALPN");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hello_with_another_version_is_refused_as_version_mismatch() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = raw_tls_client_for(&pki, vec![ncx_proto::ALPN.to_vec()])
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (handle, driver) =
+        ncx::session::start(tls, yamux::Mode::Client, Box::new(|_| {}), cancel.clone());
+    let driver = tokio::spawn(driver);
+    let stream = handle.open().await.unwrap();
+    let mut ctrl = tokio_util::compat::FuturesAsyncReadCompatExt::compat(stream);
+    let hello = Message::Hello {
+        version: 2,
+        identity: name("a"),
+        proof: [0; 32],
+    };
+    ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, ncx::framed::MessageReader::new().read(&mut ctrl))
+        .await
+        .unwrap()
+        .unwrap();
+    match reply {
+        Message::Error { code, message } => {
+            assert_eq!(code, ErrorCode::VersionMismatch);
+            assert!(message.as_str().contains("upgrade"), "{message}");
+        }
+        other => panic!("expected a version mismatch, got {other:?}"),
+    }
+    cancel.cancel();
+    driver.await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn port_outside_policy_is_refused_and_other_services_still_work() {
+    let pki = Pki::new();
+    let allowed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let forbidden = if allowed > 2000 {
+        allowed - 1000
+    } else {
+        allowed + 1000
+    };
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![identity_ports(
+            "a",
+            "t",
+            vec![PortRange(allowed..=allowed)],
+        )]),
+    )
+    .await;
+    let svc = banner_service(b"ok").await;
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![
+            service("bad", svc, forbidden),
+            service("good", svc, allowed),
+        ],
+    ))
+    .await;
+    let bad = &client.ports.iter().find(|(n, _)| n == "bad").unwrap().1;
+    let reason = bad.clone().expect_err("the forbidden port is refused");
+    assert!(reason.contains("port not allowed"), "{reason}");
+    assert!(reason.contains(&forbidden.to_string()), "{reason}");
+    assert_eq!(client.port("good"), allowed);
+    let mut s = TcpStream::connect(("127.0.0.1", allowed)).await.unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ok");
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn port_taken_by_another_identity_is_refused() {
+    let pki = Pki::new();
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![identity("a", "ta"), identity("b", "tb")]),
+    )
+    .await;
+    let svc = banner_service(b"a").await;
+    let a = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "ta",
+        vec![service("s", svc, 0)],
+    ))
+    .await;
+    let port = a.port("s");
+    let b_result = connect(client_settings(
+        server.addr,
+        pki.pinned(),
+        "b",
+        "tb",
+        vec![service("s", svc, port)],
+    ))
+    .await;
+    let err = match b_result {
+        Err(ClientError::NoServices(reasons)) => reasons,
+        Err(other) => panic!("unexpected error {other:?}"),
+        Ok(_) => panic!("identity b must not get a's port"),
+    };
+    assert!(err.contains("in use by another identity"), "{err}");
+    // a keeps it.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"a");
+    a.stop().await;
+    server.stop().await;
+}
