@@ -8,6 +8,8 @@
 mod visitor;
 
 use std::collections::HashMap;
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -268,6 +270,13 @@ impl Client {
     }
 }
 
+impl Drop for Connected {
+    /// A `Connected` dropped without [`Connected::run`] still ends its session and visitor tasks.
+    fn drop(&mut self) {
+        self.session_cancel.cancel();
+    }
+}
+
 /// Turns a read failure during the handshake into the most useful error: a TLS alert from the server
 /// (for example a refused client certificate) says more than "connection reset".
 fn read_failure(stage: &str, e: ReadError) -> ClientError {
@@ -408,15 +417,9 @@ impl Connected {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
         let result = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break Ok(()),
-                end = &mut self.driver => {
-                    break Err(ClientError::SessionLost(match end {
-                        Ok(SessionEnd::PeerClosed) => "the server closed the connection".into(),
-                        Ok(SessionEnd::Failed(e)) => format!("the connection failed: {e}"),
-                        Ok(SessionEnd::Closed) => "closed".into(),
-                        Err(e) => format!("the session task failed: {e}"),
-                    }));
-                }
+                // A message that arrived with the connection's end (the server's reason for ending
+                // it) must win over the bare end.
+                biased;
                 m = self.reader.read(&mut self.ctrl) => match m {
                     Ok(Message::Ping(v)) => {
                         if let Err(e) = write_message(&mut self.ctrl, &Message::Pong(v)).await {
@@ -432,6 +435,21 @@ impl Connected {
                     }
                     Err(e) => break Err(ClientError::SessionLost(format!("the control stream failed: {e}"))),
                 },
+                _ = shutdown.cancelled() => break Ok(()),
+                end = &mut self.driver => {
+                    // The server's reason may still sit in the control stream's buffer.
+                    if let Some(Ok(Message::Error { code, message })) =
+                        self.reader.read(&mut self.ctrl).now_or_never()
+                    {
+                        break Err(ClientError::SessionLost(format!("the server ended the session: {message} ({code})")));
+                    }
+                    break Err(ClientError::SessionLost(match end {
+                        Ok(SessionEnd::PeerClosed) => "the server closed the connection".into(),
+                        Ok(SessionEnd::Failed(e)) => format!("the connection failed: {e}"),
+                        Ok(SessionEnd::Closed) => "closed".into(),
+                        Err(e) => format!("the session task failed: {e}"),
+                    }));
+                }
             }
         };
         self.close().await;
