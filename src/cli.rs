@@ -168,11 +168,9 @@ impl ServerArgs {
     fn settings(self) -> anyhow::Result<ServerSettings> {
         let mut flags = ServerFile {
             listen: self.listen.map(spanned),
-            tls: None,
             handshake_timeout_secs: self.handshake_timeout_secs.map(spanned),
-            max_handshakes: None,
             max_visitors_per_session: self.max_visitors_per_session.map(spanned),
-            identities: Vec::new(),
+            ..Default::default()
         };
         if self.cert.is_some() || self.auto_cert_dir.is_some() {
             flags.tls = Some(ServerTlsFile {
@@ -218,8 +216,6 @@ impl ClientArgs {
             server_fingerprint: self.server_fingerprint.map(spanned),
             ca: self.ca.map(spanned),
             insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
-            connect_timeout_secs: None,
-            handshake_timeout_secs: None,
             local_connect_timeout_secs: self.local_connect_timeout_secs.map(spanned),
             services: self
                 .services
@@ -230,6 +226,7 @@ impl ClientArgs {
                     remote_port: s.remote_port,
                 })
                 .collect(),
+            ..Default::default()
         };
         Ok(match self.config {
             Some(path) => ClientSettings::from_source(&Source::file(&path)?, flags, None)?,

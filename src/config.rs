@@ -31,8 +31,30 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client gives up connecting to a local service after this long, and refuses the visitor.
 pub const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in progress at once on a server; more connections wait in the kernel's backlog.
+/// Handshakes in progress at once on a server; when all are taken, the oldest is dropped for a new
+/// connection, so idle connections cannot starve real clients.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// Client sessions a server holds at once.
+pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+/// Concurrent visitors per service (within the session's limit).
+pub const DEFAULT_MAX_VISITORS_PER_SERVICE: usize = 10_000;
+/// Substreams opened whose client has not answered yet. yamux stalls every open beyond 256
+/// unacknowledged ones, so this stays below that.
+pub const DEFAULT_MAX_OPENS_IN_FLIGHT: usize = 128;
+/// Each side pings the other this often on the control stream.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A peer that answered no ping for this long is dead: the session is torn down.
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
+/// On shutdown or takeover, visitors in flight may finish for this long before they are reset.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed authentications from one address within [`DEFAULT_AUTH_BLOCK`] before it is blocked.
+pub const DEFAULT_AUTH_FAILURES_BEFORE_BLOCK: u32 = 5;
+/// How long an address that failed too often is refused.
+pub const DEFAULT_AUTH_BLOCK: Duration = Duration::from_secs(60);
+/// First pause before the client reconnects.
+pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_secs(1);
+/// Longest pause between reconnects.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Concurrent visitors per session. Kept below yamux's stream limit, whose excess kills a session.
 pub const DEFAULT_MAX_VISITORS_PER_SESSION: usize = 10_000;
 /// The highest allowed `max_visitors_per_session`: yamux's stream limit less 1024 streams of
@@ -212,6 +234,22 @@ pub struct ServerFile {
     pub max_handshakes: Option<Spanned<usize>>,
     /// Concurrent visitors per client session.
     pub max_visitors_per_session: Option<Spanned<usize>>,
+    /// Client sessions at once.
+    pub max_sessions: Option<Spanned<usize>>,
+    /// Concurrent visitors per service.
+    pub max_visitors_per_service: Option<Spanned<usize>>,
+    /// Substreams awaiting the client's answer, per session.
+    pub max_opens_in_flight: Option<Spanned<usize>>,
+    /// Seconds between pings to each client.
+    pub ping_interval_secs: Option<Spanned<u64>>,
+    /// Seconds without an answered ping after which a client is dead.
+    pub liveness_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds visitors may finish in on shutdown or takeover.
+    pub drain_timeout_secs: Option<Spanned<u64>>,
+    /// Failed authentications from one address before it is blocked.
+    pub auth_failures_before_block: Option<Spanned<u32>>,
+    /// Seconds an address is blocked after too many failed authentications.
+    pub auth_block_secs: Option<Spanned<u64>>,
     /// Who may connect, and what each may expose.
     #[serde(default)]
     pub identities: Vec<IdentityFile>,
@@ -299,11 +337,125 @@ pub struct ServerSettings {
     pub max_handshakes: usize,
     /// Concurrent visitors per session.
     pub max_visitors_per_session: usize,
+    /// Client sessions at once.
+    pub max_sessions: usize,
+    /// Concurrent visitors per service.
+    pub max_visitors_per_service: usize,
+    /// Substreams awaiting the client's answer, per session.
+    pub max_opens_in_flight: usize,
+    /// Liveness and drain timing.
+    pub timing: Timing,
+    /// Failed authentications from one address before it is blocked.
+    pub auth_failures_before_block: u32,
+    /// How long a blocked address stays blocked.
+    pub auth_block: Duration,
     /// Known identities.
     pub identities: Vec<IdentityPolicy>,
 }
 
+/// Liveness and drain timing, the same knobs on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often to ping the peer.
+    pub ping_interval: Duration,
+    /// How long without an answered ping before the peer is dead.
+    pub liveness_timeout: Duration,
+    /// How long streams in flight may finish on shutdown or takeover.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            ping_interval: DEFAULT_PING_INTERVAL,
+            liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// Reads the shared timing keys, checking that pings come well within the liveness timeout.
+fn timing(
+    src: &Source,
+    ping: &Option<Spanned<u64>>,
+    liveness: &Option<Spanned<u64>>,
+    drain: &Option<Spanned<u64>>,
+) -> Result<Timing, ConfigError> {
+    let t = Timing {
+        ping_interval: secs(src, ping, "ping_interval_secs", DEFAULT_PING_INTERVAL)?,
+        liveness_timeout: secs(
+            src,
+            liveness,
+            "liveness_timeout_secs",
+            DEFAULT_LIVENESS_TIMEOUT,
+        )?,
+        drain_timeout: secs(src, drain, "drain_timeout_secs", DEFAULT_DRAIN_TIMEOUT)?,
+    };
+    if t.liveness_timeout < t.ping_interval * 2 {
+        let span = liveness
+            .as_ref()
+            .or(ping.as_ref())
+            .map(|s| s.span())
+            .unwrap_or(0..0);
+        return Err(src.at(
+            span,
+            Some("liveness_timeout_secs"),
+            format!(
+                "must be at least twice ping_interval_secs ({}s), or a single late ping kills the session",
+                t.ping_interval.as_secs()
+            ),
+        ));
+    }
+    Ok(t)
+}
+
+/// A positive number of seconds, or the default.
+fn secs(
+    src: &Source,
+    v: &Option<Spanned<u64>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        Some(s) if *s.get_ref() == 0 => Err(src.at(s.span(), Some(key), "must be at least 1")),
+        Some(s) => Ok(Duration::from_secs(*s.get_ref())),
+        None => Ok(default),
+    }
+}
+
+/// A positive count, or the default.
+fn count(
+    src: &Source,
+    v: &Option<Spanned<usize>>,
+    key: &str,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match v {
+        Some(s) if *s.get_ref() == 0 => Err(src.at(s.span(), Some(key), "must be at least 1")),
+        Some(s) => Ok(*s.get_ref()),
+        None => Ok(default),
+    }
+}
+
 impl ServerSettings {
+    /// Settings with every default, for programs that build them in code (tests, the demo).
+    pub fn new(listen: SocketAddr, cert: ServerCert, identities: Vec<IdentityPolicy>) -> Self {
+        ServerSettings {
+            listen,
+            cert,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_visitors_per_session: DEFAULT_MAX_VISITORS_PER_SESSION,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_visitors_per_service: DEFAULT_MAX_VISITORS_PER_SERVICE,
+            max_opens_in_flight: DEFAULT_MAX_OPENS_IN_FLIGHT,
+            timing: Timing::default(),
+            auth_failures_before_block: DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
+            auth_block: DEFAULT_AUTH_BLOCK,
+            identities,
+        }
+    }
+
     /// Parses and validates `server.toml` text.
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
         let file: ServerFile = src.parse()?;
@@ -341,30 +493,73 @@ impl ServerSettings {
                 return Err(src.at(k.span(), Some("tls.key"), "given without tls.cert"))
             }
         };
-        let positive_secs = |v: &Option<Spanned<u64>>, key: &str, default: Duration| match v {
-            Some(s) if *s.get_ref() == 0 => Err(src.at(s.span(), Some(key), "must be at least 1")),
-            Some(s) => Ok(Duration::from_secs(*s.get_ref())),
-            None => Ok(default),
-        };
-        let positive = |v: &Option<Spanned<usize>>, key: &str, default: usize| match v {
-            Some(s) if *s.get_ref() == 0 => Err(src.at(s.span(), Some(key), "must be at least 1")),
-            Some(s) => Ok(*s.get_ref()),
-            None => Ok(default),
-        };
-        let handshake_timeout = positive_secs(
+        let handshake_timeout = secs(
+            src,
             &file.handshake_timeout_secs,
             "handshake_timeout_secs",
             DEFAULT_HANDSHAKE_TIMEOUT,
         )?;
-        let max_handshakes = positive(
+        let max_handshakes = count(
+            src,
             &file.max_handshakes,
             "max_handshakes",
             DEFAULT_MAX_HANDSHAKES,
         )?;
-        let max_visitors_per_session = positive(
+        let max_visitors_per_session = count(
+            src,
             &file.max_visitors_per_session,
             "max_visitors_per_session",
             DEFAULT_MAX_VISITORS_PER_SESSION,
+        )?;
+        let max_sessions = count(
+            src,
+            &file.max_sessions,
+            "max_sessions",
+            DEFAULT_MAX_SESSIONS,
+        )?;
+        let max_visitors_per_service = count(
+            src,
+            &file.max_visitors_per_service,
+            "max_visitors_per_service",
+            DEFAULT_MAX_VISITORS_PER_SERVICE,
+        )?;
+        let max_opens_in_flight = count(
+            src,
+            &file.max_opens_in_flight,
+            "max_opens_in_flight",
+            DEFAULT_MAX_OPENS_IN_FLIGHT,
+        )?;
+        if let Some(v) = &file.max_opens_in_flight {
+            if *v.get_ref() > 255 {
+                return Err(src.at(
+                    v.span(),
+                    Some("max_opens_in_flight"),
+                    "at most 255: yamux stalls every open beyond 256 unacknowledged ones",
+                ));
+            }
+        }
+        let timing = timing(
+            src,
+            &file.ping_interval_secs,
+            &file.liveness_timeout_secs,
+            &file.drain_timeout_secs,
+        )?;
+        let auth_failures_before_block = match &file.auth_failures_before_block {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(src.at(
+                    v.span(),
+                    Some("auth_failures_before_block"),
+                    "must be at least 1",
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
+        };
+        let auth_block = secs(
+            src,
+            &file.auth_block_secs,
+            "auth_block_secs",
+            DEFAULT_AUTH_BLOCK,
         )?;
         if let Some(v) = &file.max_visitors_per_session {
             if *v.get_ref() > MAX_VISITORS_PER_SESSION {
@@ -431,6 +626,12 @@ impl ServerSettings {
             handshake_timeout,
             max_handshakes,
             max_visitors_per_session,
+            max_sessions,
+            max_visitors_per_service,
+            max_opens_in_flight,
+            timing,
+            auth_failures_before_block,
+            auth_block,
             identities,
         })
     }
@@ -463,6 +664,16 @@ pub struct ClientFile {
     pub handshake_timeout_secs: Option<Spanned<u64>>,
     /// Seconds to wait for a local service to accept a connection.
     pub local_connect_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds between pings to the server.
+    pub ping_interval_secs: Option<Spanned<u64>>,
+    /// Seconds without an answered ping after which the server is dead.
+    pub liveness_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds visitors may finish in on shutdown.
+    pub drain_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds before the first reconnect.
+    pub reconnect_initial_secs: Option<Spanned<u64>>,
+    /// Longest pause between reconnects, in seconds.
+    pub reconnect_max_secs: Option<Spanned<u64>>,
     /// Services to expose.
     #[serde(default)]
     pub services: Vec<ServiceFile>,
@@ -544,11 +755,57 @@ pub struct ClientSettings {
     pub handshake_timeout: Duration,
     /// Deadline for connecting to a local service.
     pub local_connect_timeout: Duration,
+    /// Liveness and drain timing.
+    pub timing: Timing,
+    /// Reconnect backoff.
+    pub reconnect: Backoff,
     /// Services to expose.
     pub services: Vec<ServiceSpec>,
 }
 
+/// Exponential reconnect backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First pause.
+    pub initial: Duration,
+    /// Longest pause.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: DEFAULT_RECONNECT_INITIAL,
+            max: DEFAULT_RECONNECT_MAX,
+        }
+    }
+}
+
 impl ClientSettings {
+    /// Settings with every default, for programs that build them in code (tests, the demo).
+    pub fn new(
+        server: String,
+        server_name: rustls::pki_types::ServerName<'static>,
+        trust: ServerTrust,
+        identity: Name,
+        token: Token,
+        services: Vec<ServiceSpec>,
+    ) -> Self {
+        ClientSettings {
+            server,
+            server_name,
+            trust,
+            identity,
+            token,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
+            timing: Timing::default(),
+            reconnect: Backoff::default(),
+            services,
+        }
+    }
+
     /// Parses and validates `client.toml` text; `extra` (from flags) is laid over it.
     pub fn from_source(
         src: &Source,
@@ -633,26 +890,56 @@ impl ClientSettings {
                 ))
             }
         };
-        let secs = |v: &Option<Spanned<u64>>, key: &str, default: Duration| match v {
-            Some(s) if *s.get_ref() == 0 => Err(src.at(s.span(), Some(key), "must be at least 1")),
-            Some(s) => Ok(Duration::from_secs(*s.get_ref())),
-            None => Ok(default),
-        };
         let connect_timeout = secs(
+            src,
             &file.connect_timeout_secs,
             "connect_timeout_secs",
             DEFAULT_CONNECT_TIMEOUT,
         )?;
         let handshake_timeout = secs(
+            src,
             &file.handshake_timeout_secs,
             "handshake_timeout_secs",
             DEFAULT_HANDSHAKE_TIMEOUT,
         )?;
         let local_connect_timeout = secs(
+            src,
             &file.local_connect_timeout_secs,
             "local_connect_timeout_secs",
             DEFAULT_LOCAL_CONNECT_TIMEOUT,
         )?;
+        let timing = timing(
+            src,
+            &file.ping_interval_secs,
+            &file.liveness_timeout_secs,
+            &file.drain_timeout_secs,
+        )?;
+        let reconnect = Backoff {
+            initial: secs(
+                src,
+                &file.reconnect_initial_secs,
+                "reconnect_initial_secs",
+                DEFAULT_RECONNECT_INITIAL,
+            )?,
+            max: secs(
+                src,
+                &file.reconnect_max_secs,
+                "reconnect_max_secs",
+                DEFAULT_RECONNECT_MAX,
+            )?,
+        };
+        if reconnect.max < reconnect.initial {
+            let span = file
+                .reconnect_max_secs
+                .as_ref()
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            return Err(src.at(
+                span,
+                Some("reconnect_max_secs"),
+                "must not be below reconnect_initial_secs",
+            ));
+        }
         let mut services = Vec::new();
         let mut names = HashSet::new();
         for s in file.services {
@@ -687,6 +974,8 @@ impl ClientSettings {
             connect_timeout,
             handshake_timeout,
             local_connect_timeout,
+            timing,
+            reconnect,
             services,
         })
     }
@@ -707,7 +996,12 @@ fn overlay(file: &mut ClientFile, extra: ClientFile) {
         insecure_skip_verify,
         connect_timeout_secs,
         handshake_timeout_secs,
-        local_connect_timeout_secs
+        local_connect_timeout_secs,
+        ping_interval_secs,
+        liveness_timeout_secs,
+        drain_timeout_secs,
+        reconnect_initial_secs,
+        reconnect_max_secs
     );
     file.services.extend(extra.services);
 }

@@ -82,19 +82,16 @@ async fn run_inner(
         .await
         .context("binding the demo server")?;
     let server_addr = listener.local_addr()?;
-    let settings = ServerSettings {
-        listen: server_addr,
-        cert: ServerCert::Auto(Default::default()),
-        handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
-        max_handshakes: crate::config::DEFAULT_MAX_HANDSHAKES,
-        max_visitors_per_session: crate::config::DEFAULT_MAX_VISITORS_PER_SESSION,
-        identities: vec![IdentityPolicy {
+    let settings = ServerSettings::new(
+        server_addr,
+        ServerCert::Auto(Default::default()),
+        vec![IdentityPolicy {
             name: name.clone(),
             token: Token::new(token.clone()),
             bind: "127.0.0.1".parse()?,
             ports: vec![PortRange(1024..=65535)],
         }],
-    };
+    );
     let server = crate::server::Server::new(settings, identity)?;
     {
         let server = server.clone();
@@ -102,21 +99,18 @@ async fn run_inner(
         tracker.spawn(async move { server.run(listener, cancel).await });
     }
 
-    let client = crate::client::Client::new(ClientSettings {
-        server: server_addr.to_string(),
-        server_name: rustls::pki_types::ServerName::try_from("localhost")?.to_owned(),
-        trust: ServerTrust::Pinned(fingerprint),
-        identity: name,
-        token: Token::new(token),
-        connect_timeout: crate::config::DEFAULT_CONNECT_TIMEOUT,
-        handshake_timeout: crate::config::DEFAULT_HANDSHAKE_TIMEOUT,
-        local_connect_timeout: crate::config::DEFAULT_LOCAL_CONNECT_TIMEOUT,
-        services: vec![ServiceSpec {
+    let client = crate::client::Client::new(ClientSettings::new(
+        server_addr.to_string(),
+        rustls::pki_types::ServerName::try_from("localhost")?.to_owned(),
+        ServerTrust::Pinned(fingerprint),
+        name,
+        Token::new(token),
+        vec![ServiceSpec {
             name: ncx_proto::Name::new("echo").expect("a valid literal name"),
             local: service_addr.to_string(),
             remote_port: 0,
         }],
-    })?;
+    ))?;
     let connected = client.connect().await.context("the demo client")?;
     let port = connected
         .port("echo")

@@ -11,6 +11,8 @@
 //! - [`auth`]: token proofs bound to the TLS connection.
 //! - [`session`]: the task that drives one yamux connection.
 //! - [`framed`]: protocol messages on async streams.
+//! - [`net`]: socket options for the tunnel connection.
+//! - [`ratelimit`]: warnings at a limited rate.
 //! - [`splice`]: TCP ↔ substream copying that keeps half-close and makes resets visible.
 //! - [`server`], [`client`]: the two ends.
 //! - [`demo`]: everything on loopback in one process.
@@ -29,6 +31,8 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod framed;
+pub mod net;
+pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod splice;

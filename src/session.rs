@@ -34,6 +34,11 @@ pub const SPLIT_SEND_SIZE: usize = 64 * 1024;
 /// cover every stream's initial window.
 const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 
+/// Receive window shared by all streams beyond their initial 256 KiB each. yamux grows a busy
+/// stream's window (doubling, for links with a large bandwidth-delay product) only out of this
+/// budget, so it also bounds what one session can buffer beyond 256 KiB per open stream.
+pub const SHARED_WINDOW_BUDGET: usize = 32 * 1024 * 1024;
+
 /// Open requests that may wait for the driver at once; callers beyond it wait for a slot.
 const OPEN_QUEUE: usize = 64;
 
@@ -47,7 +52,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn yamux_config() -> yamux::Config {
     let mut cfg = yamux::Config::default();
     // The window setter asserts it covers max_num_streams × 256 KiB, so it goes first.
-    cfg.set_max_connection_receive_window(Some(MAX_YAMUX_STREAMS * YAMUX_STREAM_WINDOW));
+    cfg.set_max_connection_receive_window(Some(
+        MAX_YAMUX_STREAMS * YAMUX_STREAM_WINDOW + SHARED_WINDOW_BUDGET,
+    ));
     cfg.set_max_num_streams(MAX_YAMUX_STREAMS);
     cfg.set_split_send_size(SPLIT_SEND_SIZE);
     cfg
@@ -57,6 +64,8 @@ pub fn yamux_config() -> yamux::Config {
 #[derive(Debug, Default)]
 pub struct SessionState {
     dead: AtomicBool,
+    /// Cancelled when the driver has stopped.
+    ended: CancellationToken,
 }
 
 impl SessionState {
@@ -70,6 +79,11 @@ impl SessionState {
 
     fn mark_dead(&self) {
         self.dead.store(true, Ordering::SeqCst);
+    }
+
+    /// Completes once the driver has stopped (for any reason). Can be awaited any number of times.
+    pub async fn ended(&self) {
+        self.ended.cancelled().await
     }
 }
 
@@ -282,10 +296,10 @@ where
     .await;
     state.mark_dead();
     open_rx.close();
-    match end {
+    let end = match end {
         Some(end) => end,
         None => {
-            // Closing locally: send GoAway and close the socket, bounded in time.
+            // Closing locally: send yamux's GoAway and close the socket, bounded in time.
             let _ = tokio::time::timeout(
                 CLOSE_TIMEOUT,
                 std::future::poll_fn(|cx| conn.poll_close(cx)),
@@ -293,5 +307,7 @@ where
             .await;
             SessionEnd::Closed
         }
-    }
+    };
+    state.ended.cancel();
+    end
 }

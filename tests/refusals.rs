@@ -246,6 +246,7 @@ async fn port_outside_policy_is_refused_and_other_services_still_work() {
     let mut b = [0u8; 2];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"ok");
+    drop(s);
     client.stop().await;
     server.stop().await;
 }
@@ -287,6 +288,7 @@ async fn port_taken_by_another_identity_is_refused() {
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"a");
+    drop(s);
     a.stop().await;
     server.stop().await;
 }

@@ -82,6 +82,7 @@ async fn server_speaks_first_service_works() {
     let mut hi = [0u8; 2];
     s.read_exact(&mut hi).await.unwrap();
     assert_eq!(&hi, b"hi");
+    drop(s);
     client.stop().await;
     server.stop().await;
 }
@@ -181,6 +182,7 @@ async fn explicit_remote_port_is_bound() {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await.unwrap();
+    drop(s);
     client.stop().await;
     server.stop().await;
 }
@@ -235,7 +237,7 @@ async fn session_death_resets_visitors_instead_of_a_clean_end() {
     let mut buf = [0u8; 7];
     visitor.read_exact(&mut buf).await.unwrap();
     accepted_rx.await.unwrap();
-    client.stop().await;
+    client.kill().await;
     let mut rest = Vec::new();
     let r = tokio::time::timeout(WAIT, visitor.read_to_end(&mut rest))
         .await

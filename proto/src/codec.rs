@@ -81,7 +81,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
 }
 
 fn is_known_type(t: u8) -> bool {
-    matches!(t, 0x01..=0x08 | 0x10 | 0x11)
+    matches!(t, 0x01..=0x09 | 0x10 | 0x11)
 }
 
 fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
@@ -115,6 +115,10 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         },
         0x07 => Message::Ping(r.u64("ping")?),
         0x08 => Message::Pong(r.u64("pong")?),
+        0x09 => Message::GoAway {
+            code: r.error_code()?,
+            message: r.text("message")?,
+        },
         0x10 => Message::VisitorHeader {
             service: r.name("service")?,
             visitor: r.socket_addr()?,
@@ -246,7 +250,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&code.to_u16().to_be_bytes());
             put_text(out, message);
         }
-        Message::Error { code, message } => {
+        Message::Error { code, message } | Message::GoAway { code, message } => {
             out.extend_from_slice(&code.to_u16().to_be_bytes());
             put_text(out, message);
         }

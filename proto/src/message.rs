@@ -288,6 +288,15 @@ pub enum Message {
         /// Why, for people.
         message: Text,
     },
+    /// Either way, on the control stream: the sender takes no new visitors (a server closes its
+    /// public ports, a client refuses new substreams); streams in flight go on until they finish or
+    /// the sender's drain deadline passes, then the sender closes the session.
+    GoAway {
+        /// Why, for programs (for example [`ErrorCode::ShuttingDown`]).
+        code: ErrorCode,
+        /// Why, for people.
+        message: Text,
+    },
     /// Either way, on the control stream: answer with a [`Message::Pong`] of the same value.
     Ping(u64),
     /// The answer to a [`Message::Ping`].
@@ -319,6 +328,7 @@ impl Message {
             Message::Error { .. } => 0x06,
             Message::Ping(_) => 0x07,
             Message::Pong(_) => 0x08,
+            Message::GoAway { .. } => 0x09,
             Message::VisitorHeader { .. } => 0x10,
             Message::VisitorStatus { .. } => 0x11,
         }

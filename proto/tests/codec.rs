@@ -32,6 +32,10 @@ fn all_kinds() -> Vec<Message> {
             code: ErrorCode::Internal,
             message: text.clone(),
         },
+        Message::GoAway {
+            code: ErrorCode::SessionReplaced,
+            message: Text::new("x"),
+        },
         Message::Ping(u64::MAX),
         Message::Pong(0),
         Message::VisitorHeader {

@@ -78,6 +78,13 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
         ("ping", Message::Ping(7)),
         ("pong", Message::Pong(7)),
         (
+            "go_away",
+            Message::GoAway {
+                code: ErrorCode::ShuttingDown,
+                message: Text::new("restarted"),
+            },
+        ),
+        (
             "visitor_header_v4",
             Message::VisitorHeader {
                 service: n("rdp"),

@@ -13,9 +13,11 @@ use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ncx_proto::{ErrorCode, Message, Name, PROTOCOL_VERSION};
+use ncx_proto::{ErrorCode, Message, Name, Text, PROTOCOL_VERSION};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_rustls::TlsConnector;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
@@ -27,10 +29,6 @@ use crate::framed::{write_message, MessageReader, ReadError};
 use crate::session::{self, SessionEnd};
 use crate::tls::{ServerTrust, TlsError};
 
-/// First pause before reconnecting.
-pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-/// Longest pause between reconnects.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A session that lived this long resets the backoff to its initial value.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 
@@ -73,6 +71,14 @@ pub enum ClientError {
     /// The session ended after it was established.
     #[error("the session ended: {0}")]
     SessionLost(String),
+    /// The server sent go-away and closed the session.
+    #[error("the server closed the session: {message} ({code})")]
+    GoneAway {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
     /// Building the TLS configuration failed.
     #[error(transparent)]
     Config(#[from] TlsError),
@@ -116,6 +122,9 @@ pub struct Connected {
     session_cancel: CancellationToken,
     visitors_cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Cleared when draining: new substreams from the server are refused.
+    accepting: Arc<AtomicBool>,
+    settings: Arc<ClientSettings>,
 }
 
 impl Client {
@@ -149,6 +158,7 @@ impl Client {
             }
         };
         let _ = tcp.set_nodelay(true);
+        crate::net::keepalive(&tcp);
         if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
             warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");
         }
@@ -189,7 +199,9 @@ impl Client {
                 .map(|svc| (svc.name.clone(), svc.clone()))
                 .collect(),
         );
+        let accepting = Arc::new(AtomicBool::new(true));
         let on_inbound = {
+            let accepting = accepting.clone();
             let tracker = tracker.clone();
             let cancel = visitors_cancel.clone();
             let services = services.clone();
@@ -204,6 +216,10 @@ impl Client {
                     let Some(state) = slot.get().cloned() else {
                         return;
                     };
+                    if !accepting.load(Ordering::SeqCst) {
+                        // Draining: dropping the stream resets it, and the server resets the visitor.
+                        return;
+                    }
                     tracker.spawn(
                         visitor::serve(
                             stream,
@@ -244,6 +260,8 @@ impl Client {
             session_cancel,
             visitors_cancel,
             tracker,
+            accepting,
+            settings: self.settings.clone(),
         };
         let result = tokio::time::timeout_at(
             deadline,
@@ -413,9 +431,22 @@ impl Connected {
             .and_then(|s| s.result.as_ref().ok().copied())
     }
 
-    /// Serves visitors until the session ends or `shutdown` fires. Returns `Ok` only for a shutdown.
+    /// Serves visitors until the session ends or `shutdown` fires; returns `Ok` only for a shutdown.
+    ///
+    /// Pings the server every `ping_interval` and gives the session up when no answer was read for
+    /// `liveness_timeout`. On shutdown it sends go-away (the server releases the ports), refuses new
+    /// visitors, and lets those in flight finish for up to `drain_timeout` before resetting them.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
+        let timing = self.settings.timing;
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ping_seq: u64 = 0;
+        let mut last_pong = Instant::now();
+        let mut drain_deadline: Option<Instant> = None;
+        let mut server_going_away: Option<(ErrorCode, String)> = None;
         let result = loop {
+            let deadline = drain_deadline.unwrap_or_else(Instant::now);
             tokio::select! {
                 // A message that arrived with the connection's end (the server's reason for ending
                 // it) must win over the bare end.
@@ -426,22 +457,47 @@ impl Connected {
                             break Err(ClientError::SessionLost(format!("answering a ping: {e}")));
                         }
                     }
-                    Ok(Message::Pong(_)) => {}
+                    Ok(Message::Pong(_)) => last_pong = Instant::now(),
+                    Ok(Message::GoAway { code, message }) => {
+                        info!(%code, reason = %message, "the server is going away; visitors in flight may finish");
+                        server_going_away = Some((code, message.to_string()));
+                    }
                     Ok(Message::Error { code, message }) => {
-                        break Err(ClientError::SessionLost(format!("the server ended the session: {message} ({code})")));
+                        break Err(ClientError::GoneAway { code, message: message.to_string() });
                     }
                     Ok(other) => {
                         break Err(ClientError::SessionLost(format!("unexpected message type 0x{:02x} on the control stream", other.type_byte())));
                     }
-                    Err(e) => break Err(ClientError::SessionLost(format!("the control stream failed: {e}"))),
+                    Err(e) => break Err(match server_going_away.take() {
+                        Some((code, message)) => ClientError::GoneAway { code, message },
+                        None => ClientError::SessionLost(format!("the control stream failed: {e}")),
+                    }),
                 },
-                _ = shutdown.cancelled() => break Ok(()),
+                _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                    let bye = Message::GoAway { code: ErrorCode::ShuttingDown, message: Text::new("the client is shutting down") };
+                    let _ = write_message(&mut self.ctrl, &bye).await;
+                    self.accepting.store(false, Ordering::SeqCst);
+                    self.tracker.close();
+                    drain_deadline = Some(Instant::now() + timing.drain_timeout);
+                    info!(drain = ?timing.drain_timeout, "shutting down; visitors in flight may finish");
+                }
+                _ = self.tracker.wait(), if drain_deadline.is_some() => break Ok(()),
+                _ = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
+                    info!("drain deadline passed; resetting the remaining visitors");
+                    break Ok(());
+                }
                 end = &mut self.driver => {
                     // The server's reason may still sit in the control stream's buffer.
-                    if let Some(Ok(Message::Error { code, message })) =
+                    if let Some(Ok(Message::Error { code, message } | Message::GoAway { code, message })) =
                         self.reader.read(&mut self.ctrl).now_or_never()
                     {
-                        break Err(ClientError::SessionLost(format!("the server ended the session: {message} ({code})")));
+                        break Err(ClientError::GoneAway { code, message: message.to_string() });
+                    }
+                    if drain_deadline.is_some() {
+                        break Ok(());
+                    }
+                    if let Some((code, message)) = server_going_away.take() {
+                        break Err(ClientError::GoneAway { code, message });
                     }
                     break Err(ClientError::SessionLost(match end {
                         Ok(SessionEnd::PeerClosed) => "the server closed the connection".into(),
@@ -449,6 +505,17 @@ impl Connected {
                         Ok(SessionEnd::Closed) => "closed".into(),
                         Err(e) => format!("the session task failed: {e}"),
                     }));
+                }
+                _ = ping.tick() => {
+                    if last_pong.elapsed() > timing.liveness_timeout {
+                        break Err(ClientError::SessionLost(format!(
+                            "the server answered no ping for {:?}", last_pong.elapsed()
+                        )));
+                    }
+                    ping_seq += 1;
+                    if let Err(e) = write_message(&mut self.ctrl, &Message::Ping(ping_seq)).await {
+                        break Err(ClientError::SessionLost(format!("sending a ping: {e}")));
+                    }
                 }
             }
         };
@@ -477,10 +544,11 @@ fn server_host(server: &str) -> &str {
 /// every loss. Returns an error only for a permanent refusal (bad token, unknown identity, version
 /// mismatch, server certificate refused), which retrying cannot fix.
 pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Result<(), ClientError> {
+    let backoff_cfg = settings.reconnect;
     let client = Client::new(settings)?;
-    let mut backoff = BACKOFF_INITIAL;
+    let mut backoff = backoff_cfg.initial;
     loop {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let err = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = client.connect() => match r {
@@ -498,7 +566,17 @@ pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Resul
             return Err(err);
         }
         if started.elapsed() >= BACKOFF_RESET_AFTER {
-            backoff = BACKOFF_INITIAL;
+            backoff = backoff_cfg.initial;
+        }
+        if let ClientError::GoneAway {
+            code: ErrorCode::SessionReplaced,
+            ..
+        } = err
+        {
+            // Another client with this identity took over. Coming back at once would take the
+            // services back and start a tug of war; come back slowly and say so.
+            backoff = backoff_cfg.max;
+            warn!("another client with the same identity took over this client's services; two clients must not share an identity");
         }
         let pause = jitter(backoff);
         warn!(error = %err, retry_in = ?pause, "not connected; retrying");
@@ -506,7 +584,7 @@ pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Resul
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff = (backoff * 2).min(backoff_cfg.max);
     }
 }
 

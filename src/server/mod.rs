@@ -4,7 +4,9 @@
 //! - [`session`]: one task per client session: handshake, authentication, takeover, control stream.
 //! - [`services`]: binding public ports under the identity's policy and serving their visitors.
 //! - [`registry`]: which session and which ports each identity holds.
+//! - [`admission`]: handshake slots and the failed-authentication guard.
 
+mod admission;
 mod registry;
 mod services;
 mod session;
@@ -17,6 +19,8 @@ use std::time::Duration;
 use ncx_proto::Name;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use crate::ratelimit::LogLimiter;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +39,16 @@ struct Shared {
     acceptor: TlsAcceptor,
     registry: registry::Registry,
     next_session: AtomicU64,
+    /// Caps client sessions.
+    sessions: Arc<Semaphore>,
+    /// Handshakes in progress.
+    handshakes: Arc<admission::HandshakeSlots>,
+    /// Failed authentications per address.
+    auth_guard: admission::AuthGuard,
+    /// Limits warnings about refused clients.
+    refusal_log: LogLimiter,
+    /// Limits warnings about evicted handshakes.
+    eviction_log: LogLimiter,
 }
 
 /// A configured server, ready to run on a listener.
@@ -49,6 +63,10 @@ impl Server {
     pub fn new(settings: ServerSettings, identity: ServerIdentity) -> Result<Self, TlsError> {
         let fingerprint = identity.fingerprint();
         let tls = crate::tls::server_config(identity)?;
+        let settings_max_sessions = settings.max_sessions;
+        let settings_max_handshakes = settings.max_handshakes;
+        let auth_threshold = settings.auth_failures_before_block;
+        let auth_block = settings.auth_block;
         let identities = settings
             .identities
             .iter()
@@ -61,6 +79,11 @@ impl Server {
                 acceptor: TlsAcceptor::from(Arc::new(tls)),
                 registry: registry::Registry::default(),
                 next_session: AtomicU64::new(1),
+                sessions: Arc::new(Semaphore::new(settings_max_sessions)),
+                handshakes: admission::HandshakeSlots::new(settings_max_handshakes),
+                auth_guard: admission::AuthGuard::new(auth_threshold, auth_block),
+                refusal_log: LogLimiter::default(),
+                eviction_log: LogLimiter::default(),
             }),
             fingerprint,
         })
@@ -75,17 +98,10 @@ impl Server {
     /// reset, ports released) and returns once every task it started has finished.
     pub async fn run(&self, listener: TcpListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
-        let handshakes = Arc::new(Semaphore::new(self.shared.settings.max_handshakes));
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, fingerprint = %self.fingerprint, "server listening");
         }
         loop {
-            // Waiting for a handshake slot before accepting leaves further clients in the kernel's
-            // backlog rather than holding sockets we cannot serve yet.
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                p = handshakes.clone().acquire_owned() => p.expect("the handshake semaphore is never closed"),
-            };
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
@@ -102,9 +118,20 @@ impl Server {
             if let Err(e) = tcp.set_nodelay(true) {
                 debug!(%peer, error = %e, "setting TCP_NODELAY failed");
             }
+            crate::net::keepalive(&tcp);
+            let (slot, evicted) = self.shared.handshakes.claim();
+            if evicted {
+                if let Some(held_back) = self.shared.eviction_log.allow() {
+                    warn!(
+                        limit = self.shared.settings.max_handshakes,
+                        held_back,
+                        "all handshake slots taken; dropped the oldest pending handshake"
+                    );
+                }
+            }
             let span = tracing::info_span!("session", %peer, client = tracing::field::Empty);
             tracker.spawn(
-                session::run(self.shared.clone(), tcp, permit, shutdown.child_token())
+                session::run(self.shared.clone(), tcp, peer, slot, shutdown.child_token())
                     .instrument(span),
             );
         }

@@ -19,8 +19,8 @@ pub struct SessionEntry {
     pub id: SessionId,
     /// Cancelled to make it end because a newer session of the same identity took over.
     pub replace: CancellationToken,
-    /// Cancelled by the session once it has ended and released every port.
-    pub done: CancellationToken,
+    /// Cancelled by the session once it has released every port.
+    pub ports_released: CancellationToken,
 }
 
 #[derive(Debug, Default)]

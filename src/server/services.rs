@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ncx_proto::{ErrorCode, Message, Name, Text};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 use super::registry::PortClaimError;
@@ -89,7 +90,7 @@ impl Services {
         info!(%service, %addr, "service exposed");
         let span = tracing::info_span!("service", %service, port);
         self.ctx
-            .tracker
+            .listeners
             .spawn(serve(self.ctx.clone(), listener, service.clone(), port).instrument(span));
         Message::Registered {
             service,
@@ -186,46 +187,85 @@ fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accepts visitors on one public port until the session's services are cancelled, then releases
+/// Accepts visitors on one public port until the session's listeners are cancelled, then releases
 /// the port.
 async fn serve(ctx: Arc<SessionCtx>, listener: TcpListener, service: Name, port: u16) {
+    let service_permits = Arc::new(Semaphore::new(ctx.shared.settings.max_visitors_per_service));
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = ctx.services_cancel.cancelled() => break,
+            _ = ctx.listeners_cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, "accepting a visitor failed; backing off");
                     tokio::select! {
-                        _ = ctx.services_cancel.cancelled() => break,
+                        _ = ctx.listeners_cancel.cancelled() => break,
                         _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
                     }
                 }
             },
         };
+        // Limits are checked here, before a task or a substream exists for the visitor.
+        let permits = ctx
+            .visitor_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ("session", ctx.shared.settings.max_visitors_per_session))
+            .and_then(|s| {
+                service_permits
+                    .clone()
+                    .try_acquire_owned()
+                    .map(|v| (s, v))
+                    .map_err(|_| ("service", ctx.shared.settings.max_visitors_per_service))
+            });
+        let permits = match permits {
+            Ok(p) => p,
+            Err((which, limit)) => {
+                if let Some(held_back) = ctx.limit_log.allow() {
+                    warn!(%peer, limit, held_back, "visitor refused: the {which} has reached its visitor limit");
+                }
+                abort(tcp);
+                continue;
+            }
+        };
         let span = tracing::info_span!("visitor", %peer);
-        ctx.tracker
-            .spawn(visitor(ctx.clone(), tcp, peer, service.clone()).instrument(span));
+        ctx.visitors
+            .spawn(visitor(ctx.clone(), tcp, peer, service.clone(), permits).instrument(span));
     }
     drop(listener);
     ctx.shared.registry.release_port(port, ctx.id);
     debug!("port released");
 }
 
-async fn visitor(ctx: Arc<SessionCtx>, tcp: TcpStream, peer: SocketAddr, service: Name) {
+async fn visitor(
+    ctx: Arc<SessionCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    service: Name,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "setting TCP_NODELAY failed");
     }
-    let Ok(_permit) = ctx.visitors.clone().try_acquire_owned() else {
-        warn!(
-            limit = ctx.shared.settings.max_visitors_per_session,
-            "visitor refused: the session has reached its visitor limit"
-        );
+    let cancel = &ctx.visitors_cancel;
+    // An open is "in flight" until the client answers; yamux stalls beyond 256 such streams.
+    let in_flight = tokio::select! {
+        _ = cancel.cancelled() => { abort(tcp); return; }
+        r = tokio::time::timeout(OPEN_TIMEOUT, ctx.open_permits.clone().acquire_owned()) => r,
+    };
+    let Ok(Ok(in_flight)) = in_flight else {
+        if let Some(held_back) = ctx.limit_log.allow() {
+            warn!(
+                held_back,
+                "visitor refused: {} substreams await the client's answer",
+                ctx.shared.settings.max_opens_in_flight
+            );
+        }
         abort(tcp);
         return;
     };
     let stream = tokio::select! {
-        _ = ctx.services_cancel.cancelled() => { abort(tcp); return; }
+        _ = cancel.cancelled() => { abort(tcp); return; }
         r = tokio::time::timeout(OPEN_TIMEOUT, ctx.handle.open()) => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => { debug!(error = %e, "no substream for the visitor"); abort(tcp); return; }
@@ -247,9 +287,10 @@ async fn visitor(ctx: Arc<SessionCtx>, tcp: TcpStream, peer: SocketAddr, service
             .map_err(|e| format!("reading the client's answer: {e}"))
     };
     let status = tokio::select! {
-        _ = ctx.services_cancel.cancelled() => { abort(tcp); return; }
+        _ = cancel.cancelled() => { abort(tcp); return; }
         r = tokio::time::timeout(VISITOR_STATUS_TIMEOUT, status) => r,
     };
+    drop(in_flight);
     match status {
         Ok(Ok(Message::VisitorStatus { refusal: None })) => {}
         Ok(Ok(Message::VisitorStatus {
@@ -279,7 +320,7 @@ async fn visitor(ctx: Arc<SessionCtx>, tcp: TcpStream, peer: SocketAddr, service
         }
     }
     debug!("visitor connected");
-    match splice(tcp, sub, &ctx.services_cancel).await {
+    match splice(tcp, sub, cancel).await {
         SpliceEnd::Finished {
             from_tcp,
             from_substream,

@@ -1,23 +1,27 @@
 //! One client session on the server: TLS, hello and authentication under one deadline, takeover of
-//! the identity's previous session, then the control stream until the session ends.
+//! the identity's previous session, then the control stream (registrations, pings, go-away) until
+//! the session ends, and finally the teardown of its ports and visitors.
 
-use std::pin::pin;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ncx_proto::{ErrorCode, Message, Name, Text, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
+use super::admission::{FailureVerdict, HandshakeSlot};
 use super::registry::{SessionEntry, SessionId};
 use super::services::Services;
 use super::Shared;
 use crate::framed::{write_message, MessageReader, ReadError};
+use crate::ratelimit::LogLimiter;
 use crate::session::{self as yamux_session, SessionEnd, SessionHandle};
 
 /// After refusing a client, keep the connection open this long for the refusal to be read, so
@@ -33,55 +37,62 @@ const INBOUND_QUEUE: usize = 4;
 
 type Control = Compat<yamux::Stream>;
 
-/// Why a session ended before or during the control exchange.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error("{code}: {message}")]
-    Refused { code: ErrorCode, message: String },
-    #[error("{0}")]
-    Gone(String),
-}
-
-fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
-    Refusal::Refused {
-        code,
-        message: message.into(),
-    }
-}
-
 /// Everything one session's tasks share.
 pub(super) struct SessionCtx {
     pub shared: Arc<Shared>,
     pub id: SessionId,
     pub handle: SessionHandle,
-    /// Cancels the session's listeners and visitors.
-    pub services_cancel: CancellationToken,
-    /// Owns the listeners and visitor tasks.
-    pub tracker: TaskTracker,
+    /// Stops the accept loops of the session's public ports.
+    pub listeners_cancel: CancellationToken,
+    /// Owns the accept loops; empty once every port is released.
+    pub listeners: TaskTracker,
+    /// Resets the session's visitors.
+    pub visitors_cancel: CancellationToken,
+    /// Owns the visitor tasks.
+    pub visitors: TaskTracker,
     /// Caps concurrent visitors of the session.
-    pub visitors: Arc<Semaphore>,
+    pub visitor_permits: Arc<Semaphore>,
+    /// Caps substreams opened and not yet answered by the client.
+    pub open_permits: Arc<Semaphore>,
+    /// Limits warnings about visitors refused at a limit.
+    pub limit_log: LogLimiter,
+}
+
+/// How the control exchange ended, which decides the teardown.
+enum Outcome {
+    /// Refused before authentication: the reason was sent; linger so it is read.
+    Refused,
+    /// Ends now: visitors are reset.
+    Abort(String),
+    /// Go-away was sent: visitors may finish until the drain deadline.
+    Drain(String),
 }
 
 /// Runs a session from the first TLS byte to the release of its last port.
 pub(super) async fn run(
     shared: Arc<Shared>,
     tcp: TcpStream,
-    permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    slot: HandshakeSlot,
     cancel: CancellationToken,
 ) {
-    let deadline = tokio::time::Instant::now() + shared.settings.handshake_timeout;
+    let deadline = Instant::now() + shared.settings.handshake_timeout;
     let accept = tokio::select! {
         _ = cancel.cancelled() => return,
+        _ = slot.evicted() => {
+            debug!("handshake dropped to make room for a newer connection");
+            return;
+        }
         r = tokio::time::timeout_at(deadline, shared.acceptor.accept(tcp)) => r,
     };
     let tls = match accept {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            info!(error = %e, "TLS handshake with a client failed");
+            debug!(error = %e, "TLS handshake with a client failed");
             return;
         }
         Err(_) => {
-            info!("TLS handshake with a client timed out");
+            debug!("TLS handshake with a client timed out");
             return;
         }
     };
@@ -104,74 +115,76 @@ pub(super) async fn run(
             debug!("dropped a stream the client opened beyond the control stream");
         }
     });
-    // The driver has its own token, cancelled only after the control task has said goodbye, so a
-    // shutdown reaches the client as a reason before the connection closes.
+    // The driver has its own token, cancelled only after the control task has said goodbye and the
+    // visitors are done, so a shutdown reaches the client as a reason before the connection closes.
     let driver_cancel = CancellationToken::new();
     let (handle, driver) =
         yamux_session::start(tls, yamux::Mode::Server, on_inbound, driver_cancel.clone());
-    let mut driver = pin!(driver);
+    let driver = tokio::spawn(driver.in_current_span());
 
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let ctx = Arc::new(SessionCtx {
         shared: shared.clone(),
         id,
         handle,
-        services_cancel: cancel.child_token(),
-        tracker: TaskTracker::new(),
-        visitors: Arc::new(Semaphore::new(shared.settings.max_visitors_per_session)),
+        listeners_cancel: CancellationToken::new(),
+        listeners: TaskTracker::new(),
+        visitors_cancel: CancellationToken::new(),
+        visitors: TaskTracker::new(),
+        visitor_permits: Arc::new(Semaphore::new(shared.settings.max_visitors_per_session)),
+        open_permits: Arc::new(Semaphore::new(shared.settings.max_opens_in_flight)),
+        limit_log: LogLimiter::default(),
     });
     let replace = CancellationToken::new();
-    let done = CancellationToken::new();
+    let ports_released = CancellationToken::new();
     let mut identity: Option<Name> = None;
-    // Set once the driver future has completed; a completed future must not be polled again.
-    let mut driver_done = false;
 
-    let outcome = {
-        let control = control(
-            &ctx,
-            &mut inbound_rx,
-            &exported,
-            deadline,
-            permit,
-            &replace,
-            &done,
-            &cancel,
-            &mut identity,
-        );
-        tokio::select! {
-            end = &mut driver => { driver_done = true; Err(Refusal::Gone(match end {
-                SessionEnd::PeerClosed => "the client closed the connection".into(),
-                SessionEnd::Failed(e) => format!("the connection failed: {e}"),
-                SessionEnd::Closed => "closed".into(),
-            })) },
-            r = control => r,
-        }
-    };
+    let outcome = control(
+        &ctx,
+        &mut inbound_rx,
+        &exported,
+        peer,
+        deadline,
+        slot,
+        &replace,
+        &ports_released,
+        &cancel,
+        &mut identity,
+    )
+    .await;
+
     match &outcome {
-        Ok(()) => info!("session ended"),
-        Err(Refusal::Refused { code, message }) if identity.is_none() => {
-            warn!(%code, reason = %message, "client refused");
-            // Keep driving so the refusal is delivered; the client closes once it has read it.
-            if !driver_done {
-                driver_done = tokio::time::timeout(REFUSAL_LINGER, &mut driver)
-                    .await
-                    .is_ok();
-            }
+        Outcome::Refused => {
+            // Keep the connection up so the refusal is delivered; the client closes once it has
+            // read it.
+            let _ = tokio::time::timeout(REFUSAL_LINGER, ctx.handle.state().ended()).await;
         }
-        Err(e) => info!(reason = %e, "session ended"),
+        Outcome::Abort(reason) => info!(%reason, "session ended"),
+        Outcome::Drain(reason) => info!(%reason, "session ended after its visitors finished"),
     }
-    // Ports and visitors go first (visitors are reset), then the connection itself.
-    ctx.services_cancel.cancel();
-    ctx.tracker.close();
-    ctx.tracker.wait().await;
-    driver_cancel.cancel();
-    if !driver_done {
-        driver.await;
-    }
+    // Ports first, so a takeover can proceed, then visitors (any still running are reset), then the
+    // connection itself.
+    stop_listeners(&ctx, &ports_released).await;
+    ctx.visitors_cancel.cancel();
+    ctx.visitors.close();
+    ctx.visitors.wait().await;
     if let Some(identity) = identity {
         shared.registry.remove_session(&identity, id);
     }
-    done.cancel();
+    driver_cancel.cancel();
+    match driver.await {
+        Ok(SessionEnd::Failed(e)) => debug!(error = %e, "connection ended with an error"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "the session driver task failed"),
+    }
+}
+
+/// Stops accepting on the session's public ports and waits until every one is released.
+async fn stop_listeners(ctx: &SessionCtx, ports_released: &CancellationToken) {
+    ctx.listeners_cancel.cancel();
+    ctx.listeners.close();
+    ctx.listeners.wait().await;
+    ports_released.cancel();
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -179,58 +192,74 @@ async fn control(
     ctx: &Arc<SessionCtx>,
     inbound: &mut mpsc::Receiver<yamux::Stream>,
     exported: &crate::auth::ExportedKey,
-    deadline: tokio::time::Instant,
-    permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    deadline: Instant,
+    slot: HandshakeSlot,
     replace: &CancellationToken,
-    done: &CancellationToken,
+    ports_released: &CancellationToken,
     cancel: &CancellationToken,
     identity_out: &mut Option<Name>,
-) -> Result<(), Refusal> {
+) -> Outcome {
     let shared = &ctx.shared;
+    let state = ctx.handle.state().clone();
     let mut reader = MessageReader::new();
     let hello = async {
         let stream = inbound
             .recv()
             .await
-            .ok_or_else(|| Refusal::Gone("the connection closed before the hello".into()))?;
+            .ok_or("the connection closed before the hello")?;
         let mut ctrl = stream.compat();
-        let msg = reader
-            .read(&mut ctrl)
-            .await
-            .map_err(|e| Refusal::Gone(format!("reading the hello: {e}")))?;
-        Ok::<_, Refusal>((ctrl, msg))
+        match reader.read(&mut ctrl).await {
+            Ok(msg) => Ok((ctrl, msg)),
+            Err(_) => Err("the client sent no valid hello"),
+        }
     };
     let (mut ctrl, msg) = tokio::select! {
-        _ = cancel.cancelled() => return Err(Refusal::Gone("the server is shutting down".into())),
+        _ = cancel.cancelled() => return Outcome::Abort("the server is shutting down".into()),
+        _ = slot.evicted() => return Outcome::Abort("handshake dropped to make room for a newer connection".into()),
         r = tokio::time::timeout_at(deadline, hello) => match r {
-            Ok(r) => r?,
-            Err(_) => return Err(Refusal::Gone("the client did not say hello in time".into())),
+            Ok(Ok(r)) => r,
+            Ok(Err(reason)) => return Outcome::Abort(reason.into()),
+            Err(_) => return Outcome::Abort("the client did not say hello in time".into()),
         },
     };
-    let identity = match authenticate(shared, exported, msg) {
+    let identity = match authenticate(shared, exported, peer, msg) {
         Ok(identity) => identity,
-        Err(Refusal::Refused { code, message }) => {
+        Err((code, message)) => {
+            if let Some(held_back) = shared.refusal_log.allow() {
+                warn!(%code, reason = %message, held_back, "client refused");
+            }
             send_error(&mut ctrl, code, &message).await;
-            return Err(Refusal::Refused { code, message });
+            return Outcome::Refused;
         }
-        Err(e) => return Err(e),
     };
     tracing::Span::current().record("client", identity.as_str());
-    write_message(
+    let Ok(_session_permit) = shared.sessions.clone().try_acquire_owned() else {
+        let message = format!(
+            "the server holds its maximum of {} sessions",
+            shared.settings.max_sessions
+        );
+        warn!(reason = %message, "client refused");
+        send_error(&mut ctrl, ErrorCode::LimitReached, &message).await;
+        return Outcome::Refused;
+    };
+    if let Err(e) = write_message(
         &mut ctrl,
         &Message::Welcome {
             version: PROTOCOL_VERSION,
         },
     )
     .await
-    .map_err(|e| Refusal::Gone(format!("sending welcome: {e}")))?;
-    drop(permit);
+    {
+        return Outcome::Abort(format!("sending welcome: {e}"));
+    }
+    drop(slot);
 
     // Takeover: a client must never be locked out by its own stale session.
     let entry = SessionEntry {
         id: ctx.id,
         replace: replace.clone(),
-        done: done.clone(),
+        ports_released: ports_released.clone(),
     };
     if let Some(old) = shared.registry.install_session(&identity, entry) {
         info!(
@@ -238,7 +267,7 @@ async fn control(
             "taking over from the identity's previous session"
         );
         old.replace.cancel();
-        if tokio::time::timeout(TAKEOVER_TIMEOUT, old.done.cancelled())
+        if tokio::time::timeout(TAKEOVER_TIMEOUT, old.ports_released.cancelled())
             .await
             .is_err()
         {
@@ -255,30 +284,86 @@ async fn control(
         .identities
         .get(&identity)
         .expect("authenticate only returns configured identities");
+    let timing = shared.settings.timing;
     let mut services = Services::new(ctx.clone(), identity.clone(), policy.clone());
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping_seq: u64 = 0;
+    let mut last_pong = Instant::now();
+    // Set once this side sent a go-away: (deadline, reason).
+    let mut draining: Option<(Instant, String)> = None;
+    // Set once the client said it goes away: its ports are released, registrations refused.
+    let mut client_leaving = false;
     loop {
+        let drain_deadline = draining.as_ref().map_or_else(Instant::now, |(d, _)| *d);
         let msg = tokio::select! {
-            _ = replace.cancelled() => {
-                send_error(&mut ctrl, ErrorCode::SessionReplaced, "a newer session of this identity took over").await;
-                return Err(Refusal::Gone("replaced by a newer session of the same identity".into()));
+            biased;
+            _ = state.ended() => {
+                return Outcome::Abort(match draining {
+                    Some((_, reason)) => reason,
+                    None => "the connection ended".into(),
+                });
             }
-            _ = cancel.cancelled() => {
-                send_error(&mut ctrl, ErrorCode::ShuttingDown, "the server is shutting down").await;
-                return Ok(());
+            _ = replace.cancelled(), if draining.is_none() => {
+                go_away(&mut ctrl, ErrorCode::SessionReplaced, "a newer session of this identity took over").await;
+                stop_listeners(ctx, ports_released).await;
+                ctx.visitors.close();
+                draining = Some((Instant::now() + timing.drain_timeout, "replaced by a newer session of the same identity".into()));
+                continue;
+            }
+            _ = cancel.cancelled(), if draining.is_none() => {
+                go_away(&mut ctrl, ErrorCode::ShuttingDown, "the server is shutting down").await;
+                stop_listeners(ctx, ports_released).await;
+                ctx.visitors.close();
+                draining = Some((Instant::now() + timing.drain_timeout, "the server is shutting down".into()));
+                continue;
+            }
+            _ = ctx.visitors.wait(), if draining.is_some() => {
+                return Outcome::Drain(draining.map(|(_, r)| r).unwrap_or_default());
+            }
+            _ = tokio::time::sleep_until(drain_deadline), if draining.is_some() => {
+                let reason = draining.map(|(_, r)| r).unwrap_or_default();
+                return Outcome::Abort(format!("{reason}; drain deadline passed, remaining visitors reset"));
+            }
+            _ = ping.tick() => {
+                if last_pong.elapsed() > timing.liveness_timeout {
+                    warn!(silent_for = ?last_pong.elapsed(), "the client answered no ping in time; closing its session");
+                    return Outcome::Abort("the client stopped answering pings".into());
+                }
+                ping_seq += 1;
+                if let Err(e) = write_message(&mut ctrl, &Message::Ping(ping_seq)).await {
+                    return Outcome::Abort(format!("sending a ping: {e}"));
+                }
+                continue;
             }
             m = reader.read(&mut ctrl) => m,
         };
         let reply = match msg {
+            Ok(Message::Register { service, .. }) if client_leaving || draining.is_some() => {
+                Message::ServiceRefused {
+                    service,
+                    code: ErrorCode::ShuttingDown,
+                    message: Text::new("the session is going away"),
+                }
+            }
             Ok(Message::Register {
                 service,
                 remote_port,
             }) => services.register(service, remote_port),
             Ok(Message::Ping(v)) => Message::Pong(v),
-            Ok(Message::Pong(_)) => continue,
+            Ok(Message::Pong(_)) => {
+                last_pong = Instant::now();
+                continue;
+            }
+            Ok(Message::GoAway { code, message }) => {
+                info!(%code, reason = %message, "the client is going away; releasing its ports");
+                client_leaving = true;
+                stop_listeners(ctx, ports_released).await;
+                continue;
+            }
             Ok(Message::Error { code, message }) => {
-                return Err(Refusal::Gone(format!(
-                    "the client ended the session: {code}: {message}"
-                )))
+                return Outcome::Abort(format!("the client ended the session: {message} ({code})"))
             }
             Ok(other) => {
                 let text = format!(
@@ -286,18 +371,20 @@ async fn control(
                     other.type_byte()
                 );
                 send_error(&mut ctrl, ErrorCode::ProtocolViolation, &text).await;
-                return Err(Refusal::Gone(text));
+                return Outcome::Abort(text);
             }
-            Err(ReadError::Closed) => return Ok(()),
+            Err(ReadError::Closed) => {
+                return Outcome::Abort("the client closed the control stream".into())
+            }
             Err(ReadError::Invalid(e)) => {
                 let text = format!("malformed control frame: {e}");
                 send_error(&mut ctrl, ErrorCode::ProtocolViolation, &text).await;
-                return Err(Refusal::Gone(text));
+                return Outcome::Abort(text);
             }
-            Err(e) => return Err(Refusal::Gone(format!("reading the control stream: {e}"))),
+            Err(e) => return Outcome::Abort(format!("reading the control stream: {e}")),
         };
         if let Err(e) = write_message(&mut ctrl, &reply).await {
-            return Err(Refusal::Gone(format!("writing the control stream: {e}")));
+            return Outcome::Abort(format!("writing the control stream: {e}"));
         }
     }
 }
@@ -305,15 +392,16 @@ async fn control(
 fn authenticate(
     shared: &Shared,
     exported: &crate::auth::ExportedKey,
+    peer: SocketAddr,
     msg: Message,
-) -> Result<Name, Refusal> {
+) -> Result<Name, (ErrorCode, String)> {
     let Message::Hello {
         version,
         identity,
         proof,
     } = msg
     else {
-        return Err(refuse(
+        return Err((
             ErrorCode::ProtocolViolation,
             format!(
                 "expected a hello, got message type 0x{:02x}",
@@ -322,26 +410,48 @@ fn authenticate(
         ));
     };
     if version != PROTOCOL_VERSION {
-        return Err(refuse(
+        return Err((
             ErrorCode::VersionMismatch,
             format!(
                 "the server speaks protocol version {PROTOCOL_VERSION} and the client {version}: upgrade the older side"
             ),
         ));
     }
-    let Some(policy) = shared.identities.get(&identity) else {
-        return Err(refuse(
-            ErrorCode::UnknownIdentity,
-            format!("the server has no identity named {identity}"),
-        ));
-    };
-    if !crate::auth::verify(&policy.token, exported, &identity, &proof) {
-        return Err(refuse(
-            ErrorCode::BadToken,
-            format!("the token for identity {identity} is wrong"),
+    if let Some(left) = shared.auth_guard.blocked_for(peer.ip()) {
+        return Err((
+            ErrorCode::LimitReached,
+            format!(
+                "too many failed authentications from {}; try again in {} s",
+                peer.ip(),
+                left.as_secs().max(1)
+            ),
         ));
     }
-    Ok(identity)
+    let result = match shared.identities.get(&identity) {
+        None => Err((
+            ErrorCode::UnknownIdentity,
+            format!("the server has no identity named {identity}"),
+        )),
+        Some(policy) if !crate::auth::verify(&policy.token, exported, &identity, &proof) => Err((
+            ErrorCode::BadToken,
+            format!("the token for identity {identity} is wrong"),
+        )),
+        Some(_) => Ok(identity),
+    };
+    match &result {
+        Ok(_) => shared.auth_guard.record_success(peer.ip()),
+        Err(_) => {
+            if shared.auth_guard.record_failure(peer.ip()) == FailureVerdict::NowBlocked {
+                warn!(
+                    ip = %peer.ip(),
+                    block = ?shared.settings.auth_block,
+                    failures = shared.settings.auth_failures_before_block,
+                    "blocking an address after repeated failed authentications"
+                );
+            }
+        }
+    }
+    result
 }
 
 async fn send_error(ctrl: &mut Control, code: ErrorCode, message: &str) {
@@ -353,4 +463,14 @@ async fn send_error(ctrl: &mut Control, code: ErrorCode, message: &str) {
         debug!(error = %e, "could not tell the client why");
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(ctrl).await;
+}
+
+async fn go_away(ctrl: &mut Control, code: ErrorCode, message: &str) {
+    let msg = Message::GoAway {
+        code,
+        message: Text::new(message),
+    };
+    if let Err(e) = write_message(ctrl, &msg).await {
+        debug!(error = %e, "could not send go-away");
+    }
 }

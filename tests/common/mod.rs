@@ -99,14 +99,11 @@ pub fn identity_ports(n: &str, token: &str, ports: Vec<PortRange>) -> IdentityPo
 }
 
 pub fn server_settings(identities: Vec<IdentityPolicy>) -> ServerSettings {
-    ServerSettings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cert: ServerCert::Auto(Default::default()),
-        handshake_timeout: Duration::from_secs(10),
-        max_handshakes: 64,
-        max_visitors_per_session: 10_000,
+    ServerSettings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerCert::Auto(Default::default()),
         identities,
-    }
+    )
 }
 
 /// A server running in this process on 127.0.0.1:0.
@@ -157,19 +154,16 @@ pub fn client_settings(
     token: &str,
     services: Vec<ServiceSpec>,
 ) -> ClientSettings {
-    ClientSettings {
-        server: server.to_string(),
-        server_name: rustls::pki_types::ServerName::try_from("localhost")
+    ClientSettings::new(
+        server.to_string(),
+        rustls::pki_types::ServerName::try_from("localhost")
             .unwrap()
             .to_owned(),
         trust,
-        identity: name(identity),
-        token: Token::new(token),
-        connect_timeout: Duration::from_secs(5),
-        handshake_timeout: Duration::from_secs(10),
-        local_connect_timeout: Duration::from_secs(5),
+        name(identity),
+        Token::new(token),
         services,
-    }
+    )
 }
 
 pub async fn connect(settings: ClientSettings) -> Result<Connected, ClientError> {
@@ -225,6 +219,13 @@ impl RunningClient {
             .expect("client stops in time")
             .unwrap()
             .expect("client ends cleanly on shutdown");
+    }
+
+    /// Ends the client abruptly: its task is aborted, which drops the session without go-away or
+    /// drain, as when the process dies.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 }
 
