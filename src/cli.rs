@@ -40,6 +40,17 @@ pub enum Command {
     Certs(CertsArgs),
     /// Run a server, a client and a sample service on loopback, and tunnel a round trip.
     Demo(DemoArgs),
+    /// Run the demo's sample service alone: a greeting line, then every byte echoed back. Handy as
+    /// a local service while trying a tunnel.
+    Echo(EchoArgs),
+}
+
+/// `ncx echo`.
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: String,
 }
 
 /// `ncx server`.
@@ -299,6 +310,14 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
         }
         Command::Demo(args) => {
             crate::demo::run(args.check, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo(args) => {
+            let listener = TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            println!("echo service listening on {}", listener.local_addr()?);
+            crate::demo::serve_echo(listener, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
     }

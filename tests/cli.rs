@@ -6,8 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 fn ncx() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ncx"));
@@ -16,41 +15,6 @@ fn ncx() -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c
-}
-
-/// Reads lines from `child`'s stdout and stderr until one contains `needle`; returns that line.
-async fn wait_for_line(child: &mut Child, needle: &str) -> String {
-    let stdout = child.stdout.take().expect("stdout piped");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
-    for reader in [
-        Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-        Box::new(stderr),
-    ] {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(reader).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                if tx.send(l).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
-    let found = tokio::time::timeout(WAIT, async {
-        while let Some(l) = rx.recv().await {
-            if l.contains(needle) {
-                return Some(l);
-            }
-        }
-        None
-    })
-    .await
-    .expect("the line appears in time");
-    // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    found.unwrap_or_else(|| panic!("the process ended without printing {needle:?}"))
 }
 
 #[tokio::test]
@@ -246,12 +210,7 @@ async fn walkthrough_with_processes_pinned_fingerprint() {
         .spawn()
         .unwrap();
     let listening = wait_for_line(&mut server, "server listening").await;
-    let addr = listening
-        .split("addr=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the log names the address")
-        .to_owned();
+    let addr = log_field(&listening, "addr");
     let fingerprint = ncx::certs::load_or_create_self_signed(dir.path())
         .unwrap()
         .0
@@ -268,13 +227,7 @@ async fn walkthrough_with_processes_pinned_fingerprint() {
         .spawn()
         .unwrap();
     let available = wait_for_line(&mut client, "service available").await;
-    let public = available
-        .split("public=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the log names the public address")
-        .to_owned();
-    let public: std::net::SocketAddr = public.parse().unwrap();
+    let public: std::net::SocketAddr = log_field(&available, "public").parse().unwrap();
     assert_eq!(
         exchange(public, b"through processes").await.unwrap(),
         b"through processes"

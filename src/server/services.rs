@@ -21,8 +21,10 @@ use crate::splice::{abort, splice, SpliceEnd, Substream};
 /// connect deadline (5 s by default) is what normally answers first.
 pub const VISITOR_STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a visitor waits for a substream when the session's open queue is full.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a visitor may wait for a slot among the opens in flight and then for its substream.
+/// A burst of thousands of visitors queues here (first come, first served) rather than being
+/// refused at once.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pending connections the kernel queues on a public port.
 const LISTEN_BACKLOG: u32 = 1024;

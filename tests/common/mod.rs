@@ -339,3 +339,82 @@ pub async fn wait_until_refused(addr: SocketAddr, within: Duration) -> Duration 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Reads lines from `child`'s stdout and stderr until one contains `needle`; returns that line.
+/// The pipes keep being drained afterwards so the child never blocks on them.
+pub async fn wait_for_line(child: &mut tokio::process::Child, needle: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    for reader in [
+        Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(stderr),
+    ] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(reader).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(l).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(l) = rx.recv().await {
+            if l.contains(needle) {
+                return Some(l);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the line appears in time");
+    // NCX_TEST_SHOW_LOGS=1 prints what the child says afterwards, for debugging a failing test.
+    let show = std::env::var_os("NCX_TEST_SHOW_LOGS").is_some();
+    tokio::spawn(async move {
+        while let Some(l) = rx.recv().await {
+            if show {
+                eprintln!("[child] {l}");
+            }
+        }
+    });
+    found.unwrap_or_else(|| panic!("the process ended without printing {needle:?}"))
+}
+
+/// The value after `key=` in a log line (up to the next space).
+pub fn log_field(line: &str, key: &str) -> String {
+    line.split(&format!("{key}="))
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_owned()
+}
+
+/// `ncx` as a child process with a clean environment, killed when dropped.
+pub fn ncx_process() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ncx"));
+    c.env_remove("RUST_LOG")
+        .env_remove("NCX_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+/// Peak and current resident memory of a process, in KiB, from /proc.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}

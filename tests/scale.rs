@@ -1,0 +1,284 @@
+//! Scale and process-level resilience: server and client run as separate `ncx` processes, so each
+//! has its own descriptors and its memory can be read from /proc.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Child;
+use tokio::time::Instant;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `ncx server` on `listen` (port 0: any) with one identity `a`/`t`; returns the process and
+/// the address it listens on.
+async fn server_process(dir: &std::path::Path, listen: SocketAddr) -> (Child, SocketAddr) {
+    let mut child = ncx_process()
+        .args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
+        .arg(dir)
+        .args([
+            "--identity",
+            "a",
+            "--ports",
+            "1024-65535",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .env("NCX_TOKEN", "t")
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut child, "server listening").await;
+    (child, log_field(&line, "addr").parse().unwrap())
+}
+
+fn fingerprint(dir: &std::path::Path) -> String {
+    ncx::certs::load_or_create_self_signed(dir)
+        .unwrap()
+        .0
+        .fingerprint()
+        .to_string()
+}
+
+async fn client_process(server: SocketAddr, fp: &str, services: &[String]) -> (Child, String) {
+    let mut c = ncx_process();
+    c.args([
+        "client",
+        "--server",
+        &server.to_string(),
+        "--identity",
+        "a",
+        "--server-fingerprint",
+        fp,
+    ])
+    .env("NCX_TOKEN", "t");
+    for s in services {
+        c.args(["--service", s]);
+    }
+    let mut child = c.spawn().unwrap();
+    let line = wait_for_line(&mut child, "service available").await;
+    (child, log_field(&line, "public"))
+}
+
+async fn echo_process() -> (Child, SocketAddr) {
+    let mut child = ncx_process()
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut child, "echo service listening on").await;
+    (child, line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_visitors_on_one_session_are_all_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let (mut echo, echo_addr) = echo_process().await;
+    let (mut client, public) = client_process(
+        addr,
+        &fingerprint(dir.path()),
+        &[format!("e={echo_addr}@0")],
+    )
+    .await;
+    let public: SocketAddr = public.parse().unwrap();
+    let banner = ncx::demo::BANNER.len();
+    let (server_idle, client_idle) = (
+        memory_kib(server.id().unwrap()).1,
+        memory_kib(client.id().unwrap()).1,
+    );
+    const N: usize = 10_000;
+    let mut held = Vec::with_capacity(N);
+    let t = Instant::now();
+    for i in 0..N {
+        let mut s = TcpStream::connect(public)
+            .await
+            .unwrap_or_else(|e| panic!("visitor {i}: {e}"));
+        s.write_all(&(i as u32).to_be_bytes()).await.unwrap();
+        held.push(s);
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        let mut b = vec![0u8; banner + 4];
+        tokio::time::timeout(WAIT, s.read_exact(&mut b))
+            .await
+            .unwrap_or_else(|_| panic!("visitor {i} got no answer"))
+            .unwrap_or_else(|e| panic!("visitor {i}: {e}"));
+        assert_eq!(
+            u32::from_be_bytes(b[banner..].try_into().unwrap()),
+            i as u32
+        );
+    }
+    let (server_held, client_held) = (
+        memory_kib(server.id().unwrap()).1,
+        memory_kib(client.id().unwrap()).1,
+    );
+    println!(
+        "{N} concurrent visitors served in {:?}; RSS server {} -> {} KiB, client {} -> {} KiB ({:.1} KiB per visitor for both)",
+        t.elapsed(),
+        server_idle,
+        server_held,
+        client_idle,
+        client_held,
+        (server_held + client_held).saturating_sub(server_idle + client_idle) as f64 / N as f64
+    );
+    drop(held);
+    client.kill().await.unwrap();
+    server.kill().await.unwrap();
+    echo.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_visitor_does_not_make_either_side_buffer_or_slow_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    // A service that tries to send 1 GiB to every visitor.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let svc = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 64 * 1024];
+                for _ in 0..(1u64 << 30) / chunk.len() as u64 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let (mut client, public) =
+        client_process(addr, &fingerprint(dir.path()), &[format!("big={svc}@0")]).await;
+    let public: SocketAddr = public.parse().unwrap();
+    let sid = server.id().unwrap();
+    let cid = client.id().unwrap();
+    let idle = (memory_kib(sid).1, memory_kib(cid).1);
+
+    // The slow visitor reads 64 KiB per second for 4 seconds.
+    let slow = tokio::spawn(async move {
+        let mut s = TcpStream::connect(public).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        for _ in 0..4 {
+            let mut this_second = 0;
+            while this_second < buf.len() {
+                let want = buf.len() - this_second;
+                let n = s.read(&mut buf[..want]).await.unwrap();
+                assert!(n > 0);
+                this_second += n;
+            }
+            got += this_second;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        got
+    });
+    // Meanwhile a fast visitor takes 256 MiB from the same service.
+    let t = Instant::now();
+    let mut fast = TcpStream::connect(public).await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0usize;
+    while got < 256 << 20 {
+        let n = fast.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got += n;
+    }
+    let fast_rate = got as f64 / t.elapsed().as_secs_f64() / (1 << 20) as f64;
+    drop(fast);
+    let slow_got = tokio::time::timeout(WAIT, slow).await.unwrap().unwrap();
+    let (server_peak, client_peak) = (memory_kib(sid).0, memory_kib(cid).0);
+    println!(
+        "fast visitor: {fast_rate:.0} MiB/s beside a slow one ({slow_got} bytes in 4 s); peak RSS server {server_peak} KiB (idle {}), client {client_peak} KiB (idle {})",
+        idle.0, idle.1
+    );
+    // Bounded: each side holds at most a stream window (256 KiB, growing only out of the 32 MiB
+    // shared budget), copy buffers and TLS records, whatever the service tries to send.
+    let bound = 64 * 1024;
+    assert!(
+        server_peak < idle.0 + bound,
+        "server peak {server_peak} KiB"
+    );
+    assert!(
+        client_peak < idle.1 + bound,
+        "client peak {client_peak} KiB"
+    );
+    client.kill().await.unwrap();
+    server.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_transfer_and_restarted_tunnel_returns_within_backoff_plus_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (mut server, addr) = server_process(dir.path(), listen).await;
+    let fp = fingerprint(dir.path());
+    let echo = echo_service().await;
+    let port = free_port();
+    // The client in this process, reconnecting by itself.
+    let cs = client_settings(
+        addr,
+        ncx::tls::ServerTrust::Pinned(fp.parse().unwrap()),
+        "a",
+        "t",
+        vec![service("e", echo, port)],
+    );
+    let backoff_initial = cs.reconnect.initial;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let client = tokio::spawn(ncx::client::run(cs, shutdown.clone()));
+    let public: SocketAddr = ([127, 0, 0, 1], port).into();
+    let wait_tunnel = || async {
+        let start = Instant::now();
+        loop {
+            if let Ok(Ok(b)) =
+                tokio::time::timeout(Duration::from_secs(1), exchange(public, b"x")).await
+            {
+                if b == b"x" {
+                    return start.elapsed();
+                }
+            }
+            assert!(start.elapsed() < WAIT, "the tunnel did not come back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_tunnel().await;
+    // A transfer in flight when the server dies.
+    let mut v = TcpStream::connect(public).await.unwrap();
+    v.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+    let mut b = [0u8; 1024];
+    v.read_exact(&mut b).await.unwrap();
+
+    server.start_kill().unwrap(); // SIGKILL
+    server.wait().await.unwrap();
+    let killed = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(WAIT, v.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(
+        r.is_err(),
+        "a visitor cut off by a dead server must be reset, not ended cleanly (read {} bytes)",
+        rest.len()
+    );
+    let (mut server2, _) = server_process(dir.path(), listen).await;
+    wait_tunnel().await;
+    let took = killed.elapsed();
+    println!("tunnel back {took:?} after SIGKILL and restart of the server");
+    assert!(
+        took <= backoff_initial.mul_f64(1.2) + Duration::from_secs(1),
+        "took {took:?}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, client)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    server2.kill().await.unwrap();
+}
