@@ -47,6 +47,10 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
 /// On shutdown or takeover, visitors in flight may finish for this long before they are reset.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Substreams a session may open before the server asks the client to rotate to a fresh session.
+/// yamux numbers the server's streams 2, 4, 6, … in a `u32`, so about 2^31 opens exhaust a session
+/// (and kill it); rotation starts 2^24 opens before that.
+pub const DEFAULT_ROTATE_AFTER_OPENS: u64 = (1 << 31) - (1 << 24);
 /// Failed authentications from one address within [`DEFAULT_AUTH_BLOCK`] before it is blocked.
 pub const DEFAULT_AUTH_FAILURES_BEFORE_BLOCK: u32 = 5;
 /// How long an address that failed too often is refused.
@@ -343,6 +347,8 @@ pub struct ServerSettings {
     pub max_visitors_per_service: usize,
     /// Substreams awaiting the client's answer, per session.
     pub max_opens_in_flight: usize,
+    /// Substreams a session may open before the client is asked to rotate to a fresh session.
+    pub rotate_after_opens: u64,
     /// Liveness and drain timing.
     pub timing: Timing,
     /// Failed authentications from one address before it is blocked.
@@ -449,6 +455,7 @@ impl ServerSettings {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_visitors_per_service: DEFAULT_MAX_VISITORS_PER_SERVICE,
             max_opens_in_flight: DEFAULT_MAX_OPENS_IN_FLIGHT,
+            rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
             timing: Timing::default(),
             auth_failures_before_block: DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
             auth_block: DEFAULT_AUTH_BLOCK,
@@ -629,6 +636,7 @@ impl ServerSettings {
             max_sessions,
             max_visitors_per_service,
             max_opens_in_flight,
+            rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
             timing,
             auth_failures_before_block,
             auth_block,

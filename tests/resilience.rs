@@ -706,3 +706,76 @@ async fn local_service_that_never_accepts_hits_the_connect_deadline() {
     client.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_near_stream_id_exhaustion_rotates_without_dropping_live_visitors() {
+    // yamux allows about 2^31 substreams per session; the threshold is lowered to 20 here so the
+    // rotation can be watched.
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.rotate_after_opens = 20;
+    ss.timing.drain_timeout = Duration::from_millis(200);
+    let server = ncx::server::Server::new(ss, pki.server_identity()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (server, stop) = (server.clone(), stop.clone());
+        async move { server.run(listener, stop).await }
+    });
+    let echo = echo_service().await;
+    let port = free_port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let client = tokio::spawn(ncx::client::run(
+        client_settings(addr, pki.pinned(), "a", "t", vec![service("e", echo, port)]),
+        shutdown.clone(),
+    ));
+    let public: SocketAddr = ([127, 0, 0, 1], port).into();
+    let start = Instant::now();
+    let mut long = loop {
+        if let Ok(mut s) = TcpStream::connect(public).await {
+            if s.write_all(b"L").await.is_ok() {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_ok() {
+                    break s;
+                }
+            }
+        }
+        assert!(start.elapsed() < WAIT);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // 40 more visitors, one after another: the 20th open triggers the rotation.
+    let mut served = 0;
+    for i in 0..40u32 {
+        let start = Instant::now();
+        loop {
+            match exchange(public, &i.to_be_bytes()).await {
+                Ok(b) if b == i.to_be_bytes() => break,
+                // During the hand-over a visitor may find the port between owners; it retries.
+                _ => {
+                    assert!(start.elapsed() < WAIT, "visitor {i} never served");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        served += 1;
+    }
+    assert_eq!(served, 40);
+    assert!(server.sessions_started() >= 2, "a fresh session was opened");
+    // The visitor that started on the first session is still alive and served, even past the drain
+    // deadline that applies to shutdowns.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    long.write_all(b"still here").await.unwrap();
+    let mut b = [0u8; 10];
+    long.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"still here");
+    drop(long);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, client)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    stop.cancel();
+    task.await.unwrap();
+}

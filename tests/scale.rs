@@ -282,3 +282,88 @@ async fn server_killed_mid_transfer_and_restarted_tunnel_returns_within_backoff_
         .unwrap();
     server2.kill().await.unwrap();
 }
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("the child runs").to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let (mut echo, echo_addr) = echo_process().await;
+    let (mut client, public) = client_process(
+        addr,
+        &fingerprint(dir.path()),
+        &[format!("e={echo_addr}@0")],
+    )
+    .await;
+    let public: SocketAddr = public.parse().unwrap();
+    let banner = ncx::demo::BANNER.len();
+    let mut v = TcpStream::connect(public).await.unwrap();
+    let mut b = vec![0u8; banner];
+    v.read_exact(&mut b).await.unwrap();
+
+    // First SIGTERM to the client: it says go-away (the server releases the port) and drains.
+    signal(&client, "-TERM");
+    wait_until_refused(public, Duration::from_secs(2)).await;
+    v.write_all(b"drain").await.unwrap();
+    let mut b = [0u8; 5];
+    v.read_exact(&mut b).await.unwrap();
+    assert_eq!(
+        &b, b"drain",
+        "the visitor in flight keeps working during the drain"
+    );
+    assert!(
+        client.try_wait().unwrap().is_none(),
+        "the client waits for its visitor"
+    );
+    // The visitor ends: the client exits cleanly.
+    drop(v);
+    let status = tokio::time::timeout(WAIT, client.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    // A server with a visitor in flight: the first SIGTERM drains, the second exits at once.
+    let (mut client2, public2) = client_process(
+        addr,
+        &fingerprint(dir.path()),
+        &[format!("e={echo_addr}@0")],
+    )
+    .await;
+    let public2: SocketAddr = public2.parse().unwrap();
+    let mut v2 = TcpStream::connect(public2).await.unwrap();
+    let mut b = vec![0u8; banner];
+    v2.read_exact(&mut b).await.unwrap();
+    signal(&server, "-TERM");
+    wait_until_refused(public2, Duration::from_secs(2)).await;
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the server drains its visitor"
+    );
+    let t = Instant::now();
+    signal(&server, "-TERM");
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    println!(
+        "second SIGTERM: server exited after {:?} with {status}",
+        t.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a second signal exits at once"
+    );
+    drop(v2);
+    client2.kill().await.unwrap();
+    echo.kill().await.unwrap();
+}

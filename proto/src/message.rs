@@ -153,6 +153,9 @@ pub enum ErrorCode {
     LimitReached,
     /// The server failed internally; the message says what.
     Internal,
+    /// With [`Message::GoAway`]: the session has used most of yamux's stream ids; the client should
+    /// open a new session now (which takes over the services) while this one finishes its visitors.
+    Rotate,
     /// A code this version does not know.
     Other(u16),
 }
@@ -177,6 +180,7 @@ impl ErrorCode {
             ErrorCode::LocalError => 14,
             ErrorCode::LimitReached => 15,
             ErrorCode::Internal => 16,
+            ErrorCode::Rotate => 17,
             ErrorCode::Other(n) => n,
         }
     }
@@ -201,6 +205,7 @@ impl ErrorCode {
             14 => ErrorCode::LocalError,
             15 => ErrorCode::LimitReached,
             16 => ErrorCode::Internal,
+            17 => ErrorCode::Rotate,
             n => ErrorCode::Other(n),
         }
     }
@@ -233,6 +238,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::LocalError => "local service unreachable",
             ErrorCode::LimitReached => "limit reached",
             ErrorCode::Internal => "internal server error",
+            ErrorCode::Rotate => "session rotation",
             ErrorCode::Other(n) => return write!(f, "error code {n}"),
         };
         f.write_str(s)

@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{ClientSettings, ServiceSpec};
 use crate::framed::{write_message, MessageReader, ReadError};
@@ -94,6 +94,14 @@ impl ClientError {
             _ => false,
         }
     }
+}
+
+/// Why [`Connected::serve`] returned without an error.
+enum Served {
+    /// Shutdown was asked for (and the drain is over).
+    Shutdown,
+    /// The server asked for a fresh session.
+    Rotate,
 }
 
 /// The outcome of registering one service.
@@ -437,6 +445,18 @@ impl Connected {
     /// `liveness_timeout`. On shutdown it sends go-away (the server releases the ports), refuses new
     /// visitors, and lets those in flight finish for up to `drain_timeout` before resetting them.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
+        let result = self.serve(&shutdown, false).await.map(|_| ());
+        self.close().await;
+        result
+    }
+
+    /// The body of [`Connected::run`]. With `retiring`, the session has handed over to a newer one:
+    /// it goes on serving its visitors until the server closes it, and ignores further rotation.
+    async fn serve(
+        &mut self,
+        shutdown: &CancellationToken,
+        retiring: bool,
+    ) -> Result<Served, ClientError> {
         let timing = self.settings.timing;
         let mut ping =
             tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
@@ -458,8 +478,14 @@ impl Connected {
                         }
                     }
                     Ok(Message::Pong(_)) => last_pong = Instant::now(),
+                    Ok(Message::GoAway { code: ErrorCode::Rotate, .. }) if !retiring => {
+                        info!("the server asks for a fresh session (stream ids running out); visitors here will finish");
+                        break Ok(Served::Rotate);
+                    }
                     Ok(Message::GoAway { code, message }) => {
-                        info!(%code, reason = %message, "the server is going away; visitors in flight may finish");
+                        if !retiring {
+                            info!(%code, reason = %message, "the server is going away; visitors in flight may finish");
+                        }
                         server_going_away = Some((code, message.to_string()));
                     }
                     Ok(Message::Error { code, message }) => {
@@ -481,10 +507,10 @@ impl Connected {
                     drain_deadline = Some(Instant::now() + timing.drain_timeout);
                     info!(drain = ?timing.drain_timeout, "shutting down; visitors in flight may finish");
                 }
-                _ = self.tracker.wait(), if drain_deadline.is_some() => break Ok(()),
+                _ = self.tracker.wait(), if drain_deadline.is_some() => break Ok(Served::Shutdown),
                 _ = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
                     info!("drain deadline passed; resetting the remaining visitors");
-                    break Ok(());
+                    break Ok(Served::Shutdown);
                 }
                 end = &mut self.driver => {
                     // The server's reason may still sit in the control stream's buffer.
@@ -494,7 +520,7 @@ impl Connected {
                         break Err(ClientError::GoneAway { code, message: message.to_string() });
                     }
                     if drain_deadline.is_some() {
-                        break Ok(());
+                        break Ok(Served::Shutdown);
                     }
                     if let Some((code, message)) = server_going_away.take() {
                         break Err(ClientError::GoneAway { code, message });
@@ -519,7 +545,6 @@ impl Connected {
                 }
             }
         };
-        self.close().await;
         result
     }
 
@@ -547,23 +572,42 @@ pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Resul
     let backoff_cfg = settings.reconnect;
     let client = Client::new(settings)?;
     let mut backoff = backoff_cfg.initial;
-    loop {
+    // Sessions that handed over to a newer one and serve their last visitors.
+    let retiring = TaskTracker::new();
+    let result = loop {
         let started = Instant::now();
         let err = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break Ok(()),
             r = client.connect() => match r {
-                Ok(connected) => {
+                Ok(mut connected) => {
                     info!("connected to the server");
-                    match connected.run(shutdown.clone()).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => e,
+                    match connected.serve(&shutdown, false).await {
+                        Ok(Served::Shutdown) => {
+                            connected.close().await;
+                            break Ok(());
+                        }
+                        Ok(Served::Rotate) => {
+                            let shutdown = shutdown.clone();
+                            retiring.spawn(async move {
+                                if let Err(e) = connected.serve(&shutdown, true).await {
+                                    debug!(error = %e, "retired session ended");
+                                }
+                                connected.close().await;
+                            }.in_current_span());
+                            backoff = backoff_cfg.initial;
+                            continue;
+                        }
+                        Err(e) => {
+                            connected.close().await;
+                            e
+                        }
                     }
                 }
                 Err(e) => e,
             },
         };
         if err.is_permanent() {
-            return Err(err);
+            break Err(err);
         }
         if started.elapsed() >= BACKOFF_RESET_AFTER {
             backoff = backoff_cfg.initial;
@@ -581,11 +625,14 @@ pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Resul
         let pause = jitter(backoff);
         warn!(error = %err, retry_in = ?pause, "not connected; retrying");
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(pause) => {}
         }
         backoff = (backoff * 2).min(backoff_cfg.max);
-    }
+    };
+    retiring.close();
+    retiring.wait().await;
+    result
 }
 
 /// `base` ± 20%, so that many clients cut off together do not return together.

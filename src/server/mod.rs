@@ -89,6 +89,14 @@ impl Server {
         })
     }
 
+    /// How many sessions have begun (authenticated or not) since the server was built.
+    pub fn sessions_started(&self) -> u64 {
+        self.shared
+            .next_session
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - 1
+    }
+
     /// The fingerprint of the server's certificate, which clients pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint

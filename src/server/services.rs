@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -274,6 +275,9 @@ async fn visitor(
             Err(_) => { warn!("no substream for the visitor within {OPEN_TIMEOUT:?}"); abort(tcp); return; }
         },
     };
+    if ctx.opens.fetch_add(1, Ordering::Relaxed) + 1 >= ctx.shared.settings.rotate_after_opens {
+        ctx.rotate.cancel();
+    }
     let mut sub = Substream::new(stream, ctx.handle.state().clone());
     let header = Message::VisitorHeader {
         service: service.clone(),

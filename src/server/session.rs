@@ -3,7 +3,7 @@
 //! the session ends, and finally the teardown of its ports and visitors.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// is expected in this version; more are refused.
 const INBOUND_QUEUE: usize = 4;
 
+/// The drain of a session that rotated: its visitors may take as long as they like (liveness still
+/// ends the session if the client vanishes).
+const UNBOUNDED_DRAIN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 type Control = Compat<yamux::Stream>;
 
 /// Everything one session's tasks share.
@@ -56,6 +60,10 @@ pub(super) struct SessionCtx {
     pub open_permits: Arc<Semaphore>,
     /// Limits warnings about visitors refused at a limit.
     pub limit_log: LogLimiter,
+    /// Substreams opened so far.
+    pub opens: AtomicU64,
+    /// Cancelled when `opens` reaches the rotation threshold.
+    pub rotate: CancellationToken,
 }
 
 /// How the control exchange ended, which decides the teardown.
@@ -134,6 +142,8 @@ pub(super) async fn run(
         visitor_permits: Arc::new(Semaphore::new(shared.settings.max_visitors_per_session)),
         open_permits: Arc::new(Semaphore::new(shared.settings.max_opens_in_flight)),
         limit_log: LogLimiter::default(),
+        opens: AtomicU64::new(0),
+        rotate: CancellationToken::new(),
     });
     let replace = CancellationToken::new();
     let ports_released = CancellationToken::new();
@@ -295,6 +305,8 @@ async fn control(
     let mut draining: Option<(Instant, String)> = None;
     // Set once the client said it goes away: its ports are released, registrations refused.
     let mut client_leaving = false;
+    // Set once this session asked the client to rotate.
+    let mut rotating = false;
     loop {
         let drain_deadline = draining.as_ref().map_or_else(Instant::now, |(d, _)| *d);
         let msg = tokio::select! {
@@ -309,7 +321,19 @@ async fn control(
                 go_away(&mut ctrl, ErrorCode::SessionReplaced, "a newer session of this identity took over").await;
                 stop_listeners(ctx, ports_released).await;
                 ctx.visitors.close();
-                draining = Some((Instant::now() + timing.drain_timeout, "replaced by a newer session of the same identity".into()));
+                // After a rotation the client is alive and its visitors (a remote desktop, say) may
+                // last for hours: they keep this session until they end. Otherwise the takeover
+                // usually means this session's client is gone, and the drain deadline applies.
+                let drain = if rotating { UNBOUNDED_DRAIN } else { timing.drain_timeout };
+                draining = Some((Instant::now() + drain, "replaced by a newer session of the same identity".into()));
+                continue;
+            }
+            _ = ctx.rotate.cancelled(), if !rotating && draining.is_none() => {
+                // The client opens a fresh session, which takes over the ports (and so ends this one
+                // through the takeover path) while visitors here finish.
+                info!(opens = ctx.opens.load(Ordering::Relaxed), "asking the client to rotate to a fresh session before yamux runs out of stream ids");
+                go_away(&mut ctrl, ErrorCode::Rotate, "this session used most of its stream ids; open a new one").await;
+                rotating = true;
                 continue;
             }
             _ = cancel.cancelled(), if draining.is_none() => {
