@@ -14,6 +14,7 @@
 //!   [`Message::VisitorHeader`] and the client's [`Message::VisitorStatus`], then carries raw bytes.
 #![forbid(unsafe_code)]
 
+pub mod check;
 mod codec;
 mod message;
 

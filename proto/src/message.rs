@@ -248,6 +248,7 @@ impl fmt::Display for ErrorCode {
 /// Every message of the protocol. Which ones may appear where is said on each variant and enforced by
 /// the peers, not by the codec.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Message {
     /// Client → server, first on the control stream: who the client is and the proof that it holds
     /// the identity's token (HMAC-SHA256 keyed by the token over the TLS exporter value).
@@ -311,7 +312,9 @@ pub enum Message {
     VisitorHeader {
         /// The service the visitor connected to.
         service: Name,
-        /// The visitor's address as the server saw it.
+        /// The visitor's address as the server saw it. Only the IP address and port are carried: an
+        /// IPv6 flow label and scope id are local to the server and arrive as 0.
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::carried_addr))]
         visitor: SocketAddr,
     },
     /// Client → server, the answer to a [`Message::VisitorHeader`]. After `None` the substream
@@ -337,6 +340,48 @@ impl Message {
             Message::GoAway { .. } => 0x09,
             Message::VisitorHeader { .. } => 0x10,
             Message::VisitorStatus { .. } => 0x11,
+        }
+    }
+}
+
+#[cfg(feature = "arbitrary")]
+mod arbitrary_impls {
+    //! Structured fuzzing input: every value produced is a valid message.
+
+    use arbitrary::{Arbitrary, Result, Unstructured};
+
+    use super::{ErrorCode, Name, Text};
+    use crate::MAX_NAME_LEN;
+
+    impl<'a> Arbitrary<'a> for Name {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            const ALPHABET: &[u8] =
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-";
+            let len = u.int_in_range(1..=MAX_NAME_LEN)?;
+            let mut s = String::with_capacity(len);
+            for _ in 0..len {
+                s.push(char::from(*u.choose(ALPHABET)?));
+            }
+            Ok(Name::new(s).expect("built from the allowed alphabet and length"))
+        }
+    }
+
+    impl<'a> Arbitrary<'a> for Text {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            Ok(Text::new(String::arbitrary(u)?))
+        }
+    }
+
+    /// A socket address as the protocol carries it: no IPv6 flow label or scope id.
+    pub(super) fn carried_addr(u: &mut Unstructured<'_>) -> Result<std::net::SocketAddr> {
+        let ip = std::net::IpAddr::arbitrary(u)?;
+        Ok(std::net::SocketAddr::new(ip, u16::arbitrary(u)?))
+    }
+
+    impl<'a> Arbitrary<'a> for ErrorCode {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            // 0 is not a code; every other number maps to exactly one variant.
+            Ok(ErrorCode::from_u16(u.int_in_range(1..=u16::MAX)?))
         }
     }
 }

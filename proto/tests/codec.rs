@@ -194,3 +194,31 @@ fn names_are_validated() {
     assert!(Name::new("ümlaut").is_err());
     assert!(Name::new("x".repeat(65)).is_err());
 }
+
+#[test]
+fn ipv6_flow_label_and_scope_id_are_not_carried() {
+    // Found by the round-trip fuzz target: the wire carries only address and port.
+    let with_scope = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+        "fe80::1".parse().unwrap(),
+        22,
+        7,
+        3,
+    ));
+    let msg = Message::VisitorHeader {
+        service: Name::new("ssh").unwrap(),
+        visitor: with_scope,
+    };
+    let (back, _) = decode(&encode_to_vec(&msg)).unwrap().unwrap();
+    let Message::VisitorHeader { visitor, .. } = back else {
+        panic!("decoded another message");
+    };
+    assert_eq!(visitor.ip(), with_scope.ip());
+    assert_eq!(visitor.port(), 22);
+    match visitor {
+        std::net::SocketAddr::V6(v6) => {
+            assert_eq!(v6.flowinfo(), 0);
+            assert_eq!(v6.scope_id(), 0);
+        }
+        _ => panic!("an IPv6 address decodes as IPv6"),
+    }
+}

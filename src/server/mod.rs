@@ -97,6 +97,35 @@ impl Server {
             - 1
     }
 
+    /// Serves one session over `io`, which stands for the inside of a TLS connection from `peer`
+    /// with exported keying material `exported`: everything after the TLS handshake, exactly as for
+    /// a real client. Returns once the session has ended and released its ports. For fuzzing and
+    /// tests, which feed the session logic bytes without TLS.
+    #[doc(hidden)]
+    pub async fn serve_decrypted<T>(
+        &self,
+        io: T,
+        peer: std::net::SocketAddr,
+        exported: [u8; ncx_proto::AUTH_PROOF_LEN],
+        shutdown: CancellationToken,
+    ) where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (slot, _) = self.shared.handshakes.claim();
+        let deadline = tokio::time::Instant::now() + self.shared.settings.handshake_timeout;
+        session::serve(
+            self.shared.clone(),
+            io,
+            crate::auth::ExportedKey(exported),
+            peer,
+            slot,
+            deadline,
+            shutdown,
+        )
+        .instrument(tracing::info_span!("session", %peer, client = tracing::field::Empty))
+        .await;
+    }
+
     /// The fingerprint of the server's certificate, which clients pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint

@@ -116,7 +116,23 @@ pub(super) async fn run(
             return;
         }
     };
+    serve(shared, tls, exported, peer, slot, deadline, cancel).await;
+}
 
+/// Runs a session over `io`, the inside of a TLS connection whose exported keying material is
+/// `exported`, until its last port is released. Public to the crate so the session logic can be
+/// fed arbitrary bytes without TLS (see [`crate::fuzzing`]).
+pub(crate) async fn serve<T>(
+    shared: Arc<Shared>,
+    io: T,
+    exported: crate::auth::ExportedKey,
+    peer: SocketAddr,
+    slot: HandshakeSlot,
+    deadline: Instant,
+    cancel: CancellationToken,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let on_inbound = Box::new(move |stream: yamux::Stream| {
         if inbound_tx.try_send(stream).is_err() {
@@ -127,7 +143,7 @@ pub(super) async fn run(
     // visitors are done, so a shutdown reaches the client as a reason before the connection closes.
     let driver_cancel = CancellationToken::new();
     let (handle, driver) =
-        yamux_session::start(tls, yamux::Mode::Server, on_inbound, driver_cancel.clone());
+        yamux_session::start(io, yamux::Mode::Server, on_inbound, driver_cancel.clone());
     let driver = tokio::spawn(driver.in_current_span());
 
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);

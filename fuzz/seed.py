@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets from the specification's test vectors
+(proto/README.md) and the example configurations. Run from the repository root: fuzz/seed.py"""
+import hashlib
+import pathlib
+import re
+
+root = pathlib.Path(__file__).resolve().parent.parent
+spec = (root / "proto" / "README.md").read_text()
+vectors = {}
+for name, body in re.findall(r"```hex (\S+)\n(.*?)```", spec, re.S):
+    vectors[name] = bytes(int(h, 16) for h in body.split())
+valid = [v for k, v in vectors.items() if not k.startswith("invalid")]
+
+
+def put(target, data):
+    d = root / "fuzz" / "corpus" / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / ("seed-" + hashlib.sha1(data).hexdigest()[:16])).write_bytes(data)
+
+
+for v in vectors.values():
+    put("decode", v)
+    put("roundtrip", v)
+put("streaming", b"".join(valid))
+# Session, raw mode (first byte even): a yamux SYN for stream 1 with the Hello vector as data.
+hello = vectors["hello"]
+syn = bytes([0, 0, 0, 1]) + (1).to_bytes(4, "big") + len(hello).to_bytes(4, "big")
+put("session", b"\x00" + syn + hello)
+put("session", b"\x00" + bytes([0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7]))  # yamux ping
+# Session, authenticated mode (first byte odd): control-stream frames after the hello.
+for name in ("register", "ping", "pong", "go_away", "error", "visitor_connected", "welcome"):
+    put("session", b"\x01" + vectors[name])
+put("session", b"\x01" + vectors["register"] + vectors["ping"] + vectors["invalid_trailing"])
+for f in ("server.toml", "client.toml"):
+    put("config", (root / "examples" / f).read_bytes())

@@ -1,0 +1,148 @@
+//! Invariants of the codec, checked on any input. The fuzz targets call these, and the test suite
+//! replays every committed corpus and crash input through them, so a regression is caught on
+//! stable Rust without a fuzzer. Each function panics when an invariant is broken.
+
+use crate::{decode, encode_to_vec, FrameDecoder, Message, MAX_FRAME_LEN};
+
+/// Bytes of the length prefix.
+const LEN_PREFIX: usize = 2;
+
+/// `decode` on arbitrary bytes: never panics; consumes no more than it was given and no more than
+/// one capped frame; "need more bytes" only when the input is shorter than the frame it declares
+/// and the type byte (if present) is known; whatever decodes re-encodes to exactly the bytes read.
+pub fn decode_arbitrary(data: &[u8]) {
+    match decode(data) {
+        Ok(Some((msg, used))) => {
+            assert!(used <= data.len(), "consumed more than the input");
+            assert!(
+                used <= LEN_PREFIX + MAX_FRAME_LEN,
+                "consumed more than one capped frame"
+            );
+            assert_eq!(
+                encode_to_vec(&msg),
+                &data[..used],
+                "a decoded frame must re-encode to the same bytes"
+            );
+        }
+        Ok(None) => {
+            if data.len() >= LEN_PREFIX {
+                let declared = usize::from(u16::from_be_bytes([data[0], data[1]]));
+                assert!(
+                    (1..=MAX_FRAME_LEN).contains(&declared),
+                    "need-more-bytes for an impossible length {declared}"
+                );
+                assert!(
+                    data.len() < LEN_PREFIX + declared,
+                    "need-more-bytes although the whole frame is there"
+                );
+            }
+        }
+        Err(e) => {
+            // Once invalid, always invalid: more bytes cannot repair it.
+            let mut longer = data.to_vec();
+            longer.extend_from_slice(&[0u8; 8]);
+            assert!(
+                decode(&longer).is_err(),
+                "{e} became valid after more bytes arrived"
+            );
+        }
+    }
+    // The streaming decoder agrees with `decode` and never buffers more than one frame beyond
+    // what it consumed.
+    let mut d = FrameDecoder::new();
+    let mut offset = 0;
+    for chunk in data.chunks(7) {
+        d.push(chunk);
+        loop {
+            match d.next_message() {
+                Ok(Some(m)) => {
+                    let (expected, used) = decode(&data[offset..])
+                        .expect("decode agrees on validity")
+                        .expect("decode agrees on completeness");
+                    assert_eq!(m, expected);
+                    offset += used;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    assert!(decode(&data[offset..]).is_err(), "decoders disagree");
+                    return;
+                }
+            }
+        }
+        assert!(d.buffered() <= LEN_PREFIX + MAX_FRAME_LEN + chunk.len());
+    }
+}
+
+/// A message round-trips: decode(encode(m)) == m, all bytes consumed, re-encoding identical, every
+/// strict prefix is "need more bytes".
+pub fn round_trip(msg: &Message) {
+    let bytes = encode_to_vec(msg);
+    assert!(bytes.len() <= LEN_PREFIX + MAX_FRAME_LEN);
+    let (back, used) = decode(&bytes)
+        .unwrap_or_else(|e| panic!("{msg:?} encodes to an invalid frame: {e}"))
+        .unwrap_or_else(|| panic!("{msg:?} encodes to an incomplete frame"));
+    assert_eq!(&back, msg);
+    assert_eq!(used, bytes.len());
+    assert_eq!(encode_to_vec(&back), bytes);
+    for cut in 0..bytes.len() {
+        assert_eq!(
+            decode(&bytes[..cut]),
+            Ok(None::<(Message, usize)>),
+            "prefix of {cut} bytes"
+        );
+    }
+}
+
+/// A sequence of valid messages, split at the given points, decodes to the same messages as the
+/// whole stream at once.
+pub fn streaming(msgs: &[Message], cuts: &[usize]) {
+    let mut stream = Vec::new();
+    for m in msgs {
+        stream.extend(encode_to_vec(m));
+    }
+    let mut points: Vec<usize> = cuts
+        .iter()
+        .map(|c| {
+            if stream.is_empty() {
+                0
+            } else {
+                c % (stream.len() + 1)
+            }
+        })
+        .collect();
+    points.sort_unstable();
+    points.push(stream.len());
+    let mut d = FrameDecoder::new();
+    let mut got = Vec::new();
+    let mut start = 0;
+    for p in points {
+        d.push(&stream[start..p]);
+        start = p;
+        while let Some(m) = d.next_message().expect("a valid stream never fails") {
+            got.push(m);
+        }
+        assert!(d.buffered() <= LEN_PREFIX + MAX_FRAME_LEN + stream.len());
+    }
+    assert_eq!(got, msgs);
+    assert_eq!(d.buffered(), 0);
+}
+
+/// Input of the streaming target: messages and the points at which their stream is split.
+#[cfg(feature = "arbitrary")]
+#[derive(Debug, arbitrary::Arbitrary)]
+pub struct StreamingInput {
+    /// The messages, in order (at most 64 are used).
+    pub msgs: Vec<Message>,
+    /// Split points, taken modulo the stream's length (at most 64 are used).
+    pub cuts: Vec<usize>,
+}
+
+#[cfg(feature = "arbitrary")]
+impl StreamingInput {
+    /// Runs [`streaming`] on this input.
+    pub fn check(&self) {
+        let msgs = &self.msgs[..self.msgs.len().min(64)];
+        let cuts = &self.cuts[..self.cuts.len().min(64)];
+        streaming(msgs, cuts);
+    }
+}

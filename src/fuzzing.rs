@@ -1,0 +1,239 @@
+//! Invariants checked on arbitrary input, shared by the fuzz targets in `fuzz/` and by the test
+//! that replays their committed corpora (`tests/fuzz_corpus.rs`), so a regression is caught on
+//! stable Rust without a fuzzer. Every function panics when an invariant is broken.
+#![doc(hidden)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ncx_proto::{Message, Name};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{ExportedKey, Token};
+use crate::config::{
+    ClientFile, ClientSettings, IdentityPolicy, PortRange, ServerCert, ServerSettings, ServiceSpec,
+    Source,
+};
+use crate::server::Server;
+use crate::tls::ServerTrust;
+
+/// Keying material the harness pretends its untrusted sessions exported from TLS.
+const EXPORTED: [u8; 32] = [0x42; 32];
+/// The identity the authenticated fuzz sessions use (not the well-behaved client's).
+const FUZZ_IDENTITY: &str = "fuzz";
+const FUZZ_TOKEN: &str = "fuzz-token";
+/// An untrusted session must be over within this long after its input ends.
+const SESSION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Configuration text: a clear error or a valid configuration, never a panic; an error that points
+/// into the text points at a line that exists.
+pub fn config(text: &str) {
+    let lines = text.lines().count().max(1) + 1;
+    let check = |e: crate::config::ConfigError| {
+        let msg = e.to_string();
+        assert!(!msg.is_empty());
+        if let crate::config::ConfigError::At { line, .. } = e {
+            assert!(line >= 1 && line <= lines, "line {line} of {lines}: {msg}");
+        }
+    };
+    if let Err(e) = ServerSettings::from_source(&Source::text("server.toml", text)) {
+        check(e);
+    }
+    if let Err(e) = ClientSettings::from_source(
+        &Source::text("client.toml", text),
+        ClientFile::default(),
+        None,
+    ) {
+        check(e);
+    }
+}
+
+/// A running server with one well-behaved client session, into which untrusted sessions are fed.
+pub struct SessionHarness {
+    rt: Runtime,
+    server: Server,
+    public: SocketAddr,
+    good_client: tokio::task::JoinHandle<Result<(), crate::client::ClientError>>,
+    shutdown: CancellationToken,
+}
+
+impl SessionHarness {
+    /// Starts the server, an echo service and the well-behaved client.
+    pub fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let shutdown = CancellationToken::new();
+        let (server, public, good_client) = rt.block_on(async {
+            let (identity, _, _) =
+                crate::tls::self_signed(&["localhost".into()]).expect("a certificate");
+            let fingerprint = identity.fingerprint();
+            let policy = |name: &str, token: &str, ports| IdentityPolicy {
+                name: Name::new(name).expect("a valid name"),
+                token: Token::new(token),
+                bind: "127.0.0.1".parse().expect("an address"),
+                ports: vec![PortRange(ports)],
+            };
+            let settings = ServerSettings::new(
+                "127.0.0.1:0".parse().expect("an address"),
+                ServerCert::Auto(Default::default()),
+                vec![
+                    policy("good", "good-token", 1024..=65535),
+                    policy(FUZZ_IDENTITY, FUZZ_TOKEN, 41_000..=41_099),
+                ],
+            );
+            let server = Server::new(settings, identity).expect("a server");
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+            let addr = listener.local_addr().expect("an address");
+            tokio::spawn({
+                let (server, shutdown) = (server.clone(), shutdown.clone());
+                async move { server.run(listener, shutdown).await }
+            });
+            let echo = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+            let echo_addr = echo.local_addr().expect("an address");
+            tokio::spawn(crate::demo::serve_echo(echo, shutdown.clone()));
+            let client = crate::client::Client::new(ClientSettings::new(
+                addr.to_string(),
+                rustls::pki_types::ServerName::try_from("localhost")
+                    .expect("a name")
+                    .to_owned(),
+                ServerTrust::Pinned(fingerprint),
+                Name::new("good").expect("a valid name"),
+                Token::new("good-token"),
+                vec![ServiceSpec {
+                    name: Name::new("echo").expect("a valid name"),
+                    local: echo_addr.to_string(),
+                    remote_port: 0,
+                }],
+            ))
+            .expect("a client");
+            let connected = client.connect().await.expect("the good client connects");
+            let port = connected
+                .port("echo")
+                .expect("the echo service is registered");
+            let task = tokio::spawn(connected.run(shutdown.clone()));
+            (server, SocketAddr::from(([127, 0, 0, 1], port)), task)
+        });
+        SessionHarness {
+            rt,
+            server,
+            public,
+            good_client,
+            shutdown,
+        }
+    }
+
+    /// Feeds `data` to a fresh server session as if it came out of TLS. The first byte picks the
+    /// mode: even, the bytes are the raw stream (yamux framing included); odd, the harness opens a
+    /// proper yamux session and control stream, authenticates, and the bytes follow the hello on
+    /// the control stream. The session must end by itself once its input ends, and the
+    /// well-behaved session must still work afterwards.
+    pub fn feed(&self, data: &[u8]) {
+        let (mode, rest) = data.split_first().unwrap_or((&0, &[]));
+        let rest = rest.to_vec();
+        let authenticated = mode % 2 == 1;
+        self.rt.block_on(async {
+            let (server_io, fuzz_io) = tokio::io::duplex(64 * 1024);
+            let peer: SocketAddr = "192.0.2.1:40000".parse().expect("an address");
+            let session =
+                self.server
+                    .serve_decrypted(server_io, peer, EXPORTED, CancellationToken::new());
+            let feeder = async move {
+                if authenticated {
+                    feed_authenticated(fuzz_io, &rest).await
+                } else {
+                    feed_raw(fuzz_io, &rest).await
+                }
+            };
+            tokio::time::timeout(SESSION_DEADLINE, futures::future::join(session, feeder))
+                .await
+                .expect("an untrusted session ends by itself once its input ends");
+            assert!(
+                !self.good_client.is_finished(),
+                "the well-behaved session must survive"
+            );
+            let echo = tokio::time::timeout(Duration::from_secs(10), round_trip(self.public))
+                .await
+                .expect("the well-behaved session answers in time");
+            assert!(echo, "the well-behaved session must still carry data");
+        });
+    }
+}
+
+impl Default for SessionHarness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SessionHarness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn round_trip(public: SocketAddr) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(public).await else {
+        return false;
+    };
+    let mut banner = vec![0u8; crate::demo::BANNER.len()];
+    if s.read_exact(&mut banner).await.is_err() || s.write_all(b"fz").await.is_err() {
+        return false;
+    }
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.is_ok() && &b == b"fz"
+}
+
+/// Writes the bytes as the raw decrypted stream, reading whatever the server says until it closes.
+async fn feed_raw(io: tokio::io::DuplexStream, data: &[u8]) {
+    let (mut r, mut w) = tokio::io::split(io);
+    let drain = async {
+        let mut sink = vec![0u8; 16 * 1024];
+        while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let write = async {
+        let _ = w.write_all(data).await;
+        let _ = w.shutdown().await;
+    };
+    futures::future::join(drain, write).await;
+}
+
+/// A real yamux client: a valid hello on the control stream, then the bytes, then close.
+async fn feed_authenticated(io: tokio::io::DuplexStream, data: &[u8]) {
+    let cancel = CancellationToken::new();
+    let (handle, driver) =
+        crate::session::start(io, yamux::Mode::Client, Box::new(|_| {}), cancel.clone());
+    let driver = tokio::spawn(driver);
+    let work = async {
+        let Ok(stream) = handle.open().await else {
+            return;
+        };
+        let mut ctrl = stream.compat();
+        let id = Name::new(FUZZ_IDENTITY).expect("a valid name");
+        let hello = Message::Hello {
+            version: ncx_proto::PROTOCOL_VERSION,
+            identity: id.clone(),
+            proof: crate::auth::prove(&Token::new(FUZZ_TOKEN), &ExportedKey(EXPORTED), &id),
+        };
+        if crate::framed::write_message(&mut ctrl, &hello)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = ctrl.write_all(data).await;
+        // End of input: the server must wind the session up by itself from here.
+        let _ = ctrl.shutdown().await;
+        let mut sink = vec![0u8; 16 * 1024];
+        while matches!(ctrl.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    work.await;
+    cancel.cancel();
+    let _ = driver.await;
+}
