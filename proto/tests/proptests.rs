@@ -1,0 +1,84 @@
+//! Property tests: encode/decode round trips, the visitor header, and streaming reassembly, over
+//! generated messages (the fuzz targets cover the same properties with coverage guidance).
+
+use std::net::{IpAddr, SocketAddr};
+
+use ncx_proto::{check, decode, encode_to_vec, ErrorCode, Message, Name, Text};
+use proptest::prelude::*;
+
+fn name() -> impl Strategy<Value = Name> {
+    "[A-Za-z0-9._-]{1,64}".prop_map(|s| Name::new(s).unwrap())
+}
+
+fn text() -> impl Strategy<Value = Text> {
+    any::<String>().prop_map(Text::new)
+}
+
+fn code() -> impl Strategy<Value = ErrorCode> {
+    (1u16..=u16::MAX).prop_map(ErrorCode::from_u16)
+}
+
+fn addr() -> impl Strategy<Value = SocketAddr> {
+    (any::<IpAddr>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u16>(), name(), any::<[u8; 32]>()).prop_map(|(version, identity, proof)| {
+            Message::Hello {
+                version,
+                identity,
+                proof,
+            }
+        }),
+        any::<u16>().prop_map(|version| Message::Welcome { version }),
+        (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Register {
+            service,
+            remote_port
+        }),
+        (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Registered {
+            service,
+            remote_port
+        }),
+        (name(), code(), text()).prop_map(|(service, code, message)| Message::ServiceRefused {
+            service,
+            code,
+            message
+        }),
+        (code(), text()).prop_map(|(code, message)| Message::Error { code, message }),
+        (code(), text()).prop_map(|(code, message)| Message::GoAway { code, message }),
+        any::<u64>().prop_map(Message::Ping),
+        any::<u64>().prop_map(Message::Pong),
+        (name(), addr()).prop_map(|(service, visitor)| Message::VisitorHeader { service, visitor }),
+        proptest::option::of((code(), text()))
+            .prop_map(|refusal| Message::VisitorStatus { refusal }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn every_message_round_trips(msg in message()) {
+        check::round_trip(&msg);
+    }
+
+    #[test]
+    fn visitor_header_round_trips_and_has_the_documented_size(service in name(), visitor in addr()) {
+        let msg = Message::VisitorHeader { service: service.clone(), visitor };
+        let bytes = encode_to_vec(&msg);
+        let ip_len = if visitor.is_ipv4() { 4 } else { 16 };
+        // len(2) type(1) name(1 + n) family(1) ip port(2)
+        prop_assert_eq!(bytes.len(), 2 + 1 + 1 + service.as_str().len() + 1 + ip_len + 2);
+        prop_assert_eq!(decode(&bytes).unwrap(), Some((msg, bytes.len())));
+    }
+
+    #[test]
+    fn a_stream_split_anywhere_reassembles(msgs in proptest::collection::vec(message(), 0..16),
+                                           cuts in proptest::collection::vec(any::<usize>(), 0..16)) {
+        check::streaming(&msgs, &cuts);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_break_the_decoder(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        check::decode_arbitrary(&data);
+    }
+}
