@@ -43,6 +43,26 @@ pub enum Command {
     /// Run the demo's sample service alone: a greeting line, then every byte echoed back. Handy as
     /// a local service while trying a tunnel.
     Echo(EchoArgs),
+    /// Benchmark: this ncx's server and client as separate processes on 127.0.0.1 with TLS, against
+    /// a direct connection in the same run. Build with --release first.
+    Bench(BenchArgs),
+}
+
+/// `ncx bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Repetitions of every measurement; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// MiB per single-stream bulk transfer (the 8-stream transfer moves the same in total).
+    #[arg(long, default_value_t = 512)]
+    pub bulk_mib: u64,
+    /// Idle visitors to hold open for the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// `ncx echo`.
@@ -310,6 +330,16 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
         }
         Command::Demo(args) => {
             crate::demo::run(args.check, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let opts = crate::bench::BenchOptions {
+                repetitions: args.repetitions,
+                bulk_bytes: args.bulk_mib << 20,
+                idle_connections: args.idle_connections,
+                json: args.json,
+            };
+            crate::bench::run(opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo(args) => {

@@ -16,6 +16,7 @@
 //! - [`splice`]: TCP ↔ substream copying that keeps half-close and makes resets visible.
 //! - [`server`], [`client`]: the two ends.
 //! - [`demo`]: everything on loopback in one process.
+//! - [`bench`]: the benchmark of the real processes against a direct connection.
 //! - [`cli`]: the command line.
 //!
 //! Glossary: **session** (one TLS connection and its yamux session), **control stream** (the first
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client;

@@ -257,15 +257,12 @@ async fn server_killed_mid_transfer_and_restarted_tunnel_returns_within_backoff_
     server.start_kill().unwrap(); // SIGKILL
     server.wait().await.unwrap();
     let killed = Instant::now();
+    // The visitor's connection ends. A killed process cannot choose RST over FIN: the kernel sends
+    // RST only if unread bytes remain in the dead socket, so either ending is accepted here.
     let mut rest = Vec::new();
-    let r = tokio::time::timeout(WAIT, v.read_to_end(&mut rest))
+    let _ = tokio::time::timeout(WAIT, v.read_to_end(&mut rest))
         .await
-        .unwrap();
-    assert!(
-        r.is_err(),
-        "a visitor cut off by a dead server must be reset, not ended cleanly (read {} bytes)",
-        rest.len()
-    );
+        .expect("the visitor's connection ends with the server");
     let (mut server2, _) = server_process(dir.path(), listen).await;
     wait_tunnel().await;
     let took = killed.elapsed();

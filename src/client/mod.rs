@@ -165,8 +165,7 @@ impl Client {
                 })
             }
         };
-        let _ = tcp.set_nodelay(true);
-        crate::net::keepalive(&tcp);
+        crate::net::tune_tunnel(&tcp);
         if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
             warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");
         }

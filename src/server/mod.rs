@@ -24,7 +24,7 @@ use crate::ratelimit::LogLimiter;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 use crate::config::{IdentityPolicy, ServerSettings};
 use crate::tls::{Fingerprint, ServerIdentity, TlsError};
@@ -152,10 +152,7 @@ impl Server {
                     }
                 },
             };
-            if let Err(e) = tcp.set_nodelay(true) {
-                debug!(%peer, error = %e, "setting TCP_NODELAY failed");
-            }
-            crate::net::keepalive(&tcp);
+            crate::net::tune_tunnel(&tcp);
             let (slot, evicted) = self.shared.handshakes.claim();
             if evicted {
                 if let Some(held_back) = self.shared.eviction_log.allow() {
