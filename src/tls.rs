@@ -253,14 +253,15 @@ pub fn client_config(trust: &ServerTrust) -> Result<ClientConfig, TlsError> {
             .with_no_client_auth(),
         ServerTrust::Pinned(fp) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
-                pin: *fp,
+            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
+                pin: Some(*fp),
                 provider: provider(),
             }))
             .with_no_client_auth(),
         ServerTrust::InsecureSkipVerify => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(InsecureVerifier {
+            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
+                pin: None,
                 provider: provider(),
             }))
             .with_no_client_auth(),
@@ -279,15 +280,16 @@ pub struct PinMismatch {
     pub expected: Fingerprint,
 }
 
-/// Accepts exactly one server certificate, by SHA-256 of its DER. Signatures over the handshake are
-/// still verified (the server must hold the key); names and dates are not, as with SSH host keys.
+/// Checks the server's certificate by its SHA-256 alone: exactly the pinned one, or — with no pin,
+/// only reachable through `insecure_skip_verify` — any. Signatures over the handshake are still
+/// verified (the server must hold the key); names and dates are not, as with SSH host keys.
 #[derive(Debug)]
-struct PinnedVerifier {
-    pin: Fingerprint,
+struct FingerprintVerifier {
+    pin: Option<Fingerprint>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+impl ServerCertVerifier for FingerprintVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -296,71 +298,21 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let actual = Fingerprint::of(end_entity);
         // Fingerprints of certificates are public; equality needs no constant time here.
-        if actual == self.pin {
+        if actual == pin {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
                     actual,
-                    expected: self.pin,
+                    expected: pin,
                 }))),
             ))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Accepts any server certificate. Only reachable through `insecure_skip_verify`.
-#[derive(Debug)]
-struct InsecureVerifier {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for InsecureVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -292,3 +292,25 @@ async fn port_taken_by_another_identity_is_refused() {
     a.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn insecure_skip_verify_connects_to_any_server() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let svc = echo_service().await;
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        ServerTrust::InsecureSkipVerify,
+        "a",
+        "t",
+        vec![service("e", svc, 0)],
+    ))
+    .await;
+    let public = ([127, 0, 0, 1], client.port("e")).into();
+    assert_eq!(
+        exchange(public, b"unverified").await.unwrap(),
+        b"unverified"
+    );
+    client.stop().await;
+    server.stop().await;
+}
