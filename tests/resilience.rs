@@ -779,3 +779,74 @@ async fn a_session_near_stream_id_exhaustion_rotates_without_dropping_live_visit
     stop.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn sessions_over_the_server_limit_are_refused_with_the_reason() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t"), identity("b", "t")]);
+    ss.max_sessions = 1;
+    let server = TestServer::start(&pki, ss).await;
+    let echo = echo_service().await;
+    let a = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    ))
+    .await;
+    let err = connect(client_settings(
+        server.addr,
+        pki.pinned(),
+        "b",
+        "t",
+        vec![service("e", echo, 0)],
+    ))
+    .await
+    .err()
+    .expect("the second session is over the limit");
+    match &err {
+        ClientError::Refused { code, message } => {
+            assert_eq!(*code, ncx_proto::ErrorCode::LimitReached);
+            assert!(message.contains("maximum of 1 sessions"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!err.is_permanent());
+    a.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn visitors_over_the_service_limit_are_refused_and_other_services_unaffected() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.max_visitors_per_service = 1;
+    let server = TestServer::start(&pki, ss).await;
+    let echo = echo_service().await;
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("one", echo, 0), service("two", echo, 0)],
+    ))
+    .await;
+    let one: SocketAddr = ([127, 0, 0, 1], client.port("one")).into();
+    let two: SocketAddr = ([127, 0, 0, 1], client.port("two")).into();
+    let mut held = TcpStream::connect(one).await.unwrap();
+    held.write_all(b"h").await.unwrap();
+    let mut b = [0u8; 1];
+    held.read_exact(&mut b).await.unwrap();
+    let err = exchange(one, b"over")
+        .await
+        .expect_err("a second visitor of 'one' is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        exchange(two, b"other service").await.unwrap(),
+        b"other service"
+    );
+    drop(held);
+    client.stop().await;
+    server.stop().await;
+}

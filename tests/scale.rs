@@ -199,8 +199,9 @@ async fn a_slow_visitor_does_not_make_either_side_buffer_or_slow_others() {
         idle.0, idle.1
     );
     // Bounded: each side holds at most the stream's 256 KiB window, copy buffers and TLS records,
-    // whatever the service tries to send; 64 MiB above idle leaves room for allocator slack.
-    let bound = 64 * 1024;
+    // whatever the service tries to send. Measured: about 4 MiB above idle; 24 MiB leaves room for
+    // allocator slack while still catching a side that buffers what the slow visitor cannot take.
+    let bound = 24 * 1024;
     assert!(
         server_peak < idle.0 + bound,
         "server peak {server_peak} KiB"
