@@ -91,17 +91,23 @@ impl AsyncWrite for Substream {
 /// How a splice ended.
 #[derive(Debug)]
 pub enum SpliceEnd {
-    /// Both directions finished with EOF; the counts are bytes TCP→substream and substream→TCP.
-    Finished {
-        /// Bytes read from the TCP side.
-        from_tcp: u64,
-        /// Bytes read from the substream.
-        from_substream: u64,
-    },
+    /// Both directions finished with EOF.
+    Finished,
     /// A side failed or was reset; the TCP connection was reset.
     Reset(io::Error),
     /// The owner cancelled (session gone or shutdown); the TCP connection was reset.
     Cancelled,
+}
+
+/// What a splice moved and how it ended.
+#[derive(Debug)]
+pub struct Spliced {
+    /// Bytes read from the TCP side and written to the substream.
+    pub from_tcp: u64,
+    /// Bytes read from the substream and written to the TCP side.
+    pub from_substream: u64,
+    /// How it ended.
+    pub end: SpliceEnd,
 }
 
 /// Copies both ways until both directions reach EOF. An EOF in one direction is passed on as a
@@ -111,39 +117,30 @@ pub enum SpliceEnd {
 /// Buffers are taken only while data moves: a direction whose source has nothing to read gives its
 /// buffer back, so an idle spliced connection holds no copy buffer at all (ten thousand idle
 /// visitors would otherwise pin 2.5 GiB of 64 KiB buffers across both sides).
-pub async fn splice(
-    mut tcp: TcpStream,
-    mut sub: Substream,
-    cancel: &CancellationToken,
-) -> SpliceEnd {
+pub async fn splice(mut tcp: TcpStream, mut sub: Substream, cancel: &CancellationToken) -> Spliced {
     let mut up = Direction::default();
     let mut down = Direction::default();
-    let copy = std::future::poll_fn(|cx| {
-        let a = up.poll(cx, &mut tcp, &mut sub)?;
-        let b = down.poll(cx, &mut sub, &mut tcp)?;
-        match (a, b) {
-            (Poll::Ready(from_tcp), Poll::Ready(from_substream)) => {
-                Poll::Ready(Ok::<_, io::Error>((from_tcp, from_substream)))
+    let res = {
+        let copy = std::future::poll_fn(|cx| {
+            let a = up.poll(cx, &mut tcp, &mut sub)?;
+            let b = down.poll(cx, &mut sub, &mut tcp)?;
+            match (a, b) {
+                (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok::<_, io::Error>(())),
+                _ => Poll::Pending,
             }
-            _ => Poll::Pending,
-        }
-    });
-    let res = tokio::select! {
-        r = copy => r,
-        _ = cancel.cancelled() => {
-            abort(tcp);
-            return SpliceEnd::Cancelled;
+        });
+        tokio::select! {
+            r = copy => r.map_or_else(SpliceEnd::Reset, |()| SpliceEnd::Finished),
+            _ = cancel.cancelled() => SpliceEnd::Cancelled,
         }
     };
-    match res {
-        Ok((from_tcp, from_substream)) => SpliceEnd::Finished {
-            from_tcp,
-            from_substream,
-        },
-        Err(e) => {
-            abort(tcp);
-            SpliceEnd::Reset(e)
-        }
+    if !matches!(res, SpliceEnd::Finished) {
+        abort(tcp);
+    }
+    Spliced {
+        from_tcp: up.total,
+        from_substream: down.total,
+        end: res,
     }
 }
 

@@ -236,3 +236,62 @@ async fn walkthrough_with_processes_pinned_fingerprint() {
     wait_until_refused(public, Duration::from_secs(1)).await;
     server.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn server_writes_one_audit_line_per_visitor_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ncx()
+        .args(["server", "--listen", "127.0.0.1:0", "--auto-cert-dir"])
+        .arg(dir.path())
+        .args([
+            "--identity",
+            "office",
+            "--ports",
+            "1024-65535",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .env("NCX_TOKEN", "audit-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut server);
+    let addr = log_field(&log.wait_for("server listening").await, "addr");
+    let fingerprint = ncx::certs::load_or_create_self_signed(dir.path())
+        .unwrap()
+        .0
+        .fingerprint();
+    let echo = echo_service().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let client = RunningClient::start(client_settings(
+        addr.parse().unwrap(),
+        ncx::tls::ServerTrust::Pinned(fingerprint),
+        "office",
+        "audit-token",
+        vec![service("echo", echo, 0), service("dead", dead, 0)],
+    ))
+    .await;
+    let public = ([127, 0, 0, 1], client.port("echo")).into();
+    assert_eq!(
+        exchange(public, b"twelve bytes").await.unwrap(),
+        b"twelve bytes"
+    );
+    let line = log.wait_for("visitor connection").await;
+    assert!(line.contains("ncx::audit"), "{line}");
+    assert_eq!(log_field(&line, "service"), "echo");
+    assert_eq!(log_field(&line, "bytes_in"), "12");
+    assert_eq!(log_field(&line, "bytes_out"), "12");
+    assert!(line.contains("end=finished"), "{line}");
+    assert!(line.contains("duration_ms="), "{line}");
+    // A visitor the client cannot serve gets its line too, saying why.
+    let _ = exchange(([127, 0, 0, 1], client.port("dead")).into(), b"x").await;
+    let line = log.wait_for("visitor connection").await;
+    assert_eq!(log_field(&line, "service"), "dead");
+    assert!(line.contains("refused by the client"), "{line}");
+    client.stop().await;
+    server.kill().await.unwrap();
+}

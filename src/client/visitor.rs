@@ -98,13 +98,11 @@ pub(super) async fn serve(
         return;
     }
     debug!(local = %spec.local, "visitor connected");
-    match splice(tcp, sub, &cancel).await {
-        SpliceEnd::Finished {
-            from_tcp,
-            from_substream,
-        } => debug!(
-            bytes_to_visitor = from_tcp,
-            bytes_from_visitor = from_substream,
+    let spliced = splice(tcp, sub, &cancel).await;
+    match spliced.end {
+        SpliceEnd::Finished => debug!(
+            bytes_to_service = spliced.from_substream,
+            bytes_from_service = spliced.from_tcp,
             "visitor finished"
         ),
         SpliceEnd::Reset(e) => info!(reason = %e, "visitor reset"),

@@ -247,13 +247,40 @@ async fn visitor(
     service: Name,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
+    let started = tokio::time::Instant::now();
+    let (bytes_in, bytes_out, end) = serve_visitor(&ctx, tcp, peer, &service).await;
+    // The audit log: one line per visitor connection, whatever became of it.
+    info!(
+        target: "ncx::audit",
+        %service,
+        visitor = %peer,
+        bytes_in,
+        bytes_out,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        end = %end,
+        "visitor connection"
+    );
+}
+
+/// Connects one visitor to its service through a substream and splices until the end. Returns the
+/// bytes from and to the visitor and how it ended, in words.
+async fn serve_visitor(
+    ctx: &SessionCtx,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    service: &Name,
+) -> (u64, u64, String) {
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "setting TCP_NODELAY failed");
     }
     let cancel = &ctx.visitors_cancel;
+    let refused = |tcp: TcpStream, why: String| {
+        abort(tcp);
+        (0, 0, why)
+    };
     // An open is "in flight" until the client answers; yamux stalls beyond 256 such streams.
     let in_flight = tokio::select! {
-        _ = cancel.cancelled() => { abort(tcp); return; }
+        _ = cancel.cancelled() => return refused(tcp, "reset: session ended".into()),
         r = tokio::time::timeout(OPEN_TIMEOUT, ctx.open_permits.clone().acquire_owned()) => r,
     };
     let Ok(Ok(in_flight)) = in_flight else {
@@ -264,15 +291,17 @@ async fn visitor(
                 ctx.shared.settings.max_opens_in_flight
             );
         }
-        abort(tcp);
-        return;
+        return refused(tcp, "refused: too many substreams await the client".into());
     };
     let stream = tokio::select! {
-        _ = cancel.cancelled() => { abort(tcp); return; }
+        _ = cancel.cancelled() => return refused(tcp, "reset: session ended".into()),
         r = tokio::time::timeout(OPEN_TIMEOUT, ctx.handle.open()) => match r {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => { debug!(error = %e, "no substream for the visitor"); abort(tcp); return; }
-            Err(_) => { warn!("no substream for the visitor within {OPEN_TIMEOUT:?}"); abort(tcp); return; }
+            Ok(Err(e)) => return refused(tcp, format!("reset: no substream: {e}")),
+            Err(_) => {
+                warn!("no substream for the visitor within {OPEN_TIMEOUT:?}");
+                return refused(tcp, "refused: no substream in time".into());
+            }
         },
     };
     if ctx.opens.fetch_add(1, Ordering::Relaxed) + 1 >= ctx.shared.settings.rotate_after_opens {
@@ -293,7 +322,7 @@ async fn visitor(
             .map_err(|e| format!("reading the client's answer: {e}"))
     };
     let status = tokio::select! {
-        _ = cancel.cancelled() => { abort(tcp); return; }
+        _ = cancel.cancelled() => return refused(tcp, "reset: session ended".into()),
         r = tokio::time::timeout(VISITOR_STATUS_TIMEOUT, status) => r,
     };
     drop(in_flight);
@@ -303,39 +332,27 @@ async fn visitor(
             refusal: Some((code, message)),
         })) => {
             warn!(%code, reason = %message, "the client could not reach the local service; visitor closed");
-            abort(tcp);
-            return;
+            return refused(tcp, format!("refused by the client: {message} ({code})"));
         }
         Ok(Ok(other)) => {
             warn!(
                 "the client answered a visitor header with message type 0x{:02x}",
                 other.type_byte()
             );
-            abort(tcp);
-            return;
+            return refused(tcp, "reset: protocol violation by the client".into());
         }
-        Ok(Err(e)) => {
-            info!(reason = %e, "visitor closed");
-            abort(tcp);
-            return;
-        }
+        Ok(Err(e)) => return refused(tcp, format!("reset: {e}")),
         Err(_) => {
             warn!("the client did not answer the visitor header within {VISITOR_STATUS_TIMEOUT:?}");
-            abort(tcp);
-            return;
+            return refused(tcp, "refused: the client did not answer in time".into());
         }
     }
     debug!("visitor connected");
-    match splice(tcp, sub, cancel).await {
-        SpliceEnd::Finished {
-            from_tcp,
-            from_substream,
-        } => debug!(
-            bytes_in = from_tcp,
-            bytes_out = from_substream,
-            "visitor finished"
-        ),
-        SpliceEnd::Reset(e) => info!(reason = %e, "visitor reset"),
-        SpliceEnd::Cancelled => debug!("visitor reset: session ended"),
-    }
+    let spliced = splice(tcp, sub, cancel).await;
+    let end = match spliced.end {
+        SpliceEnd::Finished => "finished".to_owned(),
+        SpliceEnd::Reset(e) => format!("reset: {e}"),
+        SpliceEnd::Cancelled => "reset: session ended".to_owned(),
+    };
+    (spliced.from_tcp, spliced.from_substream, end)
 }

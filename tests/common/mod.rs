@@ -418,3 +418,45 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmHWM:"), field("VmRSS:"))
 }
+
+/// Lines a child process prints on stdout and stderr, to wait for several in turn.
+pub struct LogLines {
+    rx: tokio::sync::mpsc::Receiver<String>,
+}
+
+impl LogLines {
+    pub fn new(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(1024);
+        for reader in [
+            Box::new(child.stdout.take().expect("stdout piped"))
+                as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().expect("stderr piped")),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(reader).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if tx.send(l).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        LogLines { rx }
+    }
+
+    /// The next line containing `needle` (earlier lines are skipped).
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        tokio::time::timeout(WAIT, async {
+            while let Some(l) = self.rx.recv().await {
+                if l.contains(needle) {
+                    return l;
+                }
+            }
+            panic!("the process ended without printing {needle:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no line with {needle:?} in time"))
+    }
+}
