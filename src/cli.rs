@@ -255,6 +255,8 @@ impl ClientArgs {
                     name: spanned(s.name.to_string()),
                     local: spanned(s.local),
                     remote_port: s.remote_port,
+                    allow: None,
+                    deny: None,
                 })
                 .collect(),
             ..Default::default()

@@ -698,6 +698,11 @@ pub struct ServiceFile {
     /// Public port on the server; 0 lets the server pick.
     #[serde(default)]
     pub remote_port: u16,
+    /// Visitor address blocks allowed (absent or empty: all not denied), e.g.
+    /// `["203.0.113.0/24"]`.
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Visitor address blocks denied; deny wins over allow.
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A service the client exposes.
@@ -709,6 +714,8 @@ pub struct ServiceSpec {
     pub local: String,
     /// Requested public port (0: any allowed).
     pub remote_port: u16,
+    /// Which visitor addresses the server lets through.
+    pub access: ncx_proto::AccessRules,
 }
 
 impl std::str::FromStr for ServiceSpec {
@@ -727,6 +734,7 @@ impl std::str::FromStr for ServiceSpec {
             name,
             local: local.to_owned(),
             remote_port,
+            access: ncx_proto::AccessRules::default(),
         })
     }
 }
@@ -962,10 +970,30 @@ impl ClientSettings {
             }
             check_host_port(s.local.get_ref())
                 .map_err(|e| src.at(s.local.span(), Some("local"), e))?;
+            let mut lists = [Vec::new(), Vec::new()];
+            for (list, key, out) in [(&s.allow, "allow", 0), (&s.deny, "deny", 1)] {
+                let Some(list) = list else { continue };
+                if list.get_ref().len() > ncx_proto::MAX_RULES {
+                    return Err(src.at(
+                        list.span(),
+                        Some(key),
+                        format!("at most {} blocks", ncx_proto::MAX_RULES),
+                    ));
+                }
+                for rule in list.get_ref() {
+                    lists[out].push(
+                        rule.get_ref()
+                            .parse::<ncx_proto::Cidr>()
+                            .map_err(|e| src.at(rule.span(), Some(key), e.to_string()))?,
+                    );
+                }
+            }
+            let [allow, deny] = lists;
             services.push(ServiceSpec {
                 name,
                 local: s.local.into_inner(),
                 remote_port: s.remote_port,
+                access: ncx_proto::AccessRules { allow, deny },
             });
         }
         if services.is_empty() {

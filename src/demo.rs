@@ -109,6 +109,7 @@ async fn run_inner(
             name: ncx_proto::Name::new("echo").expect("a valid literal name"),
             local: service_addr.to_string(),
             remote_port: 0,
+            access: Default::default(),
         }],
     ))?;
     let connected = client.connect().await.context("the demo client")?;

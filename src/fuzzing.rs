@@ -110,6 +110,7 @@ impl SessionHarness {
                     name: Name::new("echo").expect("a valid name"),
                     local: echo_addr.to_string(),
                     remote_port: 0,
+                    access: Default::default(),
                 }],
             ))
             .expect("a client");

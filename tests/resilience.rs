@@ -130,6 +130,7 @@ async fn frozen_client(server: SocketAddr, pki: &Pki, port: u16) -> tokio::task:
     let reg = ncx_proto::Message::Register {
         service: name("s"),
         remote_port: port,
+        access: Default::default(),
     };
     ncx::framed::write_message(&mut ctrl, &reg).await.unwrap();
     assert!(matches!(

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::access::{AccessRules, Cidr, MAX_RULES};
 use crate::message::{ErrorCode, Message, Name, NameError, Text};
 use crate::{AUTH_PROOF_LEN, MAX_FRAME_LEN, MAX_TEXT_LEN};
 
@@ -49,6 +50,12 @@ pub enum DecodeError {
     /// A [`Message::VisitorStatus`] that says "connected" but carries a message.
     #[error("a connected status must not carry a message")]
     ConnectedWithText,
+    /// An access list longer than [`MAX_RULES`].
+    #[error("{0} access rules exceed the limit of {MAX_RULES}")]
+    TooManyRules(usize),
+    /// An access rule that is not a canonical CIDR block.
+    #[error("invalid access rule: {0}")]
+    BadCidr(crate::CidrError),
 }
 
 /// Decodes one frame from the start of `buf`.
@@ -99,6 +106,10 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         0x03 => Message::Register {
             service: r.name("service")?,
             remote_port: r.u16("remote_port")?,
+            access: AccessRules {
+                allow: r.cidrs("allow")?,
+                deny: r.cidrs("deny")?,
+            },
         },
         0x04 => Message::Registered {
             service: r.name("service")?,
@@ -194,6 +205,28 @@ impl<'a> Reader<'a> {
         Ok(Text::from_checked(s.to_owned()))
     }
 
+    fn cidrs(&mut self, field: &'static str) -> Result<Vec<Cidr>, DecodeError> {
+        let n = usize::from(self.u8(field)?);
+        if n > MAX_RULES {
+            return Err(DecodeError::TooManyRules(n));
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let addr = self.socket_addr_ip()?;
+            let prefix = self.u8("prefix")?;
+            out.push(Cidr::exact(addr, prefix).map_err(DecodeError::BadCidr)?);
+        }
+        Ok(out)
+    }
+
+    fn socket_addr_ip(&mut self) -> Result<IpAddr, DecodeError> {
+        Ok(match self.u8("family")? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>("ip")?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>("ip")?)),
+            f => return Err(DecodeError::BadAddressFamily(f)),
+        })
+    }
+
     fn error_code(&mut self) -> Result<ErrorCode, DecodeError> {
         match self.u16("code")? {
             0 => Err(DecodeError::ZeroErrorCode),
@@ -202,19 +235,16 @@ impl<'a> Reader<'a> {
     }
 
     fn socket_addr(&mut self) -> Result<SocketAddr, DecodeError> {
-        let ip = match self.u8("family")? {
-            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>("ip")?)),
-            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>("ip")?)),
-            f => return Err(DecodeError::BadAddressFamily(f)),
-        };
+        let ip = self.socket_addr_ip()?;
         Ok(SocketAddr::new(ip, self.u16("port")?))
     }
 }
 
 /// Appends the frame of `msg` to `out`.
 ///
-/// Infallible: [`Name`] and [`Text`] enforce their caps on construction, and the largest message of
-/// this version is far below [`MAX_FRAME_LEN`] (checked by a test).
+/// Infallible: [`Name`] and [`Text`] enforce their caps on construction, access lists are cut at
+/// [`MAX_RULES`], and the largest message of this version is below [`MAX_FRAME_LEN`] (checked by a
+/// test).
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0, 0]);
@@ -233,8 +263,14 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         Message::Register {
             service,
             remote_port,
+            access,
+        } => {
+            put_name(out, service);
+            out.extend_from_slice(&remote_port.to_be_bytes());
+            put_cidrs(out, &access.allow);
+            put_cidrs(out, &access.deny);
         }
-        | Message::Registered {
+        Message::Registered {
             service,
             remote_port,
         } => {
@@ -257,16 +293,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         Message::Ping(v) | Message::Pong(v) => out.extend_from_slice(&v.to_be_bytes()),
         Message::VisitorHeader { service, visitor } => {
             put_name(out, service);
-            match visitor.ip() {
-                IpAddr::V4(ip) => {
-                    out.push(4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
+            put_ip(out, visitor.ip());
             out.extend_from_slice(&visitor.port().to_be_bytes());
         }
         Message::VisitorStatus { refusal } => match refusal {
@@ -294,6 +321,30 @@ fn put_name(out: &mut Vec<u8>, name: &Name) {
     let bytes = name.as_str().as_bytes();
     out.push(u8::try_from(bytes.len()).expect("Name::new caps names at 64 bytes"));
     out.extend_from_slice(bytes);
+}
+
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+}
+
+/// Writes an access list. Lists longer than [`MAX_RULES`] are cut: configuration refuses them, so
+/// only a program building messages by hand can hit this.
+fn put_cidrs(out: &mut Vec<u8>, list: &[Cidr]) {
+    let list = &list[..list.len().min(MAX_RULES)];
+    out.push(u8::try_from(list.len()).expect("at most 64 rules"));
+    for c in list {
+        put_ip(out, c.addr());
+        out.push(c.prefix());
+    }
 }
 
 fn put_text(out: &mut Vec<u8>, text: &Text) {

@@ -14,10 +14,12 @@
 //!   [`Message::VisitorHeader`] and the client's [`Message::VisitorStatus`], then carries raw bytes.
 #![forbid(unsafe_code)]
 
+mod access;
 pub mod check;
 mod codec;
 mod message;
 
+pub use access::{canonical, AccessRules, Cidr, CidrError, MAX_RULES};
 pub use codec::{decode, encode, encode_to_vec, DecodeError, FrameDecoder};
 pub use message::{ErrorCode, Message, Name, NameError, Text};
 
@@ -36,8 +38,9 @@ pub const AUTH_EXPORTER_LABEL: &[u8] = b"EXPORTER-ncx-auth-v1";
 /// Length in bytes of the exported keying material and of the HMAC-SHA256 proof.
 pub const AUTH_PROOF_LEN: usize = 32;
 
-/// Largest frame body (type byte plus payload) any peer may send. Every message of this version fits
-/// in well under half of it; a larger declared length is rejected before a byte of it is buffered.
+/// Largest frame body (type byte plus payload) any peer may send. The largest message of this
+/// version (a Register with two full access lists) has 2374 bytes; a larger declared length is
+/// rejected before a byte of it is buffered.
 pub const MAX_FRAME_LEN: usize = 4096;
 
 /// Longest identity or service name, in bytes.

@@ -271,6 +271,9 @@ pub enum Message {
         service: Name,
         /// The public port wanted, or 0.
         remote_port: u16,
+        /// Which visitor addresses the server lets through (checked before anything reaches the
+        /// client).
+        access: crate::AccessRules,
     },
     /// Server → client: the service is listening on `remote_port`.
     Registered {

@@ -18,6 +18,10 @@ fn all_kinds() -> Vec<Message> {
         Message::Register {
             service: long.clone(),
             remote_port: 0,
+            access: ncx_proto::AccessRules {
+                allow: vec!["ffff::/16".parse().unwrap(); ncx_proto::MAX_RULES],
+                deny: vec!["ffff::/16".parse().unwrap(); ncx_proto::MAX_RULES],
+            },
         },
         Message::Registered {
             service: long.clone(),
@@ -50,14 +54,11 @@ fn all_kinds() -> Vec<Message> {
 }
 
 #[test]
-fn largest_messages_fit_well_within_the_cap() {
+fn largest_messages_fit_within_the_cap() {
     for m in all_kinds() {
         let b = encode_to_vec(&m);
-        assert!(
-            b.len() - 2 <= MAX_FRAME_LEN / 2,
-            "{m:?} is {} bytes",
-            b.len()
-        );
+        // The largest, a Register with two full access lists, has a 2374-byte body.
+        assert!(b.len() - 2 <= MAX_FRAME_LEN, "{m:?} is {} bytes", b.len());
         assert_eq!(decode(&b).unwrap(), Some((m, b.len())));
     }
 }
@@ -102,7 +103,7 @@ fn oversized_text_length_is_rejected() {
 fn oversized_name_is_rejected() {
     let mut b = vec![0, 0, 0x03, 65];
     b.extend(std::iter::repeat_n(b'a', 65));
-    b.extend_from_slice(&[0, 1]);
+    b.extend_from_slice(&[0, 1, 0, 0]);
     let len = u16::try_from(b.len() - 2).unwrap().to_be_bytes();
     b[..2].copy_from_slice(&len);
     assert_eq!(
@@ -221,4 +222,47 @@ fn ipv6_flow_label_and_scope_id_are_not_carried() {
         }
         _ => panic!("an IPv6 address decodes as IPv6"),
     }
+}
+
+#[test]
+fn access_rules_match_blocks_and_mapped_addresses() {
+    use ncx_proto::{AccessRules, Cidr};
+    let c: Cidr = "203.0.113.0/24".parse().unwrap();
+    assert!(c.contains("203.0.113.9".parse().unwrap()));
+    assert!(
+        c.contains("::ffff:203.0.113.9".parse().unwrap()),
+        "IPv4-mapped IPv6 matches"
+    );
+    assert!(!c.contains("203.0.114.1".parse().unwrap()));
+    assert!(!c.contains("2001:db8::1".parse().unwrap()));
+    assert_eq!(
+        "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
+        "10.0.0.0/8"
+    );
+    assert_eq!(
+        "::ffff:10.0.0.0/104".parse::<Cidr>().unwrap().to_string(),
+        "10.0.0.0/8"
+    );
+    assert_eq!("2001:db8::1".parse::<Cidr>().unwrap().prefix(), 128);
+    assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    assert!("nonsense".parse::<Cidr>().is_err());
+    let rules = AccessRules {
+        allow: vec!["203.0.113.0/24".parse().unwrap()],
+        deny: vec!["203.0.113.66/32".parse().unwrap()],
+    };
+    assert!(rules.permits("203.0.113.1".parse().unwrap()));
+    assert!(!rules.permits("203.0.113.66".parse().unwrap()), "deny wins");
+    assert!(
+        !rules.permits("198.51.100.1".parse().unwrap()),
+        "not in allow"
+    );
+    assert!(AccessRules::default().permits("198.51.100.1".parse().unwrap()));
+}
+
+#[test]
+fn too_many_rules_are_rejected() {
+    let mut b = vec![0, 0, 0x03, 1, b'a', 0, 1, 65];
+    let len = u16::try_from(b.len() - 2).unwrap().to_be_bytes();
+    b[..2].copy_from_slice(&len);
+    assert_eq!(decode(&b), Err(DecodeError::TooManyRules(65)));
 }

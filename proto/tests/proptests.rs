@@ -22,6 +22,13 @@ fn addr() -> impl Strategy<Value = SocketAddr> {
     (any::<IpAddr>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
 }
 
+fn cidr() -> impl Strategy<Value = ncx_proto::Cidr> {
+    (any::<IpAddr>(), any::<u8>()).prop_map(|(ip, p)| {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        ncx_proto::Cidr::new(ip, p % (max + 1)).unwrap()
+    })
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<u16>(), name(), any::<[u8; 32]>()).prop_map(|(version, identity, proof)| {
@@ -32,10 +39,17 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         any::<u16>().prop_map(|version| Message::Welcome { version }),
-        (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Register {
-            service,
-            remote_port
-        }),
+        (
+            name(),
+            any::<u16>(),
+            proptest::collection::vec(cidr(), 0..4),
+            proptest::collection::vec(cidr(), 0..4)
+        )
+            .prop_map(|(service, remote_port, allow, deny)| Message::Register {
+                service,
+                remote_port,
+                access: ncx_proto::AccessRules { allow, deny },
+            }),
         (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Registered {
             service,
             remote_port

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ncx_proto::{decode, encode_to_vec, DecodeError, ErrorCode, Message, Name, Text};
+use ncx_proto::{decode, encode_to_vec, AccessRules, DecodeError, ErrorCode, Message, Name, Text};
 
 fn spec_vectors() -> BTreeMap<String, Vec<u8>> {
     let spec = include_str!("../README.md");
@@ -51,6 +51,18 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             Message::Register {
                 service: n("rdp"),
                 remote_port: 3389,
+                access: AccessRules::default(),
+            },
+        ),
+        (
+            "register_with_rules",
+            Message::Register {
+                service: n("rdp"),
+                remote_port: 3389,
+                access: AccessRules {
+                    allow: vec!["203.0.113.0/24".parse().unwrap()],
+                    deny: vec!["2001:db8::/32".parse().unwrap()],
+                },
             },
         ),
         (
@@ -120,6 +132,10 @@ fn expected_invalid() -> BTreeMap<&'static str, DecodeError> {
         (
             "invalid_name",
             DecodeError::BadName(ncx_proto::NameError::BadChar(' ')),
+        ),
+        (
+            "invalid_cidr",
+            DecodeError::BadCidr(ncx_proto::CidrError::HostBits("10.0.0.1/8".into())),
         ),
     ])
 }

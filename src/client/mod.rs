@@ -350,6 +350,7 @@ impl Connected {
             let reg = Message::Register {
                 service: svc.name.clone(),
                 remote_port: svc.remote_port,
+                access: svc.access.clone(),
             };
             write_message(&mut self.ctrl, &reg)
                 .await

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ncx_proto::{ErrorCode, Message, Name, Text};
+use ncx_proto::{AccessRules, ErrorCode, Message, Name, Text};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
@@ -16,6 +16,7 @@ use super::registry::PortClaimError;
 use super::session::SessionCtx;
 use crate::config::IdentityPolicy;
 use crate::framed::{write_message, MessageReader};
+use crate::ratelimit::LogLimiter;
 use crate::splice::{abort, splice, SpliceEnd, Substream};
 
 /// How long the server waits for the client to answer a visitor header. The client's own local
@@ -55,7 +56,7 @@ impl Services {
     }
 
     /// Handles one `Register`: binds the port and starts serving it, or says why not.
-    pub(super) fn register(&mut self, service: Name, port: u16) -> Message {
+    pub(super) fn register(&mut self, service: Name, port: u16, access: AccessRules) -> Message {
         let refused = |code: ErrorCode, message: String| {
             warn!(%service, port, %code, reason = %message, "service refused");
             Message::ServiceRefused {
@@ -90,11 +91,15 @@ impl Services {
         };
         self.names.insert(service.clone());
         let addr = SocketAddr::new(self.policy.bind, port);
-        info!(%service, %addr, "service exposed");
+        if access.is_open() {
+            info!(%service, %addr, "service exposed");
+        } else {
+            info!(%service, %addr, allow = ?access.allow, deny = ?access.deny, "service exposed to the allowed addresses");
+        }
         let span = tracing::info_span!("service", %service, port);
-        self.ctx
-            .listeners
-            .spawn(serve(self.ctx.clone(), listener, service.clone(), port).instrument(span));
+        self.ctx.listeners.spawn(
+            serve(self.ctx.clone(), listener, service.clone(), port, access).instrument(span),
+        );
         Message::Registered {
             service,
             remote_port: port,
@@ -192,8 +197,16 @@ fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
 
 /// Accepts visitors on one public port until the session's listeners are cancelled, then releases
 /// the port.
-async fn serve(ctx: Arc<SessionCtx>, listener: TcpListener, service: Name, port: u16) {
+async fn serve(
+    ctx: Arc<SessionCtx>,
+    listener: TcpListener,
+    service: Name,
+    port: u16,
+    access: AccessRules,
+) {
     let service_permits = Arc::new(Semaphore::new(ctx.shared.settings.max_visitors_per_service));
+    let denied_log = LogLimiter::default();
+    let mut denied: u64 = 0;
     loop {
         let (tcp, peer) = tokio::select! {
             _ = ctx.listeners_cancel.cancelled() => break,
@@ -208,7 +221,16 @@ async fn serve(ctx: Arc<SessionCtx>, listener: TcpListener, service: Name, port:
                 }
             },
         };
-        // Limits are checked here, before a task or a substream exists for the visitor.
+        // The access rules and the limits are checked here, before a task or a substream exists
+        // for the visitor: nothing of a refused visitor reaches the client.
+        if !access.permits(peer.ip()) {
+            denied += 1;
+            if let Some(held_back) = denied_log.allow() {
+                warn!(%peer, denied_total = denied, held_back, "visitor refused by the service's access rules");
+            }
+            abort(tcp);
+            continue;
+        }
         let permits = ctx
             .visitor_permits
             .clone()

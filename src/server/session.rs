@@ -390,7 +390,8 @@ async fn control(
             Ok(Message::Register {
                 service,
                 remote_port,
-            }) => services.register(service, remote_port),
+                access,
+            }) => services.register(service, remote_port, access),
             Ok(Message::Ping(v)) => Message::Pong(v),
             Ok(Message::Pong(_)) => {
                 last_pong = Instant::now();

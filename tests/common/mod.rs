@@ -144,6 +144,7 @@ pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
         name: name(n),
         local: local.to_string(),
         remote_port,
+        access: Default::default(),
     }
 }
 
