@@ -257,6 +257,7 @@ impl ClientArgs {
                     remote_port: s.remote_port,
                     allow: None,
                     deny: None,
+                    proxy_protocol: None,
                 })
                 .collect(),
             ..Default::default()

@@ -703,6 +703,8 @@ pub struct ServiceFile {
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
     /// Visitor address blocks denied; deny wins over allow.
     pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Send the visitor's address to the local service first, as PROXY protocol `"v1"` or `"v2"`.
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 /// A service the client exposes.
@@ -716,6 +718,8 @@ pub struct ServiceSpec {
     pub remote_port: u16,
     /// Which visitor addresses the server lets through.
     pub access: ncx_proto::AccessRules,
+    /// PROXY protocol header written to the local service before the visitor's bytes.
+    pub proxy_protocol: Option<ncx_proto::ProxyVersion>,
 }
 
 impl std::str::FromStr for ServiceSpec {
@@ -735,6 +739,7 @@ impl std::str::FromStr for ServiceSpec {
             local: local.to_owned(),
             remote_port,
             access: ncx_proto::AccessRules::default(),
+            proxy_protocol: None,
         })
     }
 }
@@ -989,11 +994,20 @@ impl ClientSettings {
                 }
             }
             let [allow, deny] = lists;
+            let proxy_protocol = match &s.proxy_protocol {
+                Some(p) => Some(
+                    p.get_ref()
+                        .parse::<ncx_proto::ProxyVersion>()
+                        .map_err(|e| src.at(p.span(), Some("proxy_protocol"), e))?,
+                ),
+                None => None,
+            };
             services.push(ServiceSpec {
                 name,
                 local: s.local.into_inner(),
                 remote_port: s.remote_port,
                 access: ncx_proto::AccessRules { allow, deny },
+                proxy_protocol,
             });
         }
         if services.is_empty() {

@@ -110,6 +110,7 @@ async fn run_inner(
             local: service_addr.to_string(),
             remote_port: 0,
             access: Default::default(),
+            proxy_protocol: None,
         }],
     ))?;
     let connected = client.connect().await.context("the demo client")?;

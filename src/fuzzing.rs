@@ -111,6 +111,7 @@ impl SessionHarness {
                     local: echo_addr.to_string(),
                     remote_port: 0,
                     access: Default::default(),
+                    proxy_protocol: None,
                 }],
             ))
             .expect("a client");

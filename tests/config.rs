@@ -32,7 +32,7 @@ fn example_client_config_parses() {
     )
     .unwrap();
     assert_eq!(c.identity.as_str(), "office");
-    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services.len(), 3);
     assert_eq!(c.services[0].remote_port, 13389);
     assert!(matches!(c.trust, ServerTrust::Pinned(_)));
     assert!(!format!("{c:?}").contains("change-me"), "{c:?}");

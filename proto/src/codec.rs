@@ -133,6 +133,7 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         0x10 => Message::VisitorHeader {
             service: r.name("service")?,
             visitor: r.socket_addr()?,
+            public: r.socket_addr()?,
         },
         0x11 => {
             let code = r.u16("code")?;
@@ -291,10 +292,16 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_text(out, message);
         }
         Message::Ping(v) | Message::Pong(v) => out.extend_from_slice(&v.to_be_bytes()),
-        Message::VisitorHeader { service, visitor } => {
+        Message::VisitorHeader {
+            service,
+            visitor,
+            public,
+        } => {
             put_name(out, service);
-            put_ip(out, visitor.ip());
-            out.extend_from_slice(&visitor.port().to_be_bytes());
+            for addr in [visitor, public] {
+                put_ip(out, addr.ip());
+                out.extend_from_slice(&addr.port().to_be_bytes());
+            }
         }
         Message::VisitorStatus { refusal } => match refusal {
             None => out.extend_from_slice(&[0, 0, 0, 0]),

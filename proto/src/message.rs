@@ -319,6 +319,9 @@ pub enum Message {
         /// IPv6 flow label and scope id are local to the server and arrive as 0.
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::carried_addr))]
         visitor: SocketAddr,
+        /// The server address the visitor connected to (for the PROXY protocol's destination).
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::carried_addr))]
+        public: SocketAddr,
     },
     /// Client → server, the answer to a [`Message::VisitorHeader`]. After `None` the substream
     /// carries raw bytes of the spliced connection; after `Some` the client closes it.

@@ -45,6 +45,7 @@ fn all_kinds() -> Vec<Message> {
         Message::VisitorHeader {
             service: long,
             visitor: "[ffff::ffff]:65535".parse().unwrap(),
+            public: "[ffff::fffe]:65535".parse().unwrap(),
         },
         Message::VisitorStatus {
             refusal: Some((ErrorCode::LocalTimeout, text)),
@@ -208,6 +209,7 @@ fn ipv6_flow_label_and_scope_id_are_not_carried() {
     let msg = Message::VisitorHeader {
         service: Name::new("ssh").unwrap(),
         visitor: with_scope,
+        public: "[::1]:22".parse().unwrap(),
     };
     let (back, _) = decode(&encode_to_vec(&msg)).unwrap().unwrap();
     let Message::VisitorHeader { visitor, .. } = back else {

@@ -63,7 +63,11 @@ fn message() -> impl Strategy<Value = Message> {
         (code(), text()).prop_map(|(code, message)| Message::GoAway { code, message }),
         any::<u64>().prop_map(Message::Ping),
         any::<u64>().prop_map(Message::Pong),
-        (name(), addr()).prop_map(|(service, visitor)| Message::VisitorHeader { service, visitor }),
+        (name(), addr(), addr()).prop_map(|(service, visitor, public)| Message::VisitorHeader {
+            service,
+            visitor,
+            public
+        }),
         proptest::option::of((code(), text()))
             .prop_map(|refusal| Message::VisitorStatus { refusal }),
     ]
@@ -76,12 +80,12 @@ proptest! {
     }
 
     #[test]
-    fn visitor_header_round_trips_and_has_the_documented_size(service in name(), visitor in addr()) {
-        let msg = Message::VisitorHeader { service: service.clone(), visitor };
+    fn visitor_header_round_trips_and_has_the_documented_size(service in name(), visitor in addr(), public in addr()) {
+        let msg = Message::VisitorHeader { service: service.clone(), visitor, public };
         let bytes = encode_to_vec(&msg);
-        let ip_len = if visitor.is_ipv4() { 4 } else { 16 };
-        // len(2) type(1) name(1 + n) family(1) ip port(2)
-        prop_assert_eq!(bytes.len(), 2 + 1 + 1 + service.as_str().len() + 1 + ip_len + 2);
+        let addr_len = |a: SocketAddr| 1 + if a.is_ipv4() { 4 } else { 16 } + 2;
+        // len(2) type(1) name(1 + n) then two addresses: family(1) ip port(2)
+        prop_assert_eq!(bytes.len(), 2 + 1 + 1 + service.as_str().len() + addr_len(visitor) + addr_len(public));
         prop_assert_eq!(decode(&bytes).unwrap(), Some((msg, bytes.len())));
     }
 

@@ -101,6 +101,7 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             Message::VisitorHeader {
                 service: n("rdp"),
                 visitor: "203.0.113.7:51234".parse().unwrap(),
+                public: "198.51.100.1:3389".parse().unwrap(),
             },
         ),
         (
@@ -108,6 +109,7 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             Message::VisitorHeader {
                 service: n("ssh"),
                 visitor: "[2001:db8::1]:443".parse().unwrap(),
+                public: "[2001:db8::2]:22".parse().unwrap(),
             },
         ),
         (

@@ -33,8 +33,12 @@ pub(super) async fn serve(
         _ = cancel.cancelled() => return,
         r = tokio::time::timeout(HEADER_TIMEOUT, reader.read(&mut sub)) => r,
     };
-    let (service, visitor) = match header {
-        Ok(Ok(Message::VisitorHeader { service, visitor })) => (service, visitor),
+    let (service, visitor, public) = match header {
+        Ok(Ok(Message::VisitorHeader {
+            service,
+            visitor,
+            public,
+        })) => (service, visitor, public),
         Ok(Ok(other)) => {
             warn!(
                 "the server opened a substream with message type 0x{:02x} instead of a visitor header",
@@ -68,7 +72,7 @@ pub(super) async fn serve(
         _ = cancel.cancelled() => return,
         r = tokio::time::timeout(local_timeout, TcpStream::connect(&spec.local)) => r,
     };
-    let tcp = match connect {
+    let mut tcp = match connect {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             let code = if e.kind() == ErrorKind::ConnectionRefused {
@@ -91,6 +95,20 @@ pub(super) async fn serve(
     };
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "setting TCP_NODELAY failed");
+    }
+    if let Some(version) = spec.proxy_protocol {
+        // The service learns the visitor's real address before any of the visitor's bytes.
+        let header = ncx_proto::proxy_header(version, visitor, public);
+        if let Err(e) = tcp.write_all(&header).await {
+            refuse(
+                &mut sub,
+                ErrorCode::LocalError,
+                format!("sending the PROXY header to {}: {e}", spec.local),
+            )
+            .await;
+            crate::splice::abort(tcp);
+            return;
+        }
     }
     if let Err(e) = write_message(&mut sub, &Message::VisitorStatus { refusal: None }).await {
         debug!(error = %e, "could not confirm the visitor to the server");

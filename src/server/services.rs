@@ -330,9 +330,15 @@ async fn serve_visitor(
         ctx.rotate.cancel();
     }
     let mut sub = Substream::new(stream, ctx.handle.state().clone());
+    // The address the visitor connected to, for the PROXY protocol's destination (unspecified in
+    // the rare case the socket cannot say).
+    let public = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let header = Message::VisitorHeader {
         service: service.clone(),
         visitor: peer,
+        public,
     };
     let status = async {
         write_message(&mut sub, &header)

@@ -145,6 +145,7 @@ pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
         local: local.to_string(),
         remote_port,
         access: Default::default(),
+        proxy_protocol: None,
     }
 }
 
