@@ -207,9 +207,9 @@ impl SessionHandle {
     }
 }
 
-/// Called by the driver for every stream the peer opens. It must not block: spawn, or hand over
-/// through a non-blocking send.
-pub type InboundHandler = Box<dyn FnMut(yamux::Stream) + Send>;
+/// Called by the driver for every stream the peer opens, with the session's state. It must not
+/// block: spawn, or hand over through a non-blocking send.
+pub type InboundHandler = Box<dyn FnMut(yamux::Stream, &Arc<SessionState>) + Send>;
 
 /// Starts a session over `io` and returns its handle and the driver future. The caller spawns the
 /// driver on a task it owns; the driver runs until `cancel` fires (then closes the session cleanly)
@@ -286,7 +286,7 @@ where
             }
             match conn.poll_next_inbound(cx) {
                 Poll::Ready(Some(Ok(stream))) => {
-                    on_inbound(stream);
+                    on_inbound(stream, &state);
                     progressed = true;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(SessionEnd::Failed(e))),

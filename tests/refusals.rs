@@ -177,8 +177,12 @@ async fn hello_with_another_version_is_refused_as_version_mismatch() {
         .await
         .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, driver) =
-        ncx::session::start(tls, yamux::Mode::Client, Box::new(|_| {}), cancel.clone());
+    let (handle, driver) = ncx::session::start(
+        tls,
+        yamux::Mode::Client,
+        Box::new(|_, _| {}),
+        cancel.clone(),
+    );
     let driver = tokio::spawn(driver);
     let stream = handle.open().await.unwrap();
     let mut ctrl = tokio_util::compat::FuturesAsyncReadCompatExt::compat(stream);

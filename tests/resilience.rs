@@ -110,8 +110,12 @@ async fn frozen_client(server: SocketAddr, pki: &Pki, port: u16) -> tokio::task:
         .unwrap();
     let exported = ncx::auth::export(tls.get_ref().1).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, driver) =
-        ncx::session::start(tls, yamux::Mode::Client, Box::new(|_| {}), cancel.clone());
+    let (handle, driver) = ncx::session::start(
+        tls,
+        yamux::Mode::Client,
+        Box::new(|_, _| {}),
+        cancel.clone(),
+    );
     let driver = tokio::spawn(driver);
     let mut ctrl =
         tokio_util::compat::FuturesAsyncReadCompatExt::compat(handle.open().await.unwrap());

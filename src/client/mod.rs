@@ -207,22 +207,14 @@ impl Client {
                 .collect(),
         );
         let accepting = Arc::new(AtomicBool::new(true));
-        let on_inbound = {
+        let on_inbound: session::InboundHandler = {
             let accepting = accepting.clone();
             let tracker = tracker.clone();
             let cancel = visitors_cancel.clone();
             let services = services.clone();
             let local_timeout = s.local_connect_timeout;
-            // The session state is only known once the session exists; the driver delivers no
-            // stream before `start` returns, so the slot is always filled in time.
-            let state_slot: Arc<std::sync::OnceLock<Arc<session::SessionState>>> =
-                Arc::new(std::sync::OnceLock::new());
-            let slot = state_slot.clone();
-            (
-                Box::new(move |stream: yamux::Stream| {
-                    let Some(state) = slot.get().cloned() else {
-                        return;
-                    };
+            Box::new(
+                move |stream: yamux::Stream, state: &Arc<session::SessionState>| {
                     if !accepting.load(Ordering::SeqCst) {
                         // Draining: dropping the stream resets it, and the server resets the visitor.
                         return;
@@ -230,7 +222,7 @@ impl Client {
                     tracker.spawn(
                         visitor::serve(
                             stream,
-                            state,
+                            state.clone(),
                             services.clone(),
                             local_timeout,
                             cancel.clone(),
@@ -241,14 +233,11 @@ impl Client {
                             peer = tracing::field::Empty
                         )),
                     );
-                }) as session::InboundHandler,
-                state_slot,
+                },
             )
         };
-        let (on_inbound, state_slot) = on_inbound;
         let (handle, driver) =
             session::start(tls, yamux::Mode::Client, on_inbound, session_cancel.clone());
-        let _ = state_slot.set(handle.state().clone());
         let driver = tokio::spawn(driver.in_current_span());
 
         let mut connected = Connected {

@@ -134,11 +134,13 @@ pub(crate) async fn serve<T>(
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-    let on_inbound = Box::new(move |stream: yamux::Stream| {
-        if inbound_tx.try_send(stream).is_err() {
-            debug!("dropped a stream the client opened beyond the control stream");
-        }
-    });
+    let on_inbound = Box::new(
+        move |stream: yamux::Stream, _: &Arc<yamux_session::SessionState>| {
+            if inbound_tx.try_send(stream).is_err() {
+                debug!("dropped a stream the client opened beyond the control stream");
+            }
+        },
+    );
     // The driver has its own token, cancelled only after the control task has said goodbye and the
     // visitors are done, so a shutdown reaches the client as a reason before the connection closes.
     let driver_cancel = CancellationToken::new();
