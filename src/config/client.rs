@@ -1,0 +1,411 @@
+//! `client.toml` and `ncx client` flags.
+
+use super::*;
+
+/// `client.toml`, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// `HOST:PORT` of the server.
+    pub server: Option<Spanned<String>>,
+    /// Name to verify in the server's certificate (with `ca`); defaults to the host of `server`.
+    pub server_name: Option<Spanned<String>>,
+    /// The identity to authenticate as.
+    pub identity: Option<Spanned<String>>,
+    /// The identity's token (or the environment variable `NCX_TOKEN`).
+    pub token: Option<Spanned<String>>,
+    /// Pinned SHA-256 fingerprint of the server's certificate.
+    pub server_fingerprint: Option<Spanned<String>>,
+    /// PEM file of the CA that signed the server's certificate.
+    pub ca: Option<Spanned<PathBuf>>,
+    /// Skip all verification of the server. Anyone on the path can impersonate it.
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// Seconds to wait for the TCP connection to the server.
+    pub connect_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds to wait for the TLS handshake, hello and authentication.
+    pub handshake_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds to wait for a local service to accept a connection.
+    pub local_connect_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds between pings to the server.
+    pub ping_interval_secs: Option<Spanned<u64>>,
+    /// Seconds without an answered ping after which the server is dead.
+    pub liveness_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds visitors may finish in on shutdown.
+    pub drain_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds before the first reconnect.
+    pub reconnect_initial_secs: Option<Spanned<u64>>,
+    /// Longest pause between reconnects, in seconds.
+    pub reconnect_max_secs: Option<Spanned<u64>>,
+    /// Services to expose.
+    #[serde(default)]
+    pub services: Vec<ServiceFile>,
+}
+
+/// One `[[services]]` entry of `client.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// The service's name.
+    pub name: Spanned<String>,
+    /// `HOST:PORT` of the local service, as seen from the client.
+    pub local: Spanned<String>,
+    /// Public port on the server; 0 lets the server pick.
+    #[serde(default)]
+    pub remote_port: u16,
+    /// Visitor address blocks allowed (absent or empty: all not denied), e.g.
+    /// `["203.0.113.0/24"]`.
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Visitor address blocks denied; deny wins over allow.
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Send the visitor's address to the local service first, as PROXY protocol `"v1"` or `"v2"`.
+    pub proxy_protocol: Option<Spanned<String>>,
+}
+
+/// A service the client exposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Its name.
+    pub name: Name,
+    /// `HOST:PORT` the client connects to for each visitor (resolved at each connect).
+    pub local: String,
+    /// Requested public port (0: any allowed).
+    pub remote_port: u16,
+    /// Which visitor addresses the server lets through.
+    pub access: ncx_proto::AccessRules,
+    /// PROXY protocol header written to the local service before the visitor's bytes.
+    pub proxy_protocol: Option<ncx_proto::ProxyVersion>,
+}
+
+impl std::str::FromStr for ServiceSpec {
+    type Err = String;
+    /// `NAME=LOCAL_HOST:PORT@REMOTE_PORT`, e.g. `rdp=127.0.0.1:3389@3389` or `web=localhost:80@0`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "expected NAME=LOCAL_HOST:PORT@REMOTE_PORT, e.g. rdp=127.0.0.1:3389@13389";
+        let (name, rest) = s.split_once('=').ok_or(usage)?;
+        let (local, remote) = rest.rsplit_once('@').ok_or(usage)?;
+        let name = Name::new(name).map_err(|e| format!("service name {name:?}: {e}"))?;
+        check_host_port(local)?;
+        let remote_port = remote
+            .parse::<u16>()
+            .map_err(|_| format!("remote port {remote:?} is not a number from 0 to 65535"))?;
+        Ok(ServiceSpec {
+            name,
+            local: local.to_owned(),
+            remote_port,
+            access: ncx_proto::AccessRules::default(),
+            proxy_protocol: None,
+        })
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{s:?} has no valid port (1-65535)")),
+    }
+}
+
+/// Validated client settings.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// `HOST:PORT` of the server.
+    pub server: String,
+    /// Name checked against the server's certificate (CA mode) and sent as SNI.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// How the server is verified.
+    pub trust: ServerTrust,
+    /// Who we are.
+    pub identity: Name,
+    /// Our secret.
+    pub token: Token,
+    /// Deadline for the TCP connect to the server.
+    pub connect_timeout: Duration,
+    /// Deadline for TLS handshake, hello and authentication.
+    pub handshake_timeout: Duration,
+    /// Deadline for connecting to a local service.
+    pub local_connect_timeout: Duration,
+    /// Liveness and drain timing.
+    pub timing: Timing,
+    /// Reconnect backoff.
+    pub reconnect: Backoff,
+    /// Services to expose.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// Exponential reconnect backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First pause.
+    pub initial: Duration,
+    /// Longest pause.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: DEFAULT_RECONNECT_INITIAL,
+            max: DEFAULT_RECONNECT_MAX,
+        }
+    }
+}
+
+impl ClientSettings {
+    /// Settings with every default, for programs that build them in code (tests, the demo).
+    pub fn new(
+        server: String,
+        server_name: rustls::pki_types::ServerName<'static>,
+        trust: ServerTrust,
+        identity: Name,
+        token: Token,
+        services: Vec<ServiceSpec>,
+    ) -> Self {
+        ClientSettings {
+            server,
+            server_name,
+            trust,
+            identity,
+            token,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
+            timing: Timing::default(),
+            reconnect: Backoff::default(),
+            services,
+        }
+    }
+
+    /// Parses and validates `client.toml` text; `extra` (from flags) is laid over it.
+    pub fn from_source(
+        src: &Source,
+        extra: ClientFile,
+        env_token: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut file: ClientFile = src.parse()?;
+        overlay(&mut file, extra);
+        Self::from_file(file, src, env_token)
+    }
+
+    /// Validates flags gathered into a [`ClientFile`].
+    pub fn from_flags(file: ClientFile, env_token: Option<String>) -> Result<Self, ConfigError> {
+        Self::from_file(file, &Source::command_line(), env_token)
+    }
+
+    fn from_file(
+        file: ClientFile,
+        src: &Source,
+        env_token: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let server = file
+            .server
+            .ok_or_else(|| src.general("no server address: set `server` or --server"))?;
+        check_host_port(server.get_ref()).map_err(|e| src.at(server.span(), Some("server"), e))?;
+        let host = server
+            .get_ref()
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or_default()
+            .to_owned();
+        let server_name = match &file.server_name {
+            Some(n) => n.get_ref().clone(),
+            None => host,
+        };
+        let server_name =
+            rustls::pki_types::ServerName::try_from(server_name.clone()).map_err(|e| {
+                let span = file
+                    .server_name
+                    .as_ref()
+                    .map_or(server.span(), |n| n.span());
+                src.at(span, Some("server_name"), format!("{server_name:?}: {e}"))
+            })?;
+        let identity = file
+            .identity
+            .ok_or_else(|| src.general("no identity: set `identity` or --identity"))?;
+        let identity = Name::new(identity.get_ref().clone())
+            .map_err(|e| src.at(identity.span(), Some("identity"), e.to_string()))?;
+        let token = match (file.token, env_token) {
+            (Some(t), _) if t.get_ref().is_empty() => {
+                return Err(src.at(t.span(), Some("token"), "must not be empty"))
+            }
+            (Some(t), _) => Token::new(t.into_inner()),
+            (None, Some(t)) if !t.is_empty() => Token::new(t),
+            _ => {
+                return Err(src.general(
+                    "no token: set `token`, --token or the environment variable NCX_TOKEN",
+                ))
+            }
+        };
+        let insecure = file
+            .insecure_skip_verify
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        let trust = match (&file.ca, &file.server_fingerprint, insecure) {
+            (Some(ca), None, false) => ServerTrust::ca_file(ca.get_ref())
+                .map_err(|e| src.at(ca.span(), Some("ca"), e.to_string()))?,
+            (None, Some(fp), false) => ServerTrust::Pinned(
+                fp.get_ref()
+                    .parse::<Fingerprint>()
+                    .map_err(|e| src.at(fp.span(), Some("server_fingerprint"), e.to_string()))?,
+            ),
+            (None, None, true) => ServerTrust::InsecureSkipVerify,
+            (None, None, false) => {
+                return Err(src.general(
+                    "the server cannot be verified: set `server_fingerprint` (printed by the server at start) or `ca`",
+                ))
+            }
+            _ => {
+                return Err(src.general(
+                    "choose one way to verify the server: `ca`, `server_fingerprint` or `insecure_skip_verify`",
+                ))
+            }
+        };
+        let connect_timeout = secs(
+            src,
+            &file.connect_timeout_secs,
+            "connect_timeout_secs",
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        let handshake_timeout = secs(
+            src,
+            &file.handshake_timeout_secs,
+            "handshake_timeout_secs",
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?;
+        let local_connect_timeout = secs(
+            src,
+            &file.local_connect_timeout_secs,
+            "local_connect_timeout_secs",
+            DEFAULT_LOCAL_CONNECT_TIMEOUT,
+        )?;
+        let timing = timing(
+            src,
+            &file.ping_interval_secs,
+            &file.liveness_timeout_secs,
+            &file.drain_timeout_secs,
+        )?;
+        let reconnect = Backoff {
+            initial: secs(
+                src,
+                &file.reconnect_initial_secs,
+                "reconnect_initial_secs",
+                DEFAULT_RECONNECT_INITIAL,
+            )?,
+            max: secs(
+                src,
+                &file.reconnect_max_secs,
+                "reconnect_max_secs",
+                DEFAULT_RECONNECT_MAX,
+            )?,
+        };
+        if reconnect.max < reconnect.initial {
+            let span = file
+                .reconnect_max_secs
+                .as_ref()
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            return Err(src.at(
+                span,
+                Some("reconnect_max_secs"),
+                "must not be below reconnect_initial_secs",
+            ));
+        }
+        let mut services = Vec::new();
+        let mut names = HashSet::new();
+        for s in file.services {
+            let name = Name::new(s.name.get_ref().clone())
+                .map_err(|e| src.at(s.name.span(), Some("name"), e.to_string()))?;
+            if !names.insert(name.clone()) {
+                return Err(src.at(
+                    s.name.span(),
+                    Some("name"),
+                    format!("service {name} is defined twice"),
+                ));
+            }
+            check_host_port(s.local.get_ref())
+                .map_err(|e| src.at(s.local.span(), Some("local"), e))?;
+            let mut lists = [Vec::new(), Vec::new()];
+            for (list, key, out) in [(&s.allow, "allow", 0), (&s.deny, "deny", 1)] {
+                let Some(list) = list else { continue };
+                if list.get_ref().len() > ncx_proto::MAX_RULES {
+                    return Err(src.at(
+                        list.span(),
+                        Some(key),
+                        format!("at most {} blocks", ncx_proto::MAX_RULES),
+                    ));
+                }
+                for rule in list.get_ref() {
+                    lists[out].push(
+                        rule.get_ref()
+                            .parse::<ncx_proto::Cidr>()
+                            .map_err(|e| src.at(rule.span(), Some(key), e.to_string()))?,
+                    );
+                }
+            }
+            let [allow, deny] = lists;
+            let proxy_protocol = match &s.proxy_protocol {
+                Some(p) => Some(
+                    p.get_ref()
+                        .parse::<ncx_proto::ProxyVersion>()
+                        .map_err(|e| src.at(p.span(), Some("proxy_protocol"), e))?,
+                ),
+                None => None,
+            };
+            services.push(ServiceSpec {
+                name,
+                local: s.local.into_inner(),
+                remote_port: s.remote_port,
+                access: ncx_proto::AccessRules { allow, deny },
+                proxy_protocol,
+            });
+        }
+        if services.is_empty() {
+            return Err(src.general(
+                "no services: add a [[services]] entry or --service NAME=HOST:PORT@REMOTE_PORT",
+            ));
+        }
+        Ok(ClientSettings {
+            server: server.into_inner(),
+            server_name: server_name.to_owned(),
+            trust,
+            identity,
+            token,
+            connect_timeout,
+            handshake_timeout,
+            local_connect_timeout,
+            timing,
+            reconnect,
+            services,
+        })
+    }
+}
+
+/// Lays the values set in `extra` (flags) over `file`; services are added.
+fn overlay(file: &mut ClientFile, extra: ClientFile) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if extra.$f.is_some() { file.$f = extra.$f; } )* };
+    }
+    take!(
+        server,
+        server_name,
+        identity,
+        token,
+        server_fingerprint,
+        ca,
+        insecure_skip_verify,
+        connect_timeout_secs,
+        handshake_timeout_secs,
+        local_connect_timeout_secs,
+        ping_interval_secs,
+        liveness_timeout_secs,
+        drain_timeout_secs,
+        reconnect_initial_secs,
+        reconnect_max_secs
+    );
+    file.services.extend(extra.services);
+}

@@ -1,0 +1,340 @@
+//! `server.toml` and `ncx server` flags.
+
+use super::*;
+
+/// `server.toml`, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Address to accept clients on.
+    pub listen: Option<Spanned<String>>,
+    /// The server's certificate.
+    pub tls: Option<ServerTlsFile>,
+    /// Seconds for TLS handshake, hello and authentication together.
+    pub handshake_timeout_secs: Option<Spanned<u64>>,
+    /// Handshakes in progress at once.
+    pub max_handshakes: Option<Spanned<usize>>,
+    /// Concurrent visitors per client session.
+    pub max_visitors_per_session: Option<Spanned<usize>>,
+    /// Client sessions at once.
+    pub max_sessions: Option<Spanned<usize>>,
+    /// Concurrent visitors per service.
+    pub max_visitors_per_service: Option<Spanned<usize>>,
+    /// Substreams awaiting the client's answer, per session.
+    pub max_opens_in_flight: Option<Spanned<usize>>,
+    /// Seconds between pings to each client.
+    pub ping_interval_secs: Option<Spanned<u64>>,
+    /// Seconds without an answered ping after which a client is dead.
+    pub liveness_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds visitors may finish in on shutdown or takeover.
+    pub drain_timeout_secs: Option<Spanned<u64>>,
+    /// Failed authentications from one address before it is blocked.
+    pub auth_failures_before_block: Option<Spanned<u32>>,
+    /// Seconds an address is blocked after too many failed authentications.
+    pub auth_block_secs: Option<Spanned<u64>>,
+    /// Who may connect, and what each may expose.
+    #[serde(default)]
+    pub identities: Vec<IdentityFile>,
+}
+
+/// `[tls]` of `server.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsFile {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<Spanned<PathBuf>>,
+    /// PEM private key of the leaf.
+    pub key: Option<Spanned<PathBuf>>,
+    /// Where a self-signed certificate is kept when `cert`/`key` are not given.
+    pub auto_cert_dir: Option<PathBuf>,
+}
+
+/// One `[[identities]]` entry of `server.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    /// The identity's name, as the client sends it.
+    pub name: Spanned<String>,
+    /// The identity's token.
+    pub token: Spanned<String>,
+    /// Address the identity's public ports are bound on.
+    pub bind: Option<Spanned<String>>,
+    /// Public ports the identity may use, e.g. `["3389", "20000-20100"]`.
+    pub ports: Spanned<Vec<Spanned<String>>>,
+}
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum ServerCert {
+    /// PEM files given by the operator.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate kept in this directory, created on first start.
+    Auto(PathBuf),
+}
+
+/// What one identity may do.
+#[derive(Debug, Clone)]
+pub struct IdentityPolicy {
+    /// The identity.
+    pub name: Name,
+    /// Its shared secret.
+    pub token: Token,
+    /// Address its public ports are bound on.
+    pub bind: IpAddr,
+    /// Ports it may bind.
+    pub ports: Vec<PortRange>,
+}
+
+impl IdentityPolicy {
+    /// Whether `port` is inside one of the allowed ranges.
+    pub fn allows(&self, port: u16) -> bool {
+        self.ports.iter().any(|r| r.0.contains(&port))
+    }
+
+    /// The allowed ranges, for messages: `"3389, 20000-20100"`.
+    pub fn ports_text(&self) -> String {
+        self.ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Validated server settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The certificate.
+    pub cert: ServerCert,
+    /// Deadline for handshake + hello + authentication.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Concurrent visitors per session.
+    pub max_visitors_per_session: usize,
+    /// Client sessions at once.
+    pub max_sessions: usize,
+    /// Concurrent visitors per service.
+    pub max_visitors_per_service: usize,
+    /// Substreams awaiting the client's answer, per session.
+    pub max_opens_in_flight: usize,
+    /// Substreams a session may open before the client is asked to rotate to a fresh session.
+    pub rotate_after_opens: u64,
+    /// Liveness and drain timing.
+    pub timing: Timing,
+    /// Failed authentications from one address before it is blocked.
+    pub auth_failures_before_block: u32,
+    /// How long a blocked address stays blocked.
+    pub auth_block: Duration,
+    /// Known identities.
+    pub identities: Vec<IdentityPolicy>,
+}
+
+impl ServerSettings {
+    /// Settings with every default, for programs that build them in code (tests, the demo).
+    pub fn new(listen: SocketAddr, cert: ServerCert, identities: Vec<IdentityPolicy>) -> Self {
+        ServerSettings {
+            listen,
+            cert,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_visitors_per_session: DEFAULT_MAX_VISITORS_PER_SESSION,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_visitors_per_service: DEFAULT_MAX_VISITORS_PER_SERVICE,
+            max_opens_in_flight: DEFAULT_MAX_OPENS_IN_FLIGHT,
+            rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
+            timing: Timing::default(),
+            auth_failures_before_block: DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
+            auth_block: DEFAULT_AUTH_BLOCK,
+            identities,
+        }
+    }
+
+    /// Parses and validates `server.toml` text.
+    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let file: ServerFile = src.parse()?;
+        Self::from_parsed(file, src)
+    }
+
+    /// Validates flags gathered into a [`ServerFile`].
+    pub fn from_flags(file: ServerFile) -> Result<Self, ConfigError> {
+        Self::from_parsed(file, &Source::command_line())
+    }
+
+    /// Validates a parsed file (possibly with flags laid over it); mistakes are located in `src`.
+    pub fn from_parsed(file: ServerFile, src: &Source) -> Result<Self, ConfigError> {
+        let listen = match &file.listen {
+            Some(l) => l
+                .get_ref()
+                .parse::<SocketAddr>()
+                .map_err(|e| src.at(l.span(), Some("listen"), format!("{:?}: {e}", l.get_ref())))?,
+            None => DEFAULT_LISTEN,
+        };
+        let tls = file.tls.unwrap_or_default();
+        let cert = match (tls.cert, tls.key) {
+            (Some(c), Some(k)) => ServerCert::Files {
+                cert: c.into_inner(),
+                key: k.into_inner(),
+            },
+            (None, None) => ServerCert::Auto(
+                tls.auto_cert_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_AUTO_CERT_DIR)),
+            ),
+            (Some(c), None) => {
+                return Err(src.at(c.span(), Some("tls.cert"), "given without tls.key"))
+            }
+            (None, Some(k)) => {
+                return Err(src.at(k.span(), Some("tls.key"), "given without tls.cert"))
+            }
+        };
+        let handshake_timeout = secs(
+            src,
+            &file.handshake_timeout_secs,
+            "handshake_timeout_secs",
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?;
+        let max_handshakes = count(
+            src,
+            &file.max_handshakes,
+            "max_handshakes",
+            DEFAULT_MAX_HANDSHAKES,
+        )?;
+        let max_visitors_per_session = count(
+            src,
+            &file.max_visitors_per_session,
+            "max_visitors_per_session",
+            DEFAULT_MAX_VISITORS_PER_SESSION,
+        )?;
+        let max_sessions = count(
+            src,
+            &file.max_sessions,
+            "max_sessions",
+            DEFAULT_MAX_SESSIONS,
+        )?;
+        let max_visitors_per_service = count(
+            src,
+            &file.max_visitors_per_service,
+            "max_visitors_per_service",
+            DEFAULT_MAX_VISITORS_PER_SERVICE,
+        )?;
+        let max_opens_in_flight = count(
+            src,
+            &file.max_opens_in_flight,
+            "max_opens_in_flight",
+            DEFAULT_MAX_OPENS_IN_FLIGHT,
+        )?;
+        if let Some(v) = &file.max_opens_in_flight {
+            if *v.get_ref() > 255 {
+                return Err(src.at(
+                    v.span(),
+                    Some("max_opens_in_flight"),
+                    "at most 255: yamux stalls every open beyond 256 unacknowledged ones",
+                ));
+            }
+        }
+        let timing = timing(
+            src,
+            &file.ping_interval_secs,
+            &file.liveness_timeout_secs,
+            &file.drain_timeout_secs,
+        )?;
+        let auth_failures_before_block = match &file.auth_failures_before_block {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(src.at(
+                    v.span(),
+                    Some("auth_failures_before_block"),
+                    "must be at least 1",
+                ))
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
+        };
+        let auth_block = secs(
+            src,
+            &file.auth_block_secs,
+            "auth_block_secs",
+            DEFAULT_AUTH_BLOCK,
+        )?;
+        if let Some(v) = &file.max_visitors_per_session {
+            if *v.get_ref() > MAX_VISITORS_PER_SESSION {
+                return Err(src.at(
+                    v.span(),
+                    Some("max_visitors_per_session"),
+                    format!(
+                        "at most {MAX_VISITORS_PER_SESSION} (yamux's stream limit minus headroom: exceeding it kills a session)"
+                    ),
+                ));
+            }
+        }
+        let mut identities = Vec::with_capacity(file.identities.len());
+        let mut seen = HashSet::new();
+        for id in file.identities {
+            let name = Name::new(id.name.get_ref().clone())
+                .map_err(|e| src.at(id.name.span(), Some("name"), e.to_string()))?;
+            if !seen.insert(name.clone()) {
+                return Err(src.at(
+                    id.name.span(),
+                    Some("name"),
+                    format!("identity {name} is defined twice"),
+                ));
+            }
+            if id.token.get_ref().is_empty() {
+                return Err(src.at(id.token.span(), Some("token"), "must not be empty"));
+            }
+            let bind = match &id.bind {
+                Some(b) => b.get_ref().parse::<IpAddr>().map_err(|e| {
+                    src.at(b.span(), Some("bind"), format!("{:?}: {e}", b.get_ref()))
+                })?,
+                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
+            let mut ports = Vec::new();
+            for p in id.ports.get_ref() {
+                ports.push(
+                    p.get_ref()
+                        .parse::<PortRange>()
+                        .map_err(|e| src.at(p.span(), Some("ports"), e))?,
+                );
+            }
+            if ports.is_empty() {
+                return Err(src.at(
+                    id.ports.span(),
+                    Some("ports"),
+                    "list at least one port or range",
+                ));
+            }
+            identities.push(IdentityPolicy {
+                name,
+                token: Token::new(id.token.into_inner()),
+                bind,
+                ports,
+            });
+        }
+        if identities.is_empty() {
+            return Err(src.general(
+                "no identities: add an [[identities]] entry (or --identity with --token and --ports)",
+            ));
+        }
+        Ok(ServerSettings {
+            listen,
+            cert,
+            handshake_timeout,
+            max_handshakes,
+            max_visitors_per_session,
+            max_sessions,
+            max_visitors_per_service,
+            max_opens_in_flight,
+            rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
+            timing,
+            auth_failures_before_block,
+            auth_block,
+            identities,
+        })
+    }
+}
