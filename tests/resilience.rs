@@ -21,14 +21,6 @@ fn fast_timing() -> Timing {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_holds_while_a_stream_is_saturated_both_ways() {
     let pki = Pki::new();
@@ -376,25 +368,13 @@ async fn client_reconnects_after_the_server_restarts_and_permanent_refusals_stop
     let shutdown = tokio_util::sync::CancellationToken::new();
     let client = tokio::spawn(ncx::client::run(cs, shutdown.clone()));
     let public: SocketAddr = ([127, 0, 0, 1], port).into();
-    let wait_tunnel = || async {
-        let start = Instant::now();
-        loop {
-            if let Ok(b) = exchange(public, b"x").await {
-                if b == b"x" {
-                    return start.elapsed();
-                }
-            }
-            assert!(start.elapsed() < WAIT, "the tunnel did not come back");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    wait_tunnel().await;
+    wait_for_tunnel(public).await;
     // Stop the server abruptly (its task dropped with the runtime's abort) and start it again.
     task.abort();
     stop.cancel();
     let _ = task.await;
     let (stop2, task2) = start_server().await;
-    let took = wait_tunnel().await;
+    let took = wait_for_tunnel(public).await;
     println!("tunnel back {took:?} after the server restarted");
     assert!(
         took <= Duration::from_millis(1200) + Duration::from_secs(1),

@@ -12,14 +12,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use tokio::time::Instant;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `ncx server` on `listen` (port 0: any) with one identity `a`/`t`; returns the process and
 /// the address it listens on.
 async fn server_process(dir: &std::path::Path, listen: SocketAddr) -> (Child, SocketAddr) {
@@ -234,21 +226,7 @@ async fn server_killed_mid_transfer_and_restarted_tunnel_returns_within_backoff_
     let shutdown = tokio_util::sync::CancellationToken::new();
     let client = tokio::spawn(ncx::client::run(cs, shutdown.clone()));
     let public: SocketAddr = ([127, 0, 0, 1], port).into();
-    let wait_tunnel = || async {
-        let start = Instant::now();
-        loop {
-            if let Ok(Ok(b)) =
-                tokio::time::timeout(Duration::from_secs(1), exchange(public, b"x")).await
-            {
-                if b == b"x" {
-                    return start.elapsed();
-                }
-            }
-            assert!(start.elapsed() < WAIT, "the tunnel did not come back");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    wait_tunnel().await;
+    wait_for_tunnel(public).await;
     // A transfer in flight when the server dies.
     let mut v = TcpStream::connect(public).await.unwrap();
     v.write_all(&vec![7u8; 1 << 20]).await.unwrap();
@@ -265,7 +243,7 @@ async fn server_killed_mid_transfer_and_restarted_tunnel_returns_within_backoff_
         .await
         .expect("the visitor's connection ends with the server");
     let (mut server2, _) = server_process(dir.path(), listen).await;
-    wait_tunnel().await;
+    wait_for_tunnel(public).await;
     let took = killed.elapsed();
     println!("tunnel back {took:?} after SIGKILL and restart of the server");
     assert!(

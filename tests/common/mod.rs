@@ -462,3 +462,30 @@ impl LogLines {
         .unwrap_or_else(|_| panic!("no line with {needle:?} in time"))
     }
 }
+
+/// A port that was free a moment ago on 127.0.0.1 (for tests that must name a port up front, such
+/// as a server restarted on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls (every 20 ms, each try bounded to 1 s, at most [`WAIT`]) until a one-byte round trip
+/// through the echo service at `public` works; returns how long that took.
+pub async fn wait_for_tunnel(public: SocketAddr) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Ok(Ok(b)) =
+            tokio::time::timeout(Duration::from_secs(1), exchange(public, b"x")).await
+        {
+            if b == b"x" {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < WAIT, "the tunnel did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
