@@ -53,6 +53,9 @@ pub enum DecodeError {
     /// An access list longer than [`MAX_RULES`].
     #[error("{0} access rules exceed the limit of {MAX_RULES}")]
     TooManyRules(usize),
+    /// A visitor list longer than [`crate::MAX_VISITORS`].
+    #[error("{0} visitors exceed the limit of {max}", max = crate::MAX_VISITORS)]
+    TooManyVisitors(usize),
     /// An access rule that is not a canonical CIDR block.
     #[error("invalid access rule: {0}")]
     BadCidr(crate::CidrError),
@@ -88,7 +91,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
 }
 
 fn is_known_type(t: u8) -> bool {
-    matches!(t, 0x01..=0x09 | 0x10 | 0x11)
+    matches!(t, 0x01..=0x0a | 0x10..=0x12)
 }
 
 fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
@@ -130,6 +133,10 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             code: r.error_code()?,
             message: r.text("message")?,
         },
+        0x0a => Message::RegisterPrivate {
+            service: r.name("service")?,
+            visitors: r.names("visitors")?,
+        },
         0x10 => Message::VisitorHeader {
             service: r.name("service")?,
             visitor: r.socket_addr()?,
@@ -149,6 +156,9 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
                 }
             }
         }
+        0x12 => Message::Visit {
+            service: r.name("service")?,
+        },
         t => return Err(DecodeError::UnknownType(t)),
     };
     if !r.buf.is_empty() {
@@ -206,6 +216,14 @@ impl<'a> Reader<'a> {
         Ok(Text::from_checked(s.to_owned()))
     }
 
+    fn names(&mut self, field: &'static str) -> Result<Vec<Name>, DecodeError> {
+        let n = usize::from(self.u8(field)?);
+        if n > crate::MAX_VISITORS {
+            return Err(DecodeError::TooManyVisitors(n));
+        }
+        (0..n).map(|_| self.name(field)).collect()
+    }
+
     fn cidrs(&mut self, field: &'static str) -> Result<Vec<Cidr>, DecodeError> {
         let n = usize::from(self.u8(field)?);
         if n > MAX_RULES {
@@ -244,7 +262,7 @@ impl<'a> Reader<'a> {
 /// Appends the frame of `msg` to `out`.
 ///
 /// Infallible: [`Name`] and [`Text`] enforce their caps on construction, access lists are cut at
-/// [`MAX_RULES`], and the largest message of this version is below [`MAX_FRAME_LEN`] (checked by a
+/// [`MAX_RULES`], visitor lists at [`crate::MAX_VISITORS`], and the largest message of this version is below [`MAX_FRAME_LEN`] (checked by a
 /// test).
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     let start = out.len();
@@ -271,6 +289,16 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_cidrs(out, &access.allow);
             put_cidrs(out, &access.deny);
         }
+        Message::RegisterPrivate { service, visitors } => {
+            put_name(out, service);
+            // Cut like access lists: configuration refuses longer lists.
+            let visitors = &visitors[..visitors.len().min(crate::MAX_VISITORS)];
+            out.push(u8::try_from(visitors.len()).expect("at most 32 visitors"));
+            for v in visitors {
+                put_name(out, v);
+            }
+        }
+        Message::Visit { service } => put_name(out, service),
         Message::Registered {
             service,
             remote_port,

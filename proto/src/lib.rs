@@ -12,6 +12,9 @@
 //! - **Visitor**: a TCP connection that arrives at a public port of the server.
 //! - **Substream**: the yamux stream opened by the server for one visitor. It begins with a
 //!   [`Message::VisitorHeader`] and the client's [`Message::VisitorStatus`], then carries raw bytes.
+//! - **Private service**: a service with no public port. Only the identities it lists reach it, by
+//!   running `ncx visit`: their session opens a substream starting with [`Message::Visit`], which the
+//!   server bridges to a new substream on the owning client's session.
 #![forbid(unsafe_code)]
 
 mod access;
@@ -47,6 +50,10 @@ pub const MAX_FRAME_LEN: usize = 4096;
 
 /// Longest identity or service name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
+
+/// Most identities a private service may list as its visitors. Keeps a
+/// [`Message::RegisterPrivate`] (a body of at most 2,147 bytes) far below [`MAX_FRAME_LEN`].
+pub const MAX_VISITORS: usize = 32;
 
 /// Longest human-readable message, in bytes of UTF-8.
 pub const MAX_TEXT_LEN: usize = 1024;

@@ -156,6 +156,10 @@ pub enum ErrorCode {
     /// With [`Message::GoAway`]: the session has used most of yamux's stream ids; the client should
     /// open a new session now (which takes over the services) while this one finishes its visitors.
     Rotate,
+    /// The visiting identity is not on the private service's list of visitors.
+    NotAllowed,
+    /// The identity requires a client certificate, and none naming it was presented.
+    CertificateRequired,
     /// A code this version does not know.
     Other(u16),
 }
@@ -181,6 +185,8 @@ impl ErrorCode {
             ErrorCode::LimitReached => 15,
             ErrorCode::Internal => 16,
             ErrorCode::Rotate => 17,
+            ErrorCode::NotAllowed => 18,
+            ErrorCode::CertificateRequired => 19,
             ErrorCode::Other(n) => n,
         }
     }
@@ -206,6 +212,8 @@ impl ErrorCode {
             15 => ErrorCode::LimitReached,
             16 => ErrorCode::Internal,
             17 => ErrorCode::Rotate,
+            18 => ErrorCode::NotAllowed,
+            19 => ErrorCode::CertificateRequired,
             n => ErrorCode::Other(n),
         }
     }
@@ -214,7 +222,10 @@ impl ErrorCode {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            ErrorCode::VersionMismatch | ErrorCode::UnknownIdentity | ErrorCode::BadToken
+            ErrorCode::VersionMismatch
+                | ErrorCode::UnknownIdentity
+                | ErrorCode::BadToken
+                | ErrorCode::CertificateRequired
         )
     }
 }
@@ -239,6 +250,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::LimitReached => "limit reached",
             ErrorCode::Internal => "internal server error",
             ErrorCode::Rotate => "session rotation",
+            ErrorCode::NotAllowed => "not allowed",
+            ErrorCode::CertificateRequired => "client certificate required",
             ErrorCode::Other(n) => return write!(f, "error code {n}"),
         };
         f.write_str(s)
@@ -275,11 +288,21 @@ pub enum Message {
         /// client).
         access: crate::AccessRules,
     },
-    /// Server → client: the service is listening on `remote_port`.
+    /// Client → server: offer a private service, which gets no public port. Only the listed
+    /// identities reach it, each through its own session ([`Message::Visit`]).
+    RegisterPrivate {
+        /// The service's name, unique among the private services of the server.
+        service: Name,
+        /// The identities that may visit it, at most [`crate::MAX_VISITORS`].
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::visitors))]
+        visitors: Vec<Name>,
+    },
+    /// Server → client: the service is listening on `remote_port`, or, for a private service,
+    /// registered with `remote_port` 0.
     Registered {
         /// The service's name as registered.
         service: Name,
-        /// The public port actually bound (never 0).
+        /// The public port actually bound; 0 for a private service.
         remote_port: u16,
     },
     /// Server → client: the service was not registered; the session goes on.
@@ -323,7 +346,15 @@ pub enum Message {
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::carried_addr))]
         public: SocketAddr,
     },
-    /// Client → server, the answer to a [`Message::VisitorHeader`]. After `None` the substream
+    /// Visiting peer → server, first on a substream the visiting peer opened: connect this substream
+    /// to the private service `service`. The server answers with a [`Message::VisitorStatus`]
+    /// (its own refusal, or the owning client's answer) and then carries raw bytes.
+    Visit {
+        /// The private service to reach.
+        service: Name,
+    },
+    /// Client → server, the answer to a [`Message::VisitorHeader`] (and server → visiting peer,
+    /// the answer to a [`Message::Visit`]). After `None` the substream
     /// carries raw bytes of the spliced connection; after `Some` the client closes it.
     VisitorStatus {
         /// `None`: connected to the local service. `Some`: refused, with why.
@@ -344,8 +375,10 @@ impl Message {
             Message::Ping(_) => 0x07,
             Message::Pong(_) => 0x08,
             Message::GoAway { .. } => 0x09,
+            Message::RegisterPrivate { .. } => 0x0a,
             Message::VisitorHeader { .. } => 0x10,
             Message::VisitorStatus { .. } => 0x11,
+            Message::Visit { .. } => 0x12,
         }
     }
 }
@@ -357,7 +390,7 @@ mod arbitrary_impls {
     use arbitrary::{Arbitrary, Result, Unstructured};
 
     use super::{ErrorCode, Name, Text};
-    use crate::MAX_NAME_LEN;
+    use crate::{MAX_NAME_LEN, MAX_VISITORS};
 
     impl<'a> Arbitrary<'a> for Name {
         fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
@@ -376,6 +409,12 @@ mod arbitrary_impls {
         fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
             Ok(Text::new(String::arbitrary(u)?))
         }
+    }
+
+    /// A visitor list as the protocol carries it: at most [`MAX_VISITORS`] names.
+    pub(super) fn visitors(u: &mut Unstructured<'_>) -> Result<Vec<Name>> {
+        let n = u.int_in_range(0..=MAX_VISITORS)?;
+        (0..n).map(|_| Name::arbitrary(u)).collect()
     }
 
     /// A socket address as the protocol carries it: no IPv6 flow label or scope id.

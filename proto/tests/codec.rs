@@ -23,6 +23,13 @@ fn all_kinds() -> Vec<Message> {
                 deny: vec!["ffff::/16".parse().unwrap(); ncx_proto::MAX_RULES],
             },
         },
+        Message::RegisterPrivate {
+            service: long.clone(),
+            visitors: vec![long.clone(); ncx_proto::MAX_VISITORS],
+        },
+        Message::Visit {
+            service: long.clone(),
+        },
         Message::Registered {
             service: long.clone(),
             remote_port: 65535,
@@ -259,6 +266,32 @@ fn access_rules_match_blocks_and_mapped_addresses() {
         "not in allow"
     );
     assert!(AccessRules::default().permits("198.51.100.1".parse().unwrap()));
+}
+
+#[test]
+fn visitor_lists_are_capped() {
+    // 32 names decode; the count byte 33 is rejected before any name is read.
+    let full = Message::RegisterPrivate {
+        service: Name::new("rdp").unwrap(),
+        visitors: vec![Name::new("v").unwrap(); ncx_proto::MAX_VISITORS],
+    };
+    let b = encode_to_vec(&full);
+    assert_eq!(decode(&b).unwrap(), Some((full, b.len())));
+    let mut b = vec![0, 0, 0x0a, 1, b'a', 33];
+    let len = u16::try_from(b.len() - 2).unwrap().to_be_bytes();
+    b[..2].copy_from_slice(&len);
+    assert_eq!(decode(&b), Err(DecodeError::TooManyVisitors(33)));
+    // A longer list built by hand is cut to the cap when encoded.
+    let over = Message::RegisterPrivate {
+        service: Name::new("rdp").unwrap(),
+        visitors: vec![Name::new("v").unwrap(); ncx_proto::MAX_VISITORS + 1],
+    };
+    let Some((Message::RegisterPrivate { visitors, .. }, _)) =
+        decode(&encode_to_vec(&over)).unwrap()
+    else {
+        panic!("a RegisterPrivate decodes as one")
+    };
+    assert_eq!(visitors.len(), ncx_proto::MAX_VISITORS);
 }
 
 #[test]

@@ -50,6 +50,12 @@ fn message() -> impl Strategy<Value = Message> {
                 remote_port,
                 access: ncx_proto::AccessRules { allow, deny },
             }),
+        (
+            name(),
+            proptest::collection::vec(name(), 0..=ncx_proto::MAX_VISITORS)
+        )
+            .prop_map(|(service, visitors)| Message::RegisterPrivate { service, visitors }),
+        name().prop_map(|service| Message::Visit { service }),
         (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Registered {
             service,
             remote_port

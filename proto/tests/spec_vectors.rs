@@ -73,6 +73,21 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             },
         ),
         (
+            "register_private",
+            Message::RegisterPrivate {
+                service: n("rdp"),
+                visitors: vec![n("alice"), n("bob")],
+            },
+        ),
+        (
+            "registered_private",
+            Message::Registered {
+                service: n("rdp"),
+                remote_port: 0,
+            },
+        ),
+        ("visit", Message::Visit { service: n("rdp") }),
+        (
             "service_refused",
             Message::ServiceRefused {
                 service: n("ssh"),
@@ -134,6 +149,10 @@ fn expected_invalid() -> BTreeMap<&'static str, DecodeError> {
         (
             "invalid_name",
             DecodeError::BadName(ncx_proto::NameError::BadChar(' ')),
+        ),
+        (
+            "invalid_too_many_visitors",
+            DecodeError::TooManyVisitors(33),
         ),
         (
             "invalid_cidr",
