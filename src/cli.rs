@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use crate::config::{
     ClientFile, ClientSettings, IdentityFile, ServerCert, ServerFile, ServerSettings,
-    ServerTlsFile, ServiceFile, ServiceSpec, Source,
+    ServerTlsFile, ServiceFile, ServiceSpec, Source, VisitFile,
 };
 
 /// ncx: a reverse tunnel. A client behind NAT dials the server once (TLS 1.3, one TCP connection,
@@ -36,6 +36,9 @@ pub enum Command {
     Server(ServerArgs),
     /// Run the client inside the private network.
     Client(ClientArgs),
+    /// Reach a private service: listen locally and carry every local connection to the service
+    /// through the server. Unmodified programs (mstsc, xfreerdp, ssh) connect to the listen address.
+    Visit(VisitArgs),
     /// Create a CA, server and client certificates.
     Certs(CertsArgs),
     /// Run a server, a client and a sample service on loopback, and tunnel a round trip.
@@ -112,9 +115,9 @@ pub struct ServerArgs {
     pub bind: Option<String>,
 }
 
-/// `ncx client`.
+/// How to reach and authenticate to the server: shared by `ncx client` and `ncx visit`.
 #[derive(Debug, Args)]
-pub struct ClientArgs {
+pub struct ConnectArgs {
     /// TOML configuration file (see README); flags given as well override its values.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -139,6 +142,44 @@ pub struct ClientArgs {
     /// Do not verify the server at all. Anyone on the network path can then impersonate it.
     #[arg(long)]
     pub insecure_skip_verify: bool,
+    /// PEM client certificate (from `ncx certs client NAME`), for identities that need one.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The flags as a [`ClientFile`] to lay over the configuration file.
+    fn flags(&self) -> ClientFile {
+        ClientFile {
+            server: self.server.clone().map(spanned),
+            server_name: self.server_name.clone().map(spanned),
+            identity: self.identity.clone().map(spanned),
+            token: self.token.clone().map(spanned),
+            server_fingerprint: self.server_fingerprint.clone().map(spanned),
+            ca: self.ca.clone().map(spanned),
+            insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
+            cert: self.cert.clone().map(spanned),
+            key: self.key.clone().map(spanned),
+            ..Default::default()
+        }
+    }
+
+    fn settings(&self, flags: ClientFile) -> anyhow::Result<ClientSettings> {
+        Ok(match &self.config {
+            Some(path) => ClientSettings::from_source(&Source::file(path)?, flags, None)?,
+            None => ClientSettings::from_flags(flags, None)?,
+        })
+    }
+}
+
+/// `ncx client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// A service to expose: NAME=LOCAL_HOST:PORT@REMOTE_PORT (0 lets the server pick the port).
     /// Repeat for more services.
     #[arg(long = "service", short = 's')]
@@ -146,6 +187,19 @@ pub struct ClientArgs {
     /// Seconds to wait for a local service to accept a connection [default: 5].
     #[arg(long)]
     pub local_connect_timeout_secs: Option<u64>,
+}
+
+/// `ncx visit`.
+#[derive(Debug, Args)]
+pub struct VisitArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The private service to reach.
+    #[arg(long, requires = "listen")]
+    pub service: Option<String>,
+    /// Local IP:PORT to listen on, e.g. 127.0.0.1:13389; point the program (mstsc, ssh) there.
+    #[arg(long, requires = "service")]
+    pub listen: Option<String>,
 }
 
 /// `ncx certs`.
@@ -208,14 +262,16 @@ impl ServerArgs {
                 cert: self.cert.map(spanned),
                 key: self.key.map(spanned),
                 auto_cert_dir: self.auto_cert_dir,
+                client_ca: None,
             });
         }
         if let (Some(name), Some(token)) = (self.identity, self.token) {
             flags.identities.push(IdentityFile {
                 name: spanned(name),
-                token: spanned(token),
+                token: Some(spanned(token)),
+                auth: None,
                 bind: self.bind.map(spanned),
-                ports: spanned(self.ports.into_iter().map(spanned).collect()),
+                ports: Some(spanned(self.ports.into_iter().map(spanned).collect())),
             });
         }
         Ok(match self.config {
@@ -228,7 +284,12 @@ impl ServerArgs {
                 file.max_visitors_per_session = flags
                     .max_visitors_per_session
                     .or(file.max_visitors_per_session);
+                // Certificate flags replace the file's certificate; its client CA stays.
+                let client_ca = file.tls.as_mut().and_then(|t| t.client_ca.take());
                 file.tls = flags.tls.or(file.tls);
+                if let Some(ca) = client_ca {
+                    file.tls.get_or_insert_with(Default::default).client_ca = Some(ca);
+                }
                 file.identities.extend(flags.identities);
                 ServerSettings::from_parsed(file, &src)?
             }
@@ -240,13 +301,6 @@ impl ServerArgs {
 impl ClientArgs {
     fn settings(self) -> anyhow::Result<ClientSettings> {
         let flags = ClientFile {
-            server: self.server.map(spanned),
-            server_name: self.server_name.map(spanned),
-            identity: self.identity.map(spanned),
-            token: self.token.map(spanned),
-            server_fingerprint: self.server_fingerprint.map(spanned),
-            ca: self.ca.map(spanned),
-            insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
             local_connect_timeout_secs: self.local_connect_timeout_secs.map(spanned),
             services: self
                 .services
@@ -258,14 +312,32 @@ impl ClientArgs {
                     allow: None,
                     deny: None,
                     proxy_protocol: None,
+                    private: None,
+                    visitors: None,
                 })
                 .collect(),
-            ..Default::default()
+            ..self.connect.flags()
         };
-        Ok(match self.config {
-            Some(path) => ClientSettings::from_source(&Source::file(&path)?, flags, None)?,
-            None => ClientSettings::from_flags(flags, None)?,
-        })
+        self.connect.settings(flags)
+    }
+}
+
+impl VisitArgs {
+    fn settings(self) -> anyhow::Result<ClientSettings> {
+        let mut flags = self.connect.flags();
+        if let (Some(service), Some(listen)) = (self.service, self.listen) {
+            flags.visits.push(VisitFile {
+                service: spanned(service),
+                listen: spanned(listen),
+            });
+        }
+        let settings = self.connect.settings(flags)?;
+        if settings.visits.is_empty() {
+            anyhow::bail!(
+                "nothing to visit: give --service and --listen, or [[visits]] in --config"
+            );
+        }
+        Ok(settings)
     }
 }
 
@@ -300,6 +372,11 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(args) => {
+            let settings = args.settings()?;
+            crate::client::run(settings, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Visit(args) => {
             let settings = args.settings()?;
             crate::client::run(settings, shutdown).await?;
             Ok(ExitCode::SUCCESS)

@@ -87,7 +87,7 @@ async fn run_inner(
         ServerCert::Auto(Default::default()),
         vec![IdentityPolicy {
             name: name.clone(),
-            token: Token::new(token.clone()),
+            auth: crate::config::ClientAuth::Token(Token::new(token.clone())),
             bind: "127.0.0.1".parse()?,
             ports: vec![PortRange(1024..=65535)],
         }],
@@ -111,6 +111,7 @@ async fn run_inner(
             remote_port: 0,
             access: Default::default(),
             proxy_protocol: None,
+            visitors: None,
         }],
     ))?;
     let connected = client.connect().await.context("the demo client")?;

@@ -76,7 +76,7 @@ impl SessionHarness {
             let fingerprint = identity.fingerprint();
             let policy = |name: &str, token: &str, ports| IdentityPolicy {
                 name: Name::new(name).expect("a valid name"),
-                token: Token::new(token),
+                auth: crate::config::ClientAuth::Token(Token::new(token)),
                 bind: "127.0.0.1".parse().expect("an address"),
                 ports: vec![PortRange(ports)],
             };
@@ -112,6 +112,7 @@ impl SessionHarness {
                     remote_port: 0,
                     access: Default::default(),
                     proxy_protocol: None,
+                    visitors: None,
                 }],
             ))
             .expect("a client");

@@ -1,8 +1,9 @@
-//! Splicing a TCP connection with a substream, keeping half-close and making resets visible.
+//! Splicing a TCP connection with a substream (or two substreams, for a private visitor), keeping
+//! half-close and making resets visible.
 //!
 //! yamux reads a reset stream and a lost session as a clean EOF. Passed on as such, a visitor would
 //! take a truncated reply for a complete one. [`Substream`] turns those EOFs back into errors, and
-//! [`splice`] answers an error on either side by resetting the TCP connection (RST, not FIN).
+//! [`splice`] answers an error on either side by resetting the other (RST, not FIN).
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +13,6 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::session::SessionState;
 
@@ -88,36 +88,60 @@ impl AsyncWrite for Substream {
     }
 }
 
+/// One side of a splice: something that can end with a reset instead of a clean close.
+pub trait Abort: AsyncRead + AsyncWrite + Unpin {
+    /// Closes so that the peer sees a reset, never a clean end.
+    fn abort(self);
+}
+
+impl Abort for TcpStream {
+    fn abort(self) {
+        abort(self);
+    }
+}
+
+impl Abort for Substream {
+    /// Dropping a yamux stream that is still open sends RST.
+    fn abort(self) {
+        drop(self);
+    }
+}
+
 /// How a splice ended.
 #[derive(Debug)]
 pub enum SpliceEnd {
     /// Both directions finished with EOF.
     Finished,
-    /// A side failed or was reset; the TCP connection was reset.
+    /// A side failed or was reset; both were reset.
     Reset(io::Error),
-    /// The owner cancelled (session gone or shutdown); the TCP connection was reset.
+    /// The owner cancelled (session gone or shutdown); both sides were reset.
     Cancelled,
 }
 
 /// What a splice moved and how it ended.
 #[derive(Debug)]
 pub struct Spliced {
-    /// Bytes read from the TCP side and written to the substream.
+    /// Bytes read from the first side (the TCP connection, or the visiting substream) and written to
+    /// the second.
     pub from_tcp: u64,
-    /// Bytes read from the substream and written to the TCP side.
+    /// Bytes read from the second side and written to the first.
     pub from_substream: u64,
     /// How it ended.
     pub end: SpliceEnd,
 }
 
 /// Copies both ways until both directions reach EOF. An EOF in one direction is passed on as a
-/// half-close (FIN) and the other direction keeps flowing. Any error, or `cancel`, resets the TCP
-/// connection and drops the substream (which yamux answers with RST if it is still open).
+/// half-close (FIN) and the other direction keeps flowing. Any error, or `cancel` completing,
+/// resets both sides ([`Abort`]).
 ///
 /// Buffers are taken only while data moves: a direction whose source has nothing to read gives its
 /// buffer back, so an idle spliced connection holds no copy buffer at all (ten thousand idle
 /// visitors would otherwise pin 2.5 GiB of 64 KiB buffers across both sides).
-pub async fn splice(mut tcp: TcpStream, mut sub: Substream, cancel: &CancellationToken) -> Spliced {
+pub async fn splice<A: Abort, B: Abort>(
+    mut tcp: A,
+    mut sub: B,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Spliced {
     let mut up = Direction::default();
     let mut down = Direction::default();
     let res = {
@@ -131,11 +155,12 @@ pub async fn splice(mut tcp: TcpStream, mut sub: Substream, cancel: &Cancellatio
         });
         tokio::select! {
             r = copy => r.map_or_else(SpliceEnd::Reset, |()| SpliceEnd::Finished),
-            _ = cancel.cancelled() => SpliceEnd::Cancelled,
+            () = cancel => SpliceEnd::Cancelled,
         }
     };
     if !matches!(res, SpliceEnd::Finished) {
-        abort(tcp);
+        tcp.abort();
+        sub.abort();
     }
     Spliced {
         from_tcp: up.total,

@@ -177,15 +177,39 @@ impl ServerIdentity {
     }
 }
 
-/// The server's TLS configuration: TLS 1.3 only, ALPN `ncx/1` only, no client certificates.
-pub fn server_config(identity: ServerIdentity) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+/// The server's TLS configuration: TLS 1.3 only, ALPN `ncx/1` only.
+///
+/// With `client_ca`, clients are asked for a certificate. One that does not chain to that CA (or
+/// has expired, or is not for client authentication) fails the handshake with a TLS alert; a
+/// client may also present none, and whether its identity needs one is decided after the hello
+/// (identities may authenticate by token alone).
+pub fn server_config(
+    identity: ServerIdentity,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {
             context: "choosing TLS 1.3".into(),
             source,
-        })?
-        .with_no_client_auth()
+        })?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                load_roots(path)?,
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Rustls {
+                context: format!("using the client CA in {}", path.display()),
+                source: rustls::Error::General(e.to_string()),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(identity.chain, identity.key)
         .map_err(|source| TlsError::Rustls {
             context: "using the server certificate and key".into(),
@@ -225,46 +249,110 @@ impl fmt::Debug for ServerTrust {
 impl ServerTrust {
     /// Trust the roots in a PEM file.
     pub fn ca_file(path: &Path) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for cert in load_certs(path)? {
-            roots.add(cert).map_err(|source| TlsError::Rustls {
-                context: format!("adding a CA certificate from {}", path.display()),
-                source,
-            })?;
-        }
         Ok(ServerTrust::Ca {
             path: path.to_owned(),
-            roots: Arc::new(roots),
+            roots: load_roots(path)?,
         })
     }
 }
 
-/// The client's TLS configuration: TLS 1.3 only, ALPN `ncx/1`, server verified as `trust` says.
-pub fn client_config(trust: &ServerTrust) -> Result<ClientConfig, TlsError> {
+/// Reads the CA certificates of a PEM file into a root store.
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|source| TlsError::Rustls {
+            context: format!("adding a CA certificate from {}", path.display()),
+            source,
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The common name of the verified client certificate of `conn`, if the client presented one.
+/// rustls has checked the chain to the client CA by then; the name says which identity it is for.
+pub fn client_certificate_name(conn: &rustls::ServerConnection) -> Option<String> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// A client certificate and its key, presented to a server that asks for one.
+pub struct ClientCertificate {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field(
+                "fingerprint",
+                &Fingerprint::of(self.chain.first().map(|c| c.as_ref()).unwrap_or_default()),
+            )
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Clone for ClientCertificate {
+    fn clone(&self) -> Self {
+        ClientCertificate {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl ClientCertificate {
+    /// Loads a chain and key from PEM files (as written by `ncx certs client`).
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(ClientCertificate {
+            chain: load_certs(cert)?,
+            key: load_key(key)?,
+        })
+    }
+}
+
+/// The client's TLS configuration: TLS 1.3 only, ALPN `ncx/1`, server verified as `trust` says,
+/// and `cert` presented when the server asks for a client certificate.
+pub fn client_config(
+    trust: &ServerTrust,
+    cert: Option<&ClientCertificate>,
+) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {
             context: "choosing TLS 1.3".into(),
             source,
         })?;
-    let mut config = match trust {
-        ServerTrust::Ca { roots, .. } => builder
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth(),
+    let builder = match trust {
+        ServerTrust::Ca { roots, .. } => builder.with_root_certificates(roots.clone()),
         ServerTrust::Pinned(fp) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
                 pin: Some(*fp),
                 provider: provider(),
-            }))
-            .with_no_client_auth(),
-        ServerTrust::InsecureSkipVerify => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
-                pin: None,
-                provider: provider(),
-            }))
-            .with_no_client_auth(),
+            })),
+        ServerTrust::InsecureSkipVerify => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
+                    pin: None,
+                    provider: provider(),
+                }))
+        }
+    };
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+            .map_err(|source| TlsError::Rustls {
+                context: "using the client certificate and key".into(),
+                source,
+            })?,
     };
     config.alpn_protocols = vec![ncx_proto::ALPN.to_vec()];
     Ok(config)

@@ -4,7 +4,10 @@
 //! - `mod.rs`: connecting ([`Client::connect`]), the control stream ([`Connected::run`]) and the
 //!   reconnect loop ([`run`]).
 //! - [`visitor`]: one substream from header to splice.
+//! - [`visit`]: local listeners whose connections reach private services of other clients
+//!   (`ncx visit`).
 
+mod visit;
 mod visitor;
 
 use std::collections::HashMap;
@@ -82,6 +85,14 @@ pub enum ClientError {
     /// Building the TLS configuration failed.
     #[error(transparent)]
     Config(#[from] TlsError),
+    /// A visit's local listener could not be bound.
+    #[error("listening on {addr} for a visit: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
@@ -90,7 +101,7 @@ impl ClientError {
     pub fn is_permanent(&self) -> bool {
         match self {
             ClientError::Refused { code, .. } => code.is_permanent(),
-            ClientError::Tls(_) | ClientError::Config(_) => true,
+            ClientError::Tls(_) | ClientError::Config(_) | ClientError::Listen { .. } => true,
             _ => false,
         }
     }
@@ -132,13 +143,15 @@ pub struct Connected {
     tracker: TaskTracker,
     /// Cleared when draining: new substreams from the server are refused.
     accepting: Arc<AtomicBool>,
+    /// Opens visit substreams.
+    handle: session::SessionHandle,
     settings: Arc<ClientSettings>,
 }
 
 impl Client {
     /// Builds the TLS configuration.
     pub fn new(settings: ClientSettings) -> Result<Self, ClientError> {
-        let tls = crate::tls::client_config(&settings.trust)?;
+        let tls = crate::tls::client_config(&settings.trust, settings.client_cert.as_ref())?;
         Ok(Client {
             settings: Arc::new(settings),
             connector: TlsConnector::from(Arc::new(tls)),
@@ -257,13 +270,14 @@ impl Client {
             visitors_cancel,
             tracker,
             accepting,
+            handle,
             settings: self.settings.clone(),
         };
         let result = tokio::time::timeout_at(
             deadline,
             connected.hello(
                 &s.identity,
-                &s.token,
+                s.token.as_ref(),
                 &exported,
                 &s.services,
                 server_host(&s.server),
@@ -293,9 +307,29 @@ impl Drop for Connected {
 
 /// Turns a read failure during the handshake into the most useful error: a TLS alert from the server
 /// (for example a refused client certificate) says more than "connection reset".
+///
+/// In TLS 1.3 the client's handshake is complete before the server has checked the client's
+/// certificate, so a refusal only shows up as an alert at the first read: the welcome.
 fn read_failure(stage: &str, e: ReadError) -> ClientError {
+    use rustls::AlertDescription as A;
     if let ReadError::Io(io) = &e {
         if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            if let rustls::Error::AlertReceived(
+                alert @ (A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateExpired
+                | A::CertificateRevoked
+                | A::CertificateUnknown
+                | A::UnsupportedCertificate
+                | A::CertificateRequired
+                | A::AccessDenied
+                | A::DecryptError),
+            ) = tls
+            {
+                return ClientError::Tls(format!(
+                    "the server rejected this client's certificate ({alert:?}): use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`"
+                ));
+            }
             return ClientError::Tls(format!("the server ended TLS while {stage}: {tls}"));
         }
     }
@@ -306,7 +340,7 @@ impl Connected {
     async fn hello(
         &mut self,
         identity: &Name,
-        token: &crate::auth::Token,
+        token: Option<&crate::auth::Token>,
         exported: &crate::auth::ExportedKey,
         services: &[ServiceSpec],
         host: &str,
@@ -314,7 +348,11 @@ impl Connected {
         let hello = Message::Hello {
             version: PROTOCOL_VERSION,
             identity: identity.clone(),
-            proof: crate::auth::prove(token, exported, identity),
+            // An identity that authenticates by certificate alone has no token; the server ignores
+            // the proof then.
+            proof: token.map_or([0; ncx_proto::AUTH_PROOF_LEN], |t| {
+                crate::auth::prove(t, exported, identity)
+            }),
         };
         write_message(&mut self.ctrl, &hello)
             .await
@@ -336,10 +374,16 @@ impl Connected {
             Err(e) => return Err(read_failure("waiting for the server's welcome", e)),
         }
         for svc in services {
-            let reg = Message::Register {
-                service: svc.name.clone(),
-                remote_port: svc.remote_port,
-                access: svc.access.clone(),
+            let reg = match &svc.visitors {
+                Some(visitors) => Message::RegisterPrivate {
+                    service: svc.name.clone(),
+                    visitors: visitors.clone(),
+                },
+                None => Message::Register {
+                    service: svc.name.clone(),
+                    remote_port: svc.remote_port,
+                    access: svc.access.clone(),
+                },
             };
             write_message(&mut self.ctrl, &reg)
                 .await
@@ -395,6 +439,9 @@ impl Connected {
             .collect();
         for st in &self.services {
             match &st.result {
+                Ok(0) => {
+                    info!(service = %st.name, "private service offered; listed identities reach it with `ncx visit`")
+                }
                 Ok(port) => {
                     info!(service = %st.name, public = %format!("{host}:{port}"), "service available")
                 }
@@ -403,7 +450,7 @@ impl Connected {
                 }
             }
         }
-        if self.services.iter().all(|s| s.result.is_err()) {
+        if !self.services.is_empty() && self.services.iter().all(|s| s.result.is_err()) {
             let reasons = self
                 .services
                 .iter()
@@ -420,7 +467,17 @@ impl Connected {
         Ok(())
     }
 
-    /// The public port of a registered service.
+    /// What visit substreams of this session need.
+    fn visit_target(&self) -> visit::Target {
+        visit::Target {
+            handle: self.handle.clone(),
+            tracker: self.tracker.clone(),
+            cancel: self.visitors_cancel.clone(),
+            accepting: self.accepting.clone(),
+        }
+    }
+
+    /// The public port of a registered service (0 for a private one).
     pub fn port(&self, service: &str) -> Option<u16> {
         self.services
             .iter()
@@ -558,8 +615,45 @@ fn server_host(server: &str) -> &str {
 /// every loss. Returns an error only for a permanent refusal (bad token, unknown identity, version
 /// mismatch, server certificate refused), which retrying cannot fix.
 pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Result<(), ClientError> {
+    let listeners = visit::bind(&settings).await?;
+    run_bound(settings, listeners, shutdown).await
+}
+
+pub use visit::bind as bind_visits;
+
+/// [`run`] with the visit listeners already bound (by [`bind_visits`]), so a caller can learn
+/// their addresses first.
+pub async fn run_bound(
+    settings: ClientSettings,
+    visit_listeners: Vec<tokio::net::TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
     let backoff_cfg = settings.reconnect;
     let client = Client::new(settings)?;
+    // Visit listeners live across reconnects; each connection goes through whichever session is
+    // current.
+    let (targets, targets_rx) = tokio::sync::watch::channel(None);
+    let listeners_cancel = shutdown.child_token();
+    let listeners = visit::start(
+        &client.settings,
+        visit_listeners,
+        targets_rx,
+        listeners_cancel.clone(),
+    );
+    let result = run_sessions(&client, backoff_cfg, &targets, &shutdown).await;
+    listeners_cancel.cancel();
+    listeners.close();
+    listeners.wait().await;
+    result
+}
+
+/// The reconnect loop of [`run`]; publishes each session for the visit listeners in `targets`.
+async fn run_sessions(
+    client: &Client,
+    backoff_cfg: crate::config::Backoff,
+    targets: &tokio::sync::watch::Sender<Option<visit::Target>>,
+    shutdown: &CancellationToken,
+) -> Result<(), ClientError> {
     let mut backoff = backoff_cfg.initial;
     // Sessions that handed over to a newer one and serve their last visitors.
     let retiring = TaskTracker::new();
@@ -570,7 +664,10 @@ pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Resul
             r = client.connect() => match r {
                 Ok(mut connected) => {
                     info!("connected to the server");
-                    match connected.serve(&shutdown, false).await {
+                    targets.send_replace(Some(connected.visit_target()));
+                    let served = connected.serve(shutdown, false).await;
+                    targets.send_replace(None);
+                    match served {
                         Ok(Served::Shutdown) => {
                             connected.close().await;
                             break Ok(());

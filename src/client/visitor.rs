@@ -116,7 +116,7 @@ pub(super) async fn serve(
         return;
     }
     debug!(local = %spec.local, "visitor connected");
-    let spliced = splice(tcp, sub, &cancel).await;
+    let spliced = splice(tcp, sub, cancel.cancelled()).await;
     match spliced.end {
         SpliceEnd::Finished => debug!(
             bytes_to_service = spliced.from_substream,

@@ -20,6 +20,10 @@ pub struct ClientFile {
     pub ca: Option<Spanned<PathBuf>>,
     /// Skip all verification of the server. Anyone on the path can impersonate it.
     pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// PEM client certificate (from `ncx certs client`), presented when the server asks for one.
+    pub cert: Option<Spanned<PathBuf>>,
+    /// PEM private key of `cert`.
+    pub key: Option<Spanned<PathBuf>>,
     /// Seconds to wait for the TCP connection to the server.
     pub connect_timeout_secs: Option<Spanned<u64>>,
     /// Seconds to wait for the TLS handshake, hello and authentication.
@@ -39,6 +43,28 @@ pub struct ClientFile {
     /// Services to expose.
     #[serde(default)]
     pub services: Vec<ServiceFile>,
+    /// Private services of other clients to reach through local listeners (`ncx visit`).
+    #[serde(default)]
+    pub visits: Vec<VisitFile>,
+}
+
+/// One `[[visits]]` entry: a local listener whose connections reach a private service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitFile {
+    /// The private service's name.
+    pub service: Spanned<String>,
+    /// Local `IP:PORT` to listen on, e.g. `"127.0.0.1:13389"`.
+    pub listen: Spanned<String>,
+}
+
+/// A private service reached through a local listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisitSpec {
+    /// The private service.
+    pub service: Name,
+    /// Where unmodified local programs connect.
+    pub listen: SocketAddr,
 }
 
 /// One `[[services]]` entry of `client.toml`.
@@ -59,6 +85,10 @@ pub struct ServiceFile {
     pub deny: Option<Spanned<Vec<Spanned<String>>>>,
     /// Send the visitor's address to the local service first, as PROXY protocol `"v1"` or `"v2"`.
     pub proxy_protocol: Option<Spanned<String>>,
+    /// No public port: only the identities in `visitors` reach it, with `ncx visit`.
+    pub private: Option<Spanned<bool>>,
+    /// Identities that may visit a private service.
+    pub visitors: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A service the client exposes.
@@ -74,6 +104,8 @@ pub struct ServiceSpec {
     pub access: ncx_proto::AccessRules,
     /// PROXY protocol header written to the local service before the visitor's bytes.
     pub proxy_protocol: Option<ncx_proto::ProxyVersion>,
+    /// `Some`: a private service (no public port) that only these identities may visit.
+    pub visitors: Option<Vec<Name>>,
 }
 
 impl std::str::FromStr for ServiceSpec {
@@ -94,6 +126,7 @@ impl std::str::FromStr for ServiceSpec {
             remote_port,
             access: ncx_proto::AccessRules::default(),
             proxy_protocol: None,
+            visitors: None,
         })
     }
 }
@@ -122,8 +155,10 @@ pub struct ClientSettings {
     pub trust: ServerTrust,
     /// Who we are.
     pub identity: Name,
-    /// Our secret.
-    pub token: Token,
+    /// Our secret (absent when the identity authenticates by certificate alone).
+    pub token: Option<Token>,
+    /// Our client certificate, if the server asks for one.
+    pub client_cert: Option<crate::tls::ClientCertificate>,
     /// Deadline for the TCP connect to the server.
     pub connect_timeout: Duration,
     /// Deadline for TLS handshake, hello and authentication.
@@ -136,6 +171,8 @@ pub struct ClientSettings {
     pub reconnect: Backoff,
     /// Services to expose.
     pub services: Vec<ServiceSpec>,
+    /// Private services to reach through local listeners.
+    pub visits: Vec<VisitSpec>,
 }
 
 /// Exponential reconnect backoff with jitter.
@@ -171,13 +208,15 @@ impl ClientSettings {
             server_name,
             trust,
             identity,
-            token,
+            token: Some(token),
+            client_cert: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
             timing: Timing::default(),
             reconnect: Backoff::default(),
             services,
+            visits: Vec::new(),
         }
     }
 
@@ -229,15 +268,26 @@ impl ClientSettings {
             .ok_or_else(|| src.general("no identity: set `identity` or --identity"))?;
         let identity = Name::new(identity.get_ref().clone())
             .map_err(|e| src.at(identity.span(), Some("identity"), e.to_string()))?;
+        let client_cert = match (&file.cert, &file.key) {
+            (Some(c), Some(k)) => Some(
+                crate::tls::ClientCertificate::from_files(c.get_ref(), k.get_ref())
+                    .map_err(|e| src.at(c.span(), Some("cert"), e.to_string()))?,
+            ),
+            (None, None) => None,
+            (Some(c), None) => return Err(src.at(c.span(), Some("cert"), "given without key")),
+            (None, Some(k)) => return Err(src.at(k.span(), Some("key"), "given without cert")),
+        };
         let token = match (file.token, env_token) {
             (Some(t), _) if t.get_ref().is_empty() => {
                 return Err(src.at(t.span(), Some("token"), "must not be empty"))
             }
-            (Some(t), _) => Token::new(t.into_inner()),
-            (None, Some(t)) if !t.is_empty() => Token::new(t),
+            (Some(t), _) => Some(Token::new(t.into_inner())),
+            (None, Some(t)) if !t.is_empty() => Some(Token::new(t)),
+            // An identity may authenticate by certificate alone.
+            _ if client_cert.is_some() => None,
             _ => {
                 return Err(src.general(
-                    "no token: set `token`, --token or the environment variable NCX_TOKEN",
+                    "no token: set `token`, --token or the environment variable NCX_TOKEN (or a client certificate with `cert` and `key`)",
                 ))
             }
         };
@@ -348,6 +398,63 @@ impl ClientSettings {
                 }
             }
             let [allow, deny] = lists;
+            let private = s.private.as_ref().is_some_and(|p| *p.get_ref());
+            let visitors = match (&s.visitors, private) {
+                (Some(v), true) => {
+                    if v.get_ref().is_empty() {
+                        return Err(src.at(
+                            v.span(),
+                            Some("visitors"),
+                            "list at least one identity that may visit",
+                        ));
+                    }
+                    if v.get_ref().len() > ncx_proto::MAX_VISITORS {
+                        return Err(src.at(
+                            v.span(),
+                            Some("visitors"),
+                            format!("at most {} identities", ncx_proto::MAX_VISITORS),
+                        ));
+                    }
+                    let mut names = Vec::new();
+                    for n in v.get_ref() {
+                        names.push(
+                            Name::new(n.get_ref().clone())
+                                .map_err(|e| src.at(n.span(), Some("visitors"), e.to_string()))?,
+                        );
+                    }
+                    Some(names)
+                }
+                (None, true) => {
+                    let span = s.private.as_ref().map_or(s.name.span(), |p| p.span());
+                    return Err(src.at(
+                        span,
+                        Some("visitors"),
+                        format!("private service {name} needs `visitors`: the identities that may reach it"),
+                    ));
+                }
+                (Some(v), false) => {
+                    return Err(src.at(
+                        v.span(),
+                        Some("visitors"),
+                        "only private services have visitors: add `private = true`",
+                    ))
+                }
+                (None, false) => None,
+            };
+            if private {
+                let public_only = [
+                    (s.remote_port != 0, "remote_port"),
+                    (s.allow.is_some(), "allow"),
+                    (s.deny.is_some(), "deny"),
+                ];
+                if let Some((_, key)) = public_only.iter().find(|(set, _)| *set) {
+                    return Err(src.at(
+                        s.name.span(),
+                        Some(key),
+                        format!("private service {name} has no public port, so `{key}` does not apply (its `visitors` decide who reaches it)"),
+                    ));
+                }
+            }
             let proxy_protocol = match &s.proxy_protocol {
                 Some(p) => Some(
                     p.get_ref()
@@ -362,11 +469,36 @@ impl ClientSettings {
                 remote_port: s.remote_port,
                 access: ncx_proto::AccessRules { allow, deny },
                 proxy_protocol,
+                visitors,
             });
         }
-        if services.is_empty() {
+        let mut visits = Vec::new();
+        let mut listens = HashSet::new();
+        for v in file.visits {
+            let service = Name::new(v.service.get_ref().clone())
+                .map_err(|e| src.at(v.service.span(), Some("service"), e.to_string()))?;
+            let listen = v.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
+                src.at(
+                    v.listen.span(),
+                    Some("listen"),
+                    format!(
+                        "{:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:13389)",
+                        v.listen.get_ref()
+                    ),
+                )
+            })?;
+            if listen.port() != 0 && !listens.insert(listen) {
+                return Err(src.at(
+                    v.listen.span(),
+                    Some("listen"),
+                    format!("{listen} is used by two visits"),
+                ));
+            }
+            visits.push(VisitSpec { service, listen });
+        }
+        if services.is_empty() && visits.is_empty() {
             return Err(src.general(
-                "no services: add a [[services]] entry or --service NAME=HOST:PORT@REMOTE_PORT",
+                "nothing to do: add a [[services]] entry (or --service NAME=HOST:PORT@REMOTE_PORT), or a [[visits]] entry",
             ));
         }
         Ok(ClientSettings {
@@ -375,12 +507,14 @@ impl ClientSettings {
             trust,
             identity,
             token,
+            client_cert,
             connect_timeout,
             handshake_timeout,
             local_connect_timeout,
             timing,
             reconnect,
             services,
+            visits,
         })
     }
 }
@@ -398,6 +532,8 @@ fn overlay(file: &mut ClientFile, extra: ClientFile) {
         server_fingerprint,
         ca,
         insecure_skip_verify,
+        cert,
+        key,
         connect_timeout_secs,
         handshake_timeout_secs,
         local_connect_timeout_secs,
@@ -408,4 +544,5 @@ fn overlay(file: &mut ClientFile, extra: ClientFile) {
         reconnect_max_secs
     );
     file.services.extend(extra.services);
+    file.visits.extend(extra.visits);
 }

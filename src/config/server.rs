@@ -47,6 +47,9 @@ pub struct ServerTlsFile {
     pub key: Option<Spanned<PathBuf>>,
     /// Where a self-signed certificate is kept when `cert`/`key` are not given.
     pub auto_cert_dir: Option<PathBuf>,
+    /// PEM file of the CA that signs client certificates (`ncx certs client`). Needed by identities
+    /// whose `auth` is `"certificate"` or `"both"`.
+    pub client_ca: Option<Spanned<PathBuf>>,
 }
 
 /// One `[[identities]]` entry of `server.toml`.
@@ -55,12 +58,41 @@ pub struct ServerTlsFile {
 pub struct IdentityFile {
     /// The identity's name, as the client sends it.
     pub name: Spanned<String>,
-    /// The identity's token.
-    pub token: Spanned<String>,
+    /// The identity's token (not needed with `auth = "certificate"`).
+    pub token: Option<Spanned<String>>,
+    /// What the identity must present: `"token"` (the default), `"certificate"` or `"both"`.
+    pub auth: Option<Spanned<String>>,
     /// Address the identity's public ports are bound on.
     pub bind: Option<Spanned<String>>,
-    /// Public ports the identity may use, e.g. `["3389", "20000-20100"]`.
-    pub ports: Spanned<Vec<Spanned<String>>>,
+    /// Public ports the identity may use, e.g. `["3389", "20000-20100"]`. Absent or empty: none (the
+    /// identity may still offer private services and visit them).
+    pub ports: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// What an identity must present to authenticate.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// A proof of the token (HMAC over the TLS exporter value).
+    Token(Token),
+    /// A client certificate from the client CA whose common name is the identity.
+    Certificate,
+    /// Both.
+    Both(Token),
+}
+
+impl ClientAuth {
+    /// The token to check, if any.
+    pub fn token(&self) -> Option<&Token> {
+        match self {
+            ClientAuth::Token(t) | ClientAuth::Both(t) => Some(t),
+            ClientAuth::Certificate => None,
+        }
+    }
+
+    /// Whether a client certificate naming the identity is required.
+    pub fn needs_certificate(&self) -> bool {
+        matches!(self, ClientAuth::Certificate | ClientAuth::Both(_))
+    }
 }
 
 /// Where the server's certificate comes from.
@@ -82,15 +114,25 @@ pub enum ServerCert {
 pub struct IdentityPolicy {
     /// The identity.
     pub name: Name,
-    /// Its shared secret.
-    pub token: Token,
+    /// What it must present.
+    pub auth: ClientAuth,
     /// Address its public ports are bound on.
     pub bind: IpAddr,
-    /// Ports it may bind.
+    /// Ports it may bind (empty: none).
     pub ports: Vec<PortRange>,
 }
 
 impl IdentityPolicy {
+    /// An identity authenticated by `token` that may bind `ports` on every address.
+    pub fn with_token(name: Name, token: Token, ports: Vec<PortRange>) -> Self {
+        IdentityPolicy {
+            name,
+            auth: ClientAuth::Token(token),
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports,
+        }
+    }
+
     /// Whether `port` is inside one of the allowed ranges.
     pub fn allows(&self, port: u16) -> bool {
         self.ports.iter().any(|r| r.0.contains(&port))
@@ -98,6 +140,9 @@ impl IdentityPolicy {
 
     /// The allowed ranges, for messages: `"3389, 20000-20100"`.
     pub fn ports_text(&self) -> String {
+        if self.ports.is_empty() {
+            return "none".into();
+        }
         self.ports
             .iter()
             .map(ToString::to_string)
@@ -113,6 +158,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// The certificate.
     pub cert: ServerCert,
+    /// The CA that signs client certificates, if any identity uses them.
+    pub client_ca: Option<PathBuf>,
     /// Deadline for handshake + hello + authentication.
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once.
@@ -143,6 +190,7 @@ impl ServerSettings {
         ServerSettings {
             listen,
             cert,
+            client_ca: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_visitors_per_session: DEFAULT_MAX_VISITORS_PER_SESSION,
@@ -178,6 +226,7 @@ impl ServerSettings {
             None => DEFAULT_LISTEN,
         };
         let tls = file.tls.unwrap_or_default();
+        let client_ca = tls.client_ca;
         let cert = match (tls.cert, tls.key) {
             (Some(c), Some(k)) => ServerCert::Files {
                 cert: c.into_inner(),
@@ -285,8 +334,47 @@ impl ServerSettings {
                     format!("identity {name} is defined twice"),
                 ));
             }
-            if id.token.get_ref().is_empty() {
-                return Err(src.at(id.token.span(), Some("token"), "must not be empty"));
+            let auth = match id.auth.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+                None | Some(("token", _)) => AuthKind::Token,
+                Some(("certificate", _)) => AuthKind::Certificate,
+                Some(("both", _)) => AuthKind::Both,
+                Some((other, span)) => {
+                    return Err(src.at(
+                        span,
+                        Some("auth"),
+                        format!("{other:?}: expected \"token\", \"certificate\" or \"both\""),
+                    ))
+                }
+            };
+            let auth = match (&id.token, auth) {
+                (Some(t), _) if t.get_ref().is_empty() => {
+                    return Err(src.at(t.span(), Some("token"), "must not be empty"))
+                }
+                (Some(t), AuthKind::Certificate) => {
+                    return Err(src.at(
+                        t.span(),
+                        Some("token"),
+                        "not used with auth = \"certificate\": remove it, or use auth = \"both\"",
+                    ))
+                }
+                (Some(t), AuthKind::Both) => ClientAuth::Both(Token::new(t.get_ref().clone())),
+                (Some(t), AuthKind::Token) => ClientAuth::Token(Token::new(t.get_ref().clone())),
+                (None, AuthKind::Certificate) => ClientAuth::Certificate,
+                (None, _) => {
+                    return Err(src.at(
+                        id.name.span(),
+                        Some("token"),
+                        format!("identity {name} has no token (or set auth = \"certificate\")"),
+                    ))
+                }
+            };
+            if auth.needs_certificate() && client_ca.is_none() {
+                let span = id.auth.as_ref().map_or(id.name.span(), |a| a.span());
+                return Err(src.at(
+                    span,
+                    Some("auth"),
+                    format!("identity {name} needs client certificates: set tls.client_ca to the CA that signs them"),
+                ));
             }
             let bind = match &id.bind {
                 Some(b) => b.get_ref().parse::<IpAddr>().map_err(|e| {
@@ -295,23 +383,16 @@ impl ServerSettings {
                 None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             };
             let mut ports = Vec::new();
-            for p in id.ports.get_ref() {
+            for p in id.ports.iter().flat_map(|l| l.get_ref()) {
                 ports.push(
                     p.get_ref()
                         .parse::<PortRange>()
                         .map_err(|e| src.at(p.span(), Some("ports"), e))?,
                 );
             }
-            if ports.is_empty() {
-                return Err(src.at(
-                    id.ports.span(),
-                    Some("ports"),
-                    "list at least one port or range",
-                ));
-            }
             identities.push(IdentityPolicy {
                 name,
-                token: Token::new(id.token.into_inner()),
+                auth,
                 bind,
                 ports,
             });
@@ -324,6 +405,7 @@ impl ServerSettings {
         Ok(ServerSettings {
             listen,
             cert,
+            client_ca: client_ca.map(Spanned::into_inner),
             handshake_timeout,
             max_handshakes,
             max_visitors_per_session,
@@ -337,4 +419,12 @@ impl ServerSettings {
             identities,
         })
     }
+}
+
+/// `auth` of an `[[identities]]` entry, before the token is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthKind {
+    Token,
+    Certificate,
+    Both,
 }

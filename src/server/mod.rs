@@ -3,10 +3,12 @@
 //! - `mod.rs`: the accept loop; every connection's handshake runs in its own task, capped in number.
 //! - [`session`]: one task per client session: handshake, authentication, takeover, control stream.
 //! - [`services`]: binding public ports under the identity's policy and serving their visitors.
+//! - [`private`]: private services, and bridging visits from `ncx visit` sessions to their owners.
 //! - [`registry`]: which session and which ports each identity holds.
 //! - [`admission`]: handshake slots and the failed-authentication guard.
 
 mod admission;
+mod private;
 mod registry;
 mod services;
 mod session;
@@ -62,7 +64,7 @@ impl Server {
     /// Builds the TLS configuration and the identity table.
     pub fn new(settings: ServerSettings, identity: ServerIdentity) -> Result<Self, TlsError> {
         let fingerprint = identity.fingerprint();
-        let tls = crate::tls::server_config(identity)?;
+        let tls = crate::tls::server_config(identity, settings.client_ca.as_deref())?;
         let settings_max_sessions = settings.max_sessions;
         let settings_max_handshakes = settings.max_handshakes;
         let auth_threshold = settings.auth_failures_before_block;
@@ -116,7 +118,11 @@ impl Server {
         session::serve(
             self.shared.clone(),
             io,
-            crate::auth::ExportedKey(exported),
+            session::PeerTls {
+                exported: crate::auth::ExportedKey(exported),
+                cert_name: None,
+                local: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            },
             peer,
             slot,
             deadline,

@@ -1,13 +1,16 @@
-//! Who holds what on the server: the live session of each identity and the owner of each public
-//! port.
+//! Who holds what on the server: the live session of each identity, the owner of each public
+//! port, and the private services.
 //!
 //! Both maps sit behind one short-held `std` mutex; nothing awaits while holding it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use ncx_proto::Name;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use super::session::SessionCtx;
 
 /// Identifies one session for the lifetime of the server process.
 pub type SessionId = u64;
@@ -23,14 +26,30 @@ pub struct SessionEntry {
     pub ports_released: CancellationToken,
 }
 
-#[derive(Debug, Default)]
+/// A private service as the registry holds it.
+#[derive(Clone)]
+pub struct PrivateService {
+    /// The identity that offers it.
+    pub owner: Name,
+    /// The owner's session that registered it.
+    pub session: SessionId,
+    /// Who may visit it.
+    pub visitors: Arc<[Name]>,
+    /// The owner's session (weak: the registry never keeps a session alive).
+    pub ctx: Weak<SessionCtx>,
+    /// Caps the service's concurrent visitors.
+    pub permits: Arc<Semaphore>,
+}
+
+#[derive(Default)]
 struct Inner {
     sessions: HashMap<Name, SessionEntry>,
     ports: HashMap<u16, (Name, SessionId)>,
+    private: HashMap<Name, PrivateService>,
 }
 
 /// The registry. One per server.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
 }
@@ -86,6 +105,35 @@ impl Registry {
     /// Whether `port` is reserved by anyone.
     pub fn is_claimed(&self, port: u16) -> bool {
         self.lock().ports.contains_key(&port)
+    }
+
+    /// Registers the private service `name`. Names are unique across the server, like ports: a
+    /// visitor names the service alone.
+    pub fn claim_private(&self, name: &Name, entry: PrivateService) -> Result<(), PortClaimError> {
+        let mut inner = self.lock();
+        match inner.private.get(name) {
+            Some(held) if held.owner != entry.owner => {
+                Err(PortClaimError::OtherIdentity(held.owner.clone()))
+            }
+            Some(held) if held.session != entry.session => Err(PortClaimError::OtherSession),
+            _ => {
+                inner.private.insert(name.clone(), entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// The private service `name`, if one is registered.
+    pub fn private(&self, name: &Name) -> Option<PrivateService> {
+        self.lock().private.get(name).cloned()
+    }
+
+    /// Removes the private service `name` if session `id` registered it.
+    pub fn release_private(&self, name: &Name, id: SessionId) {
+        let mut inner = self.lock();
+        if inner.private.get(name).is_some_and(|p| p.session == id) {
+            inner.private.remove(name);
+        }
     }
 
     /// Releases `port` if session `id` holds it.

@@ -39,10 +39,11 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The services of one session.
 pub(super) struct Services {
-    ctx: Arc<SessionCtx>,
-    identity: Name,
+    pub(super) ctx: Arc<SessionCtx>,
+    pub(super) identity: Name,
     policy: IdentityPolicy,
-    names: HashSet<Name>,
+    /// Every service name of the session, public and private.
+    pub(super) names: HashSet<Name>,
 }
 
 impl Services {
@@ -295,14 +296,76 @@ async fn serve_visitor(
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "setting TCP_NODELAY failed");
     }
+    // The address the visitor connected to, for the PROXY protocol's destination (unspecified in
+    // the rare case the socket cannot say).
+    let public = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let sub = match open_to_client(ctx, service, peer, public).await {
+        Ok(sub) => sub,
+        Err(failure) => {
+            abort(tcp);
+            return (0, 0, failure.end);
+        }
+    };
+    debug!("visitor connected");
+    let spliced = splice(tcp, sub, ctx.visitors_cancel.cancelled()).await;
+    (
+        spliced.from_tcp,
+        spliced.from_substream,
+        end_text(&spliced.end),
+    )
+}
+
+/// How a splice ended, in the words of the audit log.
+pub(super) fn end_text(end: &SpliceEnd) -> String {
+    match end {
+        SpliceEnd::Finished => "finished".to_owned(),
+        SpliceEnd::Reset(e) => format!("reset: {e}"),
+        SpliceEnd::Cancelled => "reset: session ended".to_owned(),
+    }
+}
+
+/// Why a visitor could not be connected to its service.
+pub(super) struct OpenFailure {
+    /// What to tell a visiting peer (private services).
+    pub code: ErrorCode,
+    /// Why, for people.
+    pub message: String,
+    /// How the visitor ended, for the audit log.
+    pub end: String,
+}
+
+impl OpenFailure {
+    fn new(code: ErrorCode, message: impl Into<String>, end: impl Into<String>) -> Self {
+        OpenFailure {
+            code,
+            message: message.into(),
+            end: end.into(),
+        }
+    }
+}
+
+/// Opens a substream to the client of `ctx` for a visitor of `service` from `peer` (which reached
+/// the server at `public`), sends the visitor header and waits for the client's answer. Returns
+/// the substream, ready for raw bytes, once the client is connected to its local service.
+pub(super) async fn open_to_client(
+    ctx: &SessionCtx,
+    service: &Name,
+    peer: SocketAddr,
+    public: SocketAddr,
+) -> Result<Substream, OpenFailure> {
     let cancel = &ctx.visitors_cancel;
-    let refused = |tcp: TcpStream, why: String| {
-        abort(tcp);
-        (0, 0, why)
+    let ended = || {
+        OpenFailure::new(
+            ErrorCode::ShuttingDown,
+            "the service's session ended",
+            "reset: session ended",
+        )
     };
     // An open is "in flight" until the client answers; yamux stalls beyond 256 such streams.
     let in_flight = tokio::select! {
-        _ = cancel.cancelled() => return refused(tcp, "reset: session ended".into()),
+        _ = cancel.cancelled() => return Err(ended()),
         r = tokio::time::timeout(OPEN_TIMEOUT, ctx.open_permits.clone().acquire_owned()) => r,
     };
     let Ok(Ok(in_flight)) = in_flight else {
@@ -313,16 +376,20 @@ async fn serve_visitor(
                 ctx.shared.settings.max_opens_in_flight
             );
         }
-        return refused(tcp, "refused: too many substreams await the client".into());
+        return Err(OpenFailure::new(
+            ErrorCode::LimitReached,
+            "too many visitors are waiting for the service's client",
+            "refused: too many substreams await the client",
+        ));
     };
     let stream = tokio::select! {
-        _ = cancel.cancelled() => return refused(tcp, "reset: session ended".into()),
+        _ = cancel.cancelled() => return Err(ended()),
         r = tokio::time::timeout(OPEN_TIMEOUT, ctx.handle.open()) => match r {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return refused(tcp, format!("reset: no substream: {e}")),
+            Ok(Err(e)) => return Err(OpenFailure::new(ErrorCode::ShuttingDown, "the service's session ended", format!("reset: no substream: {e}"))),
             Err(_) => {
                 warn!("no substream for the visitor within {OPEN_TIMEOUT:?}");
-                return refused(tcp, "refused: no substream in time".into());
+                return Err(OpenFailure::new(ErrorCode::LimitReached, "the service's client is too busy", "refused: no substream in time"));
             }
         },
     };
@@ -330,11 +397,6 @@ async fn serve_visitor(
         ctx.rotate.cancel();
     }
     let mut sub = Substream::new(stream, ctx.handle.state().clone());
-    // The address the visitor connected to, for the PROXY protocol's destination (unspecified in
-    // the rare case the socket cannot say).
-    let public = tcp
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let header = Message::VisitorHeader {
         service: service.clone(),
         visitor: peer,
@@ -350,37 +412,39 @@ async fn serve_visitor(
             .map_err(|e| format!("reading the client's answer: {e}"))
     };
     let status = tokio::select! {
-        _ = cancel.cancelled() => return refused(tcp, "reset: session ended".into()),
+        _ = cancel.cancelled() => return Err(ended()),
         r = tokio::time::timeout(VISITOR_STATUS_TIMEOUT, status) => r,
     };
     drop(in_flight);
+    let broken =
+        |end: String| OpenFailure::new(ErrorCode::Internal, "the service's client failed", end);
     match status {
-        Ok(Ok(Message::VisitorStatus { refusal: None })) => {}
+        Ok(Ok(Message::VisitorStatus { refusal: None })) => Ok(sub),
         Ok(Ok(Message::VisitorStatus {
             refusal: Some((code, message)),
         })) => {
             warn!(%code, reason = %message, "the client could not reach the local service; visitor closed");
-            return refused(tcp, format!("refused by the client: {message} ({code})"));
+            Err(OpenFailure::new(
+                code,
+                message.as_str(),
+                format!("refused by the client: {message} ({code})"),
+            ))
         }
         Ok(Ok(other)) => {
             warn!(
                 "the client answered a visitor header with message type 0x{:02x}",
                 other.type_byte()
             );
-            return refused(tcp, "reset: protocol violation by the client".into());
+            Err(broken("reset: protocol violation by the client".into()))
         }
-        Ok(Err(e)) => return refused(tcp, format!("reset: {e}")),
+        Ok(Err(e)) => Err(broken(format!("reset: {e}"))),
         Err(_) => {
             warn!("the client did not answer the visitor header within {VISITOR_STATUS_TIMEOUT:?}");
-            return refused(tcp, "refused: the client did not answer in time".into());
+            Err(OpenFailure::new(
+                ErrorCode::LocalTimeout,
+                "the service's client did not answer in time",
+                "refused: the client did not answer in time",
+            ))
         }
     }
-    debug!("visitor connected");
-    let spliced = splice(tcp, sub, cancel).await;
-    let end = match spliced.end {
-        SpliceEnd::Finished => "finished".to_owned(),
-        SpliceEnd::Reset(e) => format!("reset: {e}"),
-        SpliceEnd::Cancelled => "reset: session ended".to_owned(),
-    };
-    (spliced.from_tcp, spliced.from_substream, end)
 }

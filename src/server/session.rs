@@ -31,9 +31,10 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// How long a new session waits for the session it replaces to release its ports.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Streams the client may open that wait to be taken by the session task. Only the control stream
-/// is expected in this version; more are refused.
-const INBOUND_QUEUE: usize = 4;
+/// Streams the client opened that wait to be taken by the session task: the control stream, then
+/// visit substreams. yamux lets a peer have at most 256 streams unacknowledged, so a queue of that
+/// size only overflows (and resets the newest stream) if the session task stalls.
+const INBOUND_QUEUE: usize = 256;
 
 /// The drain of a session that rotated: its visitors may take as long as they like (liveness still
 /// ends the session if the client vanishes).
@@ -64,6 +65,32 @@ pub(super) struct SessionCtx {
     pub opens: AtomicU64,
     /// Cancelled when `opens` reaches the rotation threshold.
     pub rotate: CancellationToken,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server address the client connected to.
+    pub local: SocketAddr,
+    /// Private services this session registered, released with its ports.
+    pub private_names: std::sync::Mutex<Vec<Name>>,
+}
+
+impl SessionCtx {
+    /// Remembers a private service to release when the session's services stop.
+    pub fn hold_private(&self, name: Name) {
+        self.private_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name);
+    }
+}
+
+/// What the TLS handshake established about the client.
+pub(crate) struct PeerTls {
+    /// Keying material for the token proof.
+    pub exported: crate::auth::ExportedKey,
+    /// The common name of the verified client certificate, if one was presented.
+    pub cert_name: Option<String>,
+    /// The server address the client connected to.
+    pub local: SocketAddr,
 }
 
 /// How the control exchange ended, which decides the teardown.
@@ -85,6 +112,7 @@ pub(super) async fn run(
     cancel: CancellationToken,
 ) {
     let deadline = Instant::now() + shared.settings.handshake_timeout;
+    let tls_local = tcp.local_addr();
     let accept = tokio::select! {
         _ = cancel.cancelled() => return,
         _ = slot.evicted() => {
@@ -93,10 +121,26 @@ pub(super) async fn run(
         }
         r = tokio::time::timeout_at(deadline, shared.acceptor.accept(tcp)) => r,
     };
+    let local = tcp_local(&tls_local);
     let tls = match accept {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            debug!(error = %e, "TLS handshake with a client failed");
+            let bad_cert = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|t| matches!(t, rustls::Error::InvalidCertificate(_)));
+            if bad_cert {
+                // A client certificate the client CA did not sign (or expired) is a failed
+                // authentication like a wrong token.
+                if let Some(held_back) = shared.refusal_log.allow() {
+                    warn!(error = %e, held_back, "client certificate refused");
+                }
+                if shared.auth_guard.record_failure(peer.ip()) == FailureVerdict::NowBlocked {
+                    warn!(ip = %peer.ip(), block = ?shared.settings.auth_block, "blocking an address after repeated failed authentications");
+                }
+            } else {
+                debug!(error = %e, "TLS handshake with a client failed");
+            }
             return;
         }
         Err(_) => {
@@ -116,16 +160,28 @@ pub(super) async fn run(
             return;
         }
     };
-    serve(shared, tls, exported, peer, slot, deadline, cancel).await;
+    let facts = PeerTls {
+        exported,
+        cert_name: crate::tls::client_certificate_name(conn),
+        local,
+    };
+    serve(shared, tls, facts, peer, slot, deadline, cancel).await;
 }
 
-/// Runs a session over `io`, the inside of a TLS connection whose exported keying material is
-/// `exported`, until its last port is released. Public to the crate so the session logic can be
+/// The local address of a socket, or the unspecified address in the rare case it cannot be read.
+fn tcp_local(addr: &std::io::Result<SocketAddr>) -> SocketAddr {
+    addr.as_ref()
+        .copied()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Runs a session over `io`, the inside of a TLS connection that established `facts`, until its
+/// last port is released. Public to the crate so the session logic can be
 /// fed arbitrary bytes without TLS (see [`crate::fuzzing`]).
 pub(crate) async fn serve<T>(
     shared: Arc<Shared>,
     io: T,
-    exported: crate::auth::ExportedKey,
+    facts: PeerTls,
     peer: SocketAddr,
     slot: HandshakeSlot,
     deadline: Instant,
@@ -162,6 +218,9 @@ pub(crate) async fn serve<T>(
         limit_log: LogLimiter::default(),
         opens: AtomicU64::new(0),
         rotate: CancellationToken::new(),
+        peer,
+        local: facts.local,
+        private_names: std::sync::Mutex::new(Vec::new()),
     });
     let replace = CancellationToken::new();
     let ports_released = CancellationToken::new();
@@ -170,7 +229,7 @@ pub(crate) async fn serve<T>(
     let outcome = control(
         &ctx,
         &mut inbound_rx,
-        &exported,
+        &facts,
         peer,
         deadline,
         slot,
@@ -207,11 +266,16 @@ pub(crate) async fn serve<T>(
     }
 }
 
-/// Stops accepting on the session's public ports and waits until every one is released.
+/// Stops accepting on the session's public ports and waits until every one is released; withdraws
+/// its private services.
 async fn stop_listeners(ctx: &SessionCtx, ports_released: &CancellationToken) {
     ctx.listeners_cancel.cancel();
     ctx.listeners.close();
     ctx.listeners.wait().await;
+    let private = std::mem::take(&mut *ctx.private_names.lock().unwrap_or_else(|e| e.into_inner()));
+    for name in private {
+        ctx.shared.registry.release_private(&name, ctx.id);
+    }
     ports_released.cancel();
 }
 
@@ -219,7 +283,7 @@ async fn stop_listeners(ctx: &SessionCtx, ports_released: &CancellationToken) {
 async fn control(
     ctx: &Arc<SessionCtx>,
     inbound: &mut mpsc::Receiver<yamux::Stream>,
-    exported: &crate::auth::ExportedKey,
+    facts: &PeerTls,
     peer: SocketAddr,
     deadline: Instant,
     slot: HandshakeSlot,
@@ -251,7 +315,7 @@ async fn control(
             Err(_) => return Outcome::Abort("the client did not say hello in time".into()),
         },
     };
-    let identity = match authenticate(shared, exported, peer, msg) {
+    let identity = match authenticate(shared, facts, peer, msg) {
         Ok(identity) => identity,
         Err((code, message)) => {
             if let Some(held_back) = shared.refusal_log.allow() {
@@ -283,28 +347,6 @@ async fn control(
     }
     drop(slot);
 
-    // Takeover: a client must never be locked out by its own stale session.
-    let entry = SessionEntry {
-        id: ctx.id,
-        replace: replace.clone(),
-        ports_released: ports_released.clone(),
-    };
-    if let Some(old) = shared.registry.install_session(&identity, entry) {
-        info!(
-            old_session = old.id,
-            "taking over from the identity's previous session"
-        );
-        old.replace.cancel();
-        if tokio::time::timeout(TAKEOVER_TIMEOUT, old.ports_released.cancelled())
-            .await
-            .is_err()
-        {
-            warn!(
-                old_session = old.id,
-                "the previous session did not release its ports in time"
-            );
-        }
-    }
     *identity_out = Some(identity.clone());
     info!("client authenticated");
 
@@ -325,6 +367,8 @@ async fn control(
     let mut client_leaving = false;
     // Set once this session asked the client to rotate.
     let mut rotating = false;
+    // Set once the session registered a service and so became the identity's live session.
+    let mut installed = false;
     loop {
         let drain_deadline = draining.as_ref().map_or_else(Instant::now, |(d, _)| *d);
         let msg = tokio::select! {
@@ -379,10 +423,43 @@ async fn control(
                 }
                 continue;
             }
+            Some(stream) = inbound.recv() => {
+                // A visit substream (`ncx visit`). Counted against the session's visitor limit
+                // before a task exists for it.
+                if ctx.listeners_cancel.is_cancelled() {
+                    continue; // going away: dropping the stream resets it
+                }
+                match ctx.visitor_permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let span = tracing::info_span!("visit", service = tracing::field::Empty);
+                        ctx.visitors.spawn(
+                            super::private::visit(ctx.clone(), stream, identity.clone(), permit)
+                                .instrument(span),
+                        );
+                    }
+                    Err(_) => {
+                        if let Some(held_back) = ctx.limit_log.allow() {
+                            warn!(limit = shared.settings.max_visitors_per_session, held_back, "visit refused: the session has reached its visitor limit");
+                        }
+                    }
+                }
+                continue;
+            }
             m = reader.read(&mut ctrl) => m,
         };
+        if !installed
+            && matches!(
+                msg,
+                Ok(Message::Register { .. } | Message::RegisterPrivate { .. })
+            )
+        {
+            installed = true;
+            take_over(shared, ctx, &identity, replace, ports_released).await;
+        }
         let reply = match msg {
-            Ok(Message::Register { service, .. }) if client_leaving || draining.is_some() => {
+            Ok(Message::Register { service, .. } | Message::RegisterPrivate { service, .. })
+                if client_leaving || draining.is_some() =>
+            {
                 Message::ServiceRefused {
                     service,
                     code: ErrorCode::ShuttingDown,
@@ -394,6 +471,9 @@ async fn control(
                 remote_port,
                 access,
             }) => services.register(service, remote_port, access),
+            Ok(Message::RegisterPrivate { service, visitors }) => {
+                services.register_private(service, visitors)
+            }
             Ok(Message::Ping(v)) => Message::Pong(v),
             Ok(Message::Pong(_)) => {
                 last_pong = Instant::now();
@@ -432,9 +512,42 @@ async fn control(
     }
 }
 
+/// Makes this session the identity's live session. A client must never be locked out by its own
+/// stale session: the previous one is told to go away and its ports are awaited. Done at the first
+/// registration, so a session that only visits (`ncx visit`) never displaces the identity's client.
+async fn take_over(
+    shared: &Shared,
+    ctx: &SessionCtx,
+    identity: &Name,
+    replace: &CancellationToken,
+    ports_released: &CancellationToken,
+) {
+    let entry = SessionEntry {
+        id: ctx.id,
+        replace: replace.clone(),
+        ports_released: ports_released.clone(),
+    };
+    if let Some(old) = shared.registry.install_session(identity, entry) {
+        info!(
+            old_session = old.id,
+            "taking over from the identity's previous session"
+        );
+        old.replace.cancel();
+        if tokio::time::timeout(TAKEOVER_TIMEOUT, old.ports_released.cancelled())
+            .await
+            .is_err()
+        {
+            warn!(
+                old_session = old.id,
+                "the previous session did not release its ports in time"
+            );
+        }
+    }
+}
+
 fn authenticate(
     shared: &Shared,
-    exported: &crate::auth::ExportedKey,
+    facts: &PeerTls,
     peer: SocketAddr,
     msg: Message,
 ) -> Result<Name, (ErrorCode, String)> {
@@ -475,11 +588,7 @@ fn authenticate(
             ErrorCode::UnknownIdentity,
             format!("the server has no identity named {identity}"),
         )),
-        Some(policy) if !crate::auth::verify(&policy.token, exported, &identity, &proof) => Err((
-            ErrorCode::BadToken,
-            format!("the token for identity {identity} is wrong"),
-        )),
-        Some(_) => Ok(identity),
+        Some(policy) => check_credentials(policy, facts, &identity, &proof).map(|()| identity),
     };
     match &result {
         Ok(_) => shared.auth_guard.record_success(peer.ip()),
@@ -495,6 +604,44 @@ fn authenticate(
         }
     }
     result
+}
+
+/// Checks what the identity's policy asks for: a certificate naming it, a proof of its token, or
+/// both. Certificates were verified against the client CA during the TLS handshake.
+fn check_credentials(
+    policy: &crate::config::IdentityPolicy,
+    facts: &PeerTls,
+    identity: &Name,
+    proof: &[u8; ncx_proto::AUTH_PROOF_LEN],
+) -> Result<(), (ErrorCode, String)> {
+    if policy.auth.needs_certificate() {
+        match facts.cert_name.as_deref() {
+            Some(name) if name == identity.as_str() => {}
+            Some(name) => {
+                return Err((
+                    ErrorCode::CertificateRequired,
+                    format!(
+                        "the client certificate is for {name:?}, not for identity {identity}"
+                    ),
+                ))
+            }
+            None => {
+                return Err((
+                    ErrorCode::CertificateRequired,
+                    format!("identity {identity} must present a client certificate signed by the server's client CA"),
+                ))
+            }
+        }
+    }
+    if let Some(token) = policy.auth.token() {
+        if !crate::auth::verify(token, &facts.exported, identity, proof) {
+            return Err((
+                ErrorCode::BadToken,
+                format!("the token for identity {identity} is wrong"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn send_error(ctrl: &mut Control, code: ErrorCode, message: &str) {

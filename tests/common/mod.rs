@@ -30,7 +30,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A CA and a server certificate it signed, for `localhost` and 127.0.0.1.
 pub struct Pki {
     pub ca_der: CertificateDer<'static>,
+    pub ca_pem: String,
     pub server: ServerIdentity,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -52,11 +54,47 @@ impl Pki {
         let srv = sp.signed_by(&sk, &issuer).unwrap();
         Pki {
             ca_der: ca_cert.der().clone(),
+            ca_pem: ca_cert.pem(),
             server: ServerIdentity {
                 chain: vec![srv.der().clone(), ca_cert.der().clone()],
                 key: PrivateKeyDer::try_from(sk.serialize_der()).unwrap(),
             },
+            issuer,
         }
+    }
+
+    /// A client certificate for `identity` (common name), signed by this CA.
+    pub fn client_cert(&self, identity: &str) -> ncx::tls::ClientCertificate {
+        self.client_cert_valid(identity, None)
+    }
+
+    /// Like [`Pki::client_cert`], optionally with a validity that ended yesterday.
+    pub fn client_cert_valid(
+        &self,
+        identity: &str,
+        expired: Option<()>,
+    ) -> ncx::tls::ClientCertificate {
+        let mut p = CertificateParams::new(vec![identity.to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, identity);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if expired.is_some() {
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::days(30);
+            p.not_after = now - time::Duration::days(1);
+        }
+        let k = KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &self.issuer).unwrap();
+        ncx::tls::ClientCertificate {
+            chain: vec![c.der().clone()],
+            key: PrivateKeyDer::try_from(k.serialize_der()).unwrap(),
+        }
+    }
+
+    /// Writes the CA certificate to `dir/ca.crt` (the server's `tls.client_ca`).
+    pub fn write_ca(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("ca.crt");
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
     }
 
     pub fn server_identity(&self) -> ServerIdentity {
@@ -92,7 +130,7 @@ pub fn identity(n: &str, token: &str) -> IdentityPolicy {
 pub fn identity_ports(n: &str, token: &str, ports: Vec<PortRange>) -> IdentityPolicy {
     IdentityPolicy {
         name: name(n),
-        token: Token::new(token),
+        auth: ncx::config::ClientAuth::Token(Token::new(token)),
         bind: "127.0.0.1".parse().unwrap(),
         ports,
     }
@@ -146,6 +184,15 @@ pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
         remote_port,
         access: Default::default(),
         proxy_protocol: None,
+        visitors: None,
+    }
+}
+
+/// A private service that only `visitors` may reach.
+pub fn private_service(n: &str, local: SocketAddr, visitors: &[&str]) -> ServiceSpec {
+    ServiceSpec {
+        visitors: Some(visitors.iter().map(|v| name(v)).collect()),
+        ..service(n, local, 0)
     }
 }
 

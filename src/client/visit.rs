@@ -1,0 +1,241 @@
+//! `ncx visit` (and `[[visits]]` of any client): local listeners whose connections reach private
+//! services of other clients. Each local connection becomes a visit substream on the current
+//! session: `Visit { service }`, the server's `VisitorStatus`, then raw bytes.
+//!
+//! The listeners are bound once and outlive reconnects; a connection that arrives while the client
+//! is between sessions waits for the next one (up to the time a connect and handshake may take).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ncx_proto::{ErrorCode, Message, Name};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use super::ClientError;
+use crate::config::ClientSettings;
+use crate::framed::{write_message, MessageReader};
+use crate::ratelimit::LogLimiter;
+use crate::session::SessionHandle;
+use crate::splice::{abort, splice, SpliceEnd, Substream};
+
+/// How long the server may take to answer a visit: it opens a substream to the owning client, which
+/// connects to its local service within its own deadline (5 s by default); the server gives the
+/// client 30 s.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// How long opening the substream may take (it only waits while yamux's 256 unacknowledged opens
+/// are all in flight).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause after a failed `accept` (for example EMFILE).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a visit needs of the current session.
+#[derive(Clone)]
+pub(super) struct Target {
+    /// Opens the substream.
+    pub handle: SessionHandle,
+    /// The session's visitor tasks: a visit holds a token of it, so the session's drain waits for
+    /// visits too.
+    pub tracker: TaskTracker,
+    /// Resets the session's visitors.
+    pub cancel: CancellationToken,
+    /// Cleared when the session drains: new visits wait for the next session.
+    pub accepting: Arc<AtomicBool>,
+}
+
+/// Binds every visit's listener, in the order of `settings.visits`.
+pub async fn bind(settings: &ClientSettings) -> Result<Vec<TcpListener>, ClientError> {
+    let mut bound = Vec::new();
+    for v in &settings.visits {
+        let listener = TcpListener::bind(v.listen)
+            .await
+            .map_err(|source| ClientError::Listen {
+                addr: v.listen,
+                source,
+            })?;
+        bound.push(listener);
+    }
+    Ok(bound)
+}
+
+/// Starts accepting on `listeners` (bound by [`bind`], one per visit). The returned tracker owns
+/// the listener tasks and the connections they accept; `cancel` stops them.
+pub(super) fn start(
+    settings: &ClientSettings,
+    listeners: Vec<TcpListener>,
+    targets: watch::Receiver<Option<Target>>,
+    cancel: CancellationToken,
+) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    let wait = settings.connect_timeout + settings.handshake_timeout;
+    for (listener, v) in listeners.into_iter().zip(&settings.visits) {
+        let service = v.service.clone();
+        if let Ok(addr) = listener.local_addr() {
+            info!(%service, listen = %addr, "visit listener ready: connect local programs here");
+        }
+        let span = tracing::info_span!("visit", %service);
+        tracker.spawn(
+            accept_loop(
+                listener,
+                service,
+                targets.clone(),
+                wait,
+                cancel.clone(),
+                tracker.clone(),
+            )
+            .instrument(span),
+        );
+    }
+    tracker
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    service: Name,
+    targets: watch::Receiver<Option<Target>>,
+    wait: Duration,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let refusal_log = Arc::new(LogLimiter::default());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "accepting a local connection failed; backing off");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        let span = tracing::info_span!("local", %peer);
+        tracker.spawn(
+            one(
+                tcp,
+                service.clone(),
+                targets.clone(),
+                wait,
+                cancel.clone(),
+                refusal_log.clone(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+/// Carries one local connection to the private service.
+async fn one(
+    tcp: TcpStream,
+    service: Name,
+    mut targets: watch::Receiver<Option<Target>>,
+    wait: Duration,
+    cancel: CancellationToken,
+    refusal_log: Arc<LogLimiter>,
+) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "setting TCP_NODELAY failed");
+    }
+    let ready = |t: &Option<Target>| {
+        t.as_ref()
+            .is_some_and(|t| t.accepting.load(Ordering::SeqCst))
+    };
+    let target = tokio::select! {
+        _ = cancel.cancelled() => return abort(tcp),
+        r = tokio::time::timeout(wait, targets.wait_for(ready)) => match r {
+            Ok(Ok(t)) => t.clone().expect("wait_for checked it is set"),
+            Ok(Err(_)) => return abort(tcp),
+            Err(_) => {
+                warn!("not connected to the server within {wait:?}; local connection closed");
+                return abort(tcp);
+            }
+        },
+    };
+    // Counted in the session's drain like a visitor from the server.
+    let _drain = target.tracker.token();
+    let session_ended = target.cancel.clone();
+    let stream = tokio::select! {
+        _ = session_ended.cancelled() => return abort(tcp),
+        r = tokio::time::timeout(OPEN_TIMEOUT, target.handle.open()) => match r {
+            Ok(Ok(s)) => s,
+            _ => {
+                warn!("no substream to the server; local connection closed");
+                return abort(tcp);
+            }
+        },
+    };
+    let mut sub = Substream::new(stream, target.handle.state().clone());
+    let exchange = async {
+        write_message(
+            &mut sub,
+            &Message::Visit {
+                service: service.clone(),
+            },
+        )
+        .await
+        .map_err(|e| format!("sending the visit: {e}"))?;
+        MessageReader::new()
+            .read(&mut sub)
+            .await
+            .map_err(|e| format!("reading the server's answer: {e}"))
+    };
+    let answer = tokio::select! {
+        _ = session_ended.cancelled() => return abort(tcp),
+        r = tokio::time::timeout(STATUS_TIMEOUT, exchange) => r,
+    };
+    match answer {
+        Ok(Ok(Message::VisitorStatus { refusal: None })) => {}
+        Ok(Ok(Message::VisitorStatus {
+            refusal: Some((code, message)),
+        })) => {
+            if let Some(held_back) = refusal_log.allow() {
+                let hint = match code {
+                    ErrorCode::NotAllowed => {
+                        " (the service's owner must list this identity in `visitors`)"
+                    }
+                    ErrorCode::UnknownService => {
+                        " (is its client connected, and is the name right?)"
+                    }
+                    _ => "",
+                };
+                warn!(%code, reason = %message, held_back, "the server refused the visit{hint}; local connection closed");
+            }
+            return abort(tcp);
+        }
+        Ok(Ok(other)) => {
+            warn!(
+                "the server answered a visit with message type 0x{:02x}",
+                other.type_byte()
+            );
+            return abort(tcp);
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "visit failed");
+            return abort(tcp);
+        }
+        Err(_) => {
+            warn!("the server did not answer the visit within {STATUS_TIMEOUT:?}");
+            return abort(tcp);
+        }
+    }
+    debug!("visit connected");
+    let spliced = splice(tcp, sub, session_ended.cancelled()).await;
+    match spliced.end {
+        SpliceEnd::Finished => debug!(
+            sent = spliced.from_tcp,
+            received = spliced.from_substream,
+            "visit finished"
+        ),
+        SpliceEnd::Reset(e) => info!(reason = %e, "visit reset"),
+        SpliceEnd::Cancelled => debug!("visit reset: session ended"),
+    }
+}

@@ -1,0 +1,329 @@
+//! Private services and `ncx visit`: no public port, only listed identities reach the service, each
+//! local connection of the visiting side becomes a substream that the server joins to the owner's.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ncx::client::ClientError;
+use ncx::config::{ClientSettings, PortRange, VisitSpec};
+use ncx_proto::ErrorCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// An echo service that counts the connections it accepted.
+async fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// `ncx visit` in this process: the full client loop with one visit listening on 127.0.0.1:0.
+struct Visitor {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ClientError>>,
+}
+
+impl Visitor {
+    async fn start(server: SocketAddr, pki: &Pki, identity: &str, token: &str, svc: &str) -> Self {
+        let mut settings = client_settings(server, pki.pinned(), identity, token, vec![]);
+        Self::start_with(&mut settings, svc).await
+    }
+
+    async fn start_with(settings: &mut ClientSettings, svc: &str) -> Self {
+        settings.visits = vec![VisitSpec {
+            service: name(svc),
+            listen: "127.0.0.1:0".parse().unwrap(),
+        }];
+        let listeners = ncx::client::bind_visits(settings).await.unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(ncx::client::run_bound(
+            settings.clone(),
+            listeners,
+            shutdown.clone(),
+        ));
+        Visitor {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("visitor stops in time")
+            .unwrap()
+            .expect("visitor ends cleanly on shutdown");
+    }
+}
+
+/// What a refused local connection sees: the connection ends (reset or EOF) without a byte.
+async fn assert_closed_without_data(addr: SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(b"hello?").await;
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("the refused connection ends in time");
+    assert!(buf.is_empty(), "a refused visit got data: {buf:?}");
+    if let Err(e) = r {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+}
+
+fn identities() -> Vec<ncx::config::IdentityPolicy> {
+    vec![
+        // The owner may not open public ports at all: a private service needs none.
+        identity_ports("office", "office-token", vec![]),
+        identity_ports("alice", "alice-token", vec![]),
+        identity_ports("bob", "bob-token", vec![]),
+    ]
+}
+
+#[tokio::test]
+async fn a_listed_identity_reaches_the_private_service_through_visit() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(identities())).await;
+    let (svc, accepted) = counting_echo().await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![private_service("rdp", svc, &["alice"])],
+    ))
+    .await;
+    assert_eq!(owner.ports, vec![("rdp".to_owned(), Ok(0))]);
+
+    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    // Concurrent connections with distinct payloads, each half-closed: every byte comes back.
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let addr = visitor.addr;
+        tasks.push(tokio::spawn(async move {
+            let payload = Rng(i + 1).bytes(64 * 1024 * (i as usize % 4 + 1));
+            let back = tokio::time::timeout(WAIT, exchange(addr, &payload))
+                .await
+                .expect("the exchange finishes in time")
+                .unwrap();
+            assert!(back == payload, "connection {i}: reply differs");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    visitor.stop().await;
+    owner.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unlisted_identity_is_refused_and_nothing_reaches_the_owner() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(identities())).await;
+    let (svc, accepted) = counting_echo().await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![private_service("rdp", svc, &["alice"])],
+    ))
+    .await;
+    let bob = Visitor::start(server.addr, &pki, "bob", "bob-token", "rdp").await;
+    assert_closed_without_data(bob.addr).await;
+    // A service that does not exist is refused the same way.
+    let nowhere = Visitor::start(server.addr, &pki, "alice", "alice-token", "vnc").await;
+    assert_closed_without_data(nowhere.addr).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "a refused visit reached the owner's service"
+    );
+    // The refusal is per visit: alice still gets through.
+    let alice = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    assert_eq!(exchange(alice.addr, b"ok").await.unwrap(), b"ok");
+    for v in [bob, nowhere, alice] {
+        v.stop().await;
+    }
+    owner.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_visits_count_as_failed_authentications() {
+    let pki = Pki::new();
+    let mut ss = server_settings(identities());
+    ss.auth_failures_before_block = 3;
+    ss.auth_block = Duration::from_secs(60);
+    let server = TestServer::start(&pki, ss).await;
+    let (svc, accepted) = counting_echo().await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![private_service("rdp", svc, &["alice"])],
+    ))
+    .await;
+    let bob = Visitor::start(server.addr, &pki, "bob", "bob-token", "rdp").await;
+    for _ in 0..3 {
+        assert_closed_without_data(bob.addr).await;
+    }
+    // The address is now blocked: new sessions from it are refused with the reason...
+    let err = connect(client_settings(
+        server.addr,
+        pki.pinned(),
+        "alice",
+        "alice-token",
+        vec![private_service("other", svc, &["alice"])],
+    ))
+    .await
+    .err()
+    .expect("a blocked address is refused");
+    match &err {
+        ClientError::Refused { code, message } => {
+            assert_eq!(*code, ErrorCode::LimitReached);
+            assert!(message.contains("failed authentications"), "{message}");
+        }
+        other => panic!("expected a limit refusal, got {other:?}"),
+    }
+    // ...and so are further visits over the already open session, even of a listed service.
+    assert_closed_without_data(bob.addr).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    bob.stop().await;
+    owner.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_visit_session_does_not_take_over_its_identity() {
+    let pki = Pki::new();
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![identity_ports(
+            "office",
+            "office-token",
+            vec![PortRange(1024..=65535)],
+        )]),
+    )
+    .await;
+    let (svc, _) = counting_echo().await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![
+            service("web", svc, 0),
+            private_service("rdp", svc, &["office"]),
+        ],
+    ))
+    .await;
+    let public = SocketAddr::from(([127, 0, 0, 1], owner.port("web")));
+    // The same identity visits its own private service from a second session: the first keeps
+    // its public port and its private service.
+    let visitor = Visitor::start(server.addr, &pki, "office", "office-token", "rdp").await;
+    assert_eq!(
+        exchange(visitor.addr, b"private").await.unwrap(),
+        b"private"
+    );
+    assert_eq!(exchange(public, b"public").await.unwrap(), b"public");
+    visitor.stop().await;
+    assert_eq!(exchange(public, b"still").await.unwrap(), b"still");
+    owner.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn private_service_names_are_unique_across_identities() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(identities())).await;
+    let (svc, _) = counting_echo().await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![private_service("rdp", svc, &["alice"])],
+    ))
+    .await;
+    let err = connect(client_settings(
+        server.addr,
+        pki.pinned(),
+        "bob",
+        "bob-token",
+        vec![private_service("rdp", svc, &["bob"])],
+    ))
+    .await
+    .err()
+    .expect("the only service is refused");
+    assert!(
+        err.to_string()
+            .contains("another identity offers a private service named rdp"),
+        "{err}"
+    );
+    owner.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn visits_wait_for_the_owner_and_end_with_its_session() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(identities())).await;
+    let svc = banner_service(b"READY\n").await;
+    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    // No owner yet: the visit is refused (the service is not online).
+    assert_closed_without_data(visitor.addr).await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![private_service("rdp", svc, &["alice"])],
+    ))
+    .await;
+    // A long-lived connection through the bridge, then the owner dies: the visitor sees a reset,
+    // never a clean end.
+    let mut s = TcpStream::connect(visitor.addr).await.unwrap();
+    let mut banner = [0u8; 6];
+    tokio::time::timeout(WAIT, s.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&banner, b"READY\n");
+    owner.kill().await;
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the visitor learns of the owner's end in time");
+    assert_eq!(
+        end.expect_err("a lost owner is a reset, not EOF").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
+    visitor.stop().await;
+    server.stop().await;
+}
