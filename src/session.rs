@@ -71,6 +71,10 @@ pub struct SessionState {
     dead: AtomicBool,
     /// Cancelled when the driver has stopped.
     ended: CancellationToken,
+    /// The TLS error that ended the session, if one did. yamux turns a failed socket into a plain
+    /// end of every stream; this keeps the reason (for example the server's alert refusing a client
+    /// certificate, which TLS 1.3 only delivers at the first read).
+    tls_failure: std::sync::Mutex<Option<rustls::Error>>,
 }
 
 impl SessionState {
@@ -84,6 +88,24 @@ impl SessionState {
 
     fn mark_dead(&self) {
         self.dead.store(true, Ordering::SeqCst);
+    }
+
+    /// The TLS error that ended the session, if one did.
+    pub fn tls_failure(&self) -> Option<rustls::Error> {
+        self.tls_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, e: &io::Error) {
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            self.tls_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| tls.clone());
+        }
+        self.mark_dead();
     }
 
     /// Completes once the driver has stopped (for any reason). Can be awaited any number of times.
@@ -117,7 +139,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
                 self.state.mark_dead()
             }
-            Poll::Ready(Err(_)) => self.state.mark_dead(),
+            Poll::Ready(Err(e)) => self.state.record(e),
             _ => {}
         }
         res

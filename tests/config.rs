@@ -159,3 +159,116 @@ fn service_flag_syntax() {
         .parse::<ncx::config::ServiceSpec>()
         .is_err());
 }
+
+#[test]
+fn authentication_methods_are_validated_and_located() {
+    let id = |extra: &str| format!("[[identities]]\nname = \"a\"\n{extra}");
+    let e = server_err(&id("token = \"t\"\nauth = \"password\"\n"));
+    assert!(
+        e.starts_with("server.toml:4:") && e.contains("auth") && e.contains("\"password\""),
+        "{e}"
+    );
+    // A certificate identity needs the client CA.
+    let e = server_err(&id("auth = \"certificate\"\n"));
+    assert!(
+        e.starts_with("server.toml:3:") && e.contains("tls.client_ca"),
+        "{e}"
+    );
+    // A token given to a certificate-only identity would be silently unused: refused.
+    let e = server_err(&format!(
+        "[tls]\nclient_ca = \"ca.crt\"\n{}",
+        id("token = \"t\"\nauth = \"certificate\"\n")
+    ));
+    assert!(
+        e.starts_with("server.toml:5:") && e.contains("not used with auth"),
+        "{e}"
+    );
+    let e = server_err(&id("auth = \"both\"\n"));
+    assert!(e.contains("has no token"), "{e}");
+    // Without ports the identity may still offer private services and visit.
+    let s = ServerSettings::from_source(&Source::text(
+        "server.toml",
+        &format!(
+            "[tls]\nclient_ca = \"ca.crt\"\n{}",
+            id("auth = \"certificate\"\n")
+        ),
+    ))
+    .unwrap();
+    assert!(s.identities[0].ports.is_empty());
+    assert!(s.identities[0].auth.needs_certificate());
+    assert!(s.identities[0].auth.token().is_none());
+}
+
+#[test]
+fn private_services_and_visits_are_validated_and_located() {
+    let head = format!(
+        "server = \"h:1\"\nidentity = \"a\"\ntoken = \"t\"\nserver_fingerprint = \"sha256:{}\"\n",
+        "ab".repeat(32)
+    );
+    let svc = |extra: &str| {
+        format!("{head}[[services]]\nname = \"rdp\"\nlocal = \"127.0.0.1:3389\"\n{extra}")
+    };
+    let e = client_err(&svc("private = true\n"));
+    assert!(
+        e.starts_with("client.toml:8:") && e.contains("needs `visitors`"),
+        "{e}"
+    );
+    let e = client_err(&svc("visitors = [\"alice\"]\n"));
+    assert!(
+        e.starts_with("client.toml:8:") && e.contains("add `private = true`"),
+        "{e}"
+    );
+    let e = client_err(&svc("private = true\nvisitors = []\n"));
+    assert!(e.contains("at least one identity"), "{e}");
+    let e = client_err(&svc("private = true\nvisitors = [\"al ice\"]\n"));
+    assert!(
+        e.starts_with("client.toml:9:") && e.contains("visitors"),
+        "{e}"
+    );
+    let e = client_err(&svc(
+        "private = true\nvisitors = [\"alice\"]\nremote_port = 3389\n",
+    ));
+    assert!(e.contains("`remote_port` does not apply"), "{e}");
+    let e = client_err(&svc(
+        "private = true\nvisitors = [\"alice\"]\nallow = [\"10.0.0.0/8\"]\n",
+    ));
+    assert!(e.contains("`allow` does not apply"), "{e}");
+    let c = ClientSettings::from_source(
+        &Source::text(
+            "client.toml",
+            &svc("private = true\nvisitors = [\"alice\", \"bob\"]\n"),
+        ),
+        ClientFile::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.services[0].visitors.as_ref().map(Vec::len), Some(2));
+
+    let visit =
+        |listen: &str| format!("{head}[[visits]]\nservice = \"rdp\"\nlisten = \"{listen}\"\n");
+    let e = client_err(&visit("localhost:13389"));
+    assert!(
+        e.starts_with("client.toml:7:") && e.contains("listen") && e.contains("IP:PORT"),
+        "{e}"
+    );
+    let e = client_err(&format!(
+        "{}[[visits]]\nservice = \"ssh\"\nlisten = \"127.0.0.1:13389\"\n",
+        visit("127.0.0.1:13389")
+    ));
+    assert!(e.contains("used by two visits"), "{e}");
+    // A client with only visits is what `ncx visit` runs.
+    let c = ClientSettings::from_source(
+        &Source::text("visit.toml", &visit("127.0.0.1:13389")),
+        ClientFile::default(),
+        None,
+    )
+    .unwrap();
+    assert!(c.services.is_empty());
+    assert_eq!(c.visits[0].listen.port(), 13389);
+    let e = client_err(&head);
+    assert!(e.contains("nothing to do"), "{e}");
+    // A certificate alone may stand in for the token; cert and key come together.
+    let e =
+        client_err(&visit("127.0.0.1:1").replacen("[[visits]]", "cert = \"c.pem\"\n[[visits]]", 1));
+    assert!(e.contains("given without key"), "{e}");
+}

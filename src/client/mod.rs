@@ -306,34 +306,40 @@ impl Drop for Connected {
 }
 
 /// Turns a read failure during the handshake into the most useful error: a TLS alert from the server
-/// (for example a refused client certificate) says more than "connection reset".
+/// (for example a refused client certificate) says more than "connection reset" or "the stream
+/// ended".
 ///
 /// In TLS 1.3 the client's handshake is complete before the server has checked the client's
-/// certificate, so a refusal only shows up as an alert at the first read: the welcome.
-fn read_failure(stage: &str, e: ReadError) -> ClientError {
+/// certificate, so a refusal only shows up as an alert at the first read, the welcome. yamux reads
+/// that alert as the end of every stream; the session state keeps the TLS error it hid.
+fn read_failure(stage: &str, e: ReadError, state: &session::SessionState) -> ClientError {
     use rustls::AlertDescription as A;
-    if let ReadError::Io(io) = &e {
-        if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            if let rustls::Error::AlertReceived(
-                alert @ (A::BadCertificate
-                | A::UnknownCA
-                | A::CertificateExpired
-                | A::CertificateRevoked
-                | A::CertificateUnknown
-                | A::UnsupportedCertificate
-                | A::CertificateRequired
-                | A::AccessDenied
-                | A::DecryptError),
-            ) = tls
-            {
-                return ClientError::Tls(format!(
-                    "the server rejected this client's certificate ({alert:?}): use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`"
-                ));
-            }
-            return ClientError::Tls(format!("the server ended TLS while {stage}: {tls}"));
-        }
+    let direct = match &e {
+        ReadError::Io(io) => io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .cloned(),
+        _ => None,
+    };
+    let Some(tls) = direct.or_else(|| state.tls_failure()) else {
+        return ClientError::Protocol(format!("{stage}: {e}"));
+    };
+    match tls {
+        rustls::Error::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateRequired
+            | A::AccessDenied
+            | A::DecryptError),
+        ) => ClientError::Tls(format!(
+            "the server rejected this client's certificate ({alert:?}): use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`"
+        )),
+        other => ClientError::Tls(format!("the server ended TLS while {stage}: {other}")),
     }
-    ClientError::Protocol(format!("{stage}: {e}"))
 }
 
 impl Connected {
@@ -371,7 +377,13 @@ impl Connected {
                     other.type_byte()
                 )))
             }
-            Err(e) => return Err(read_failure("waiting for the server's welcome", e)),
+            Err(e) => {
+                return Err(read_failure(
+                    "waiting for the server's welcome",
+                    e,
+                    self.handle.state(),
+                ))
+            }
         }
         for svc in services {
             let reg = match &svc.visitors {
@@ -419,7 +431,7 @@ impl Connected {
                         other.type_byte()
                     )))
                 }
-                Err(e) => return Err(read_failure("registering services", e)),
+                Err(e) => return Err(read_failure("registering services", e, self.handle.state())),
             };
             if !services.iter().any(|s| s.name == name) || answers.contains_key(&name) {
                 return Err(ClientError::Protocol(format!(
