@@ -295,3 +295,75 @@ async fn server_writes_one_audit_line_per_visitor_connection() {
     client.stop().await;
     server.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn ncx_visit_with_flags_reaches_a_private_service_and_logs_a_refusal() {
+    let pki = Pki::new();
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![
+            identity_ports("office", "office-token", vec![]),
+            identity_ports("alice", "alice-token", vec![]),
+            identity_ports("bob", "bob-token", vec![]),
+        ]),
+    )
+    .await;
+    let echo = echo_service().await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![private_service("rdp", echo, &["alice"])],
+    ))
+    .await;
+    let visit = |who: &str, token: &str| {
+        let mut c = ncx();
+        c.args(["visit", "--server", &server.addr.to_string()])
+            .args([
+                "--server-fingerprint",
+                &pki.server.fingerprint().to_string(),
+            ])
+            .args([
+                "--identity",
+                who,
+                "--service",
+                "rdp",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("NCX_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let mut alice = visit("alice", "alice-token");
+    let mut alice_log = LogLines::new(&mut alice);
+    let line = alice_log.wait_for("visit listener ready").await;
+    let local: std::net::SocketAddr = log_field(&line, "listen").parse().unwrap();
+    assert_eq!(
+        exchange(local, b"via ncx visit").await.unwrap(),
+        b"via ncx visit"
+    );
+
+    let mut bob = visit("bob", "bob-token");
+    let mut bob_log = LogLines::new(&mut bob);
+    let line = bob_log.wait_for("visit listener ready").await;
+    let local: std::net::SocketAddr = log_field(&line, "listen").parse().unwrap();
+    let refused = exchange(local, b"let me in").await;
+    assert!(
+        refused.as_ref().map_or(true, Vec::is_empty),
+        "bob got data: {refused:?}"
+    );
+    let line = bob_log.wait_for("refused the visit").await;
+    assert!(line.contains("code=not allowed"), "{line}");
+    assert!(
+        line.contains("identity bob may not visit service rdp"),
+        "{line}"
+    );
+    for mut c in [alice, bob] {
+        c.kill().await.unwrap();
+    }
+    owner.stop().await;
+    server.stop().await;
+}

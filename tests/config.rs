@@ -272,3 +272,114 @@ fn private_services_and_visits_are_validated_and_located() {
         client_err(&visit("127.0.0.1:1").replacen("[[visits]]", "cert = \"c.pem\"\n[[visits]]", 1));
     assert!(e.contains("given without key"), "{e}");
 }
+
+#[test]
+fn remote_desktop_example_configs_parse() {
+    // The certificates the walkthrough makes with `ncx certs`, in a scratch `certs/`.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    ncx::certs::create_ca(&certs, "ncx CA", false).unwrap();
+    ncx::certs::create_leaf(
+        &certs,
+        ncx::certs::LeafKind::Server,
+        &["tunnel.example.com".into()],
+        "server",
+        false,
+    )
+    .unwrap();
+    for who in ["office-pc", "alice"] {
+        ncx::certs::create_leaf(
+            &certs,
+            ncx::certs::LeafKind::Client,
+            &[who.into()],
+            &format!("client-{who}"),
+            false,
+        )
+        .unwrap();
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(examples().join("remote-desktop").join(name))
+            .unwrap()
+            .replace("\"certs/", &format!("\"{}/", certs.display()))
+    };
+    let s =
+        ServerSettings::from_source(&Source::text("server.toml", &read("server.toml"))).unwrap();
+    assert!(s.client_ca.is_some());
+    assert_eq!(s.auth_failures_before_block, 5);
+    let names: Vec<_> = s.identities.iter().map(|i| i.name.to_string()).collect();
+    assert_eq!(names, ["office-pc", "alice", "bob"]);
+    assert!(s.identities.iter().all(|i| i.ports.is_empty()));
+    assert!(s.identities.iter().all(|i| i.auth.needs_certificate()));
+    assert!(s.identities[0].auth.token().is_some());
+    assert!(!format!("{s:?}").contains("change-me"), "{s:?}");
+
+    let office = ClientSettings::from_source(
+        &Source::text("office-pc.toml", &read("office-pc.toml")),
+        ClientFile::default(),
+        None,
+    )
+    .unwrap();
+    assert!(office.client_cert.is_some() && office.token.is_some());
+    let visitors: Vec<_> = office
+        .services
+        .iter()
+        .map(|s| (s.name.to_string(), s.visitors.clone().unwrap().len()))
+        .collect();
+    assert_eq!(
+        visitors,
+        [("office-rdp".to_owned(), 1), ("office-ssh".to_owned(), 2)]
+    );
+    assert!(!format!("{office:?}").contains("change-me"));
+
+    let alice = ClientSettings::from_source(
+        &Source::text("alice.toml", &read("alice.toml")),
+        ClientFile::default(),
+        None,
+    )
+    .unwrap();
+    assert!(alice.token.is_none() && alice.client_cert.is_some());
+    assert!(alice.services.is_empty());
+    let visits: Vec<_> = alice
+        .visits
+        .iter()
+        .map(|v| (v.service.to_string(), v.listen.to_string()))
+        .collect();
+    assert_eq!(
+        visits,
+        [
+            ("office-rdp".to_owned(), "127.0.0.1:13389".to_owned()),
+            ("office-ssh".to_owned(), "127.0.0.1:10022".to_owned())
+        ]
+    );
+    assert!(alice.visits.iter().all(|v| v.listen.ip().is_loopback()));
+}
+
+#[test]
+fn readme_toml_snippets_are_taken_from_the_example_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut all = String::new();
+    for dir in [examples(), examples().join("remote-desktop")] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                all.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let mut checked = 0;
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed code block");
+        let snippet = &body[..end];
+        assert!(
+            all.contains(snippet),
+            "README snippet not found verbatim in examples/:\n{snippet}"
+        );
+        checked += 1;
+        rest = &body[end..];
+    }
+    assert!(checked >= 2, "found only {checked} toml snippets");
+}
