@@ -32,5 +32,12 @@ put("session", b"\x00" + bytes([0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7]))  # yamux p
 for name in ("register", "ping", "pong", "go_away", "error", "visitor_connected", "welcome"):
     put("session", b"\x01" + vectors[name])
 put("session", b"\x01" + vectors["register"] + vectors["ping"] + vectors["invalid_trailing"])
-for f in ("server.toml", "client.toml"):
-    put("config", (root / "examples" / f).read_bytes())
+put("session", b"\x01" + vectors["register_private"])
+# Session, visit mode (first byte 3 mod 4): bytes of a visit substream after authentication.
+for name in ("visit", "ping", "invalid_too_many_visitors"):
+    put("session", b"\x03" + vectors[name])
+private_echo = b"private-echo"
+visit = bytes([0x12, len(private_echo)]) + private_echo
+put("session", b"\x03" + len(visit).to_bytes(2, "big") + visit + b"bytes after the visit")
+for f in sorted((root / "examples").rglob("*.toml")):
+    put("config", f.read_bytes())

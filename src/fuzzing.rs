@@ -26,6 +26,8 @@ const EXPORTED: [u8; 32] = [0x42; 32];
 /// The identity the authenticated fuzz sessions use (not the well-behaved client's).
 const FUZZ_IDENTITY: &str = "fuzz";
 const FUZZ_TOKEN: &str = "fuzz-token";
+/// The good client's private service, which the fuzz identity may visit.
+const PRIVATE_SERVICE: &str = "private-echo";
 /// An untrusted session must be over within this long after its input ends.
 const SESSION_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -106,14 +108,26 @@ impl SessionHarness {
                 ServerTrust::Pinned(fingerprint),
                 Name::new("good").expect("a valid name"),
                 Token::new("good-token"),
-                vec![ServiceSpec {
-                    name: Name::new("echo").expect("a valid name"),
-                    local: echo_addr.to_string(),
-                    remote_port: 0,
-                    access: Default::default(),
-                    proxy_protocol: None,
-                    visitors: None,
-                }],
+                vec![
+                    ServiceSpec {
+                        name: Name::new("echo").expect("a valid name"),
+                        local: echo_addr.to_string(),
+                        remote_port: 0,
+                        access: Default::default(),
+                        proxy_protocol: None,
+                        visitors: None,
+                    },
+                    // Reached by fuzz sessions in visit mode: their bytes cross the bridge into
+                    // the good session.
+                    ServiceSpec {
+                        name: Name::new(PRIVATE_SERVICE).expect("a valid name"),
+                        local: echo_addr.to_string(),
+                        remote_port: 0,
+                        access: Default::default(),
+                        proxy_protocol: None,
+                        visitors: Some(vec![Name::new(FUZZ_IDENTITY).expect("a valid name")]),
+                    },
+                ],
             ))
             .expect("a client");
             let connected = client.connect().await.expect("the good client connects");
@@ -134,13 +148,16 @@ impl SessionHarness {
 
     /// Feeds `data` to a fresh server session as if it came out of TLS. The first byte picks the
     /// mode: even, the bytes are the raw stream (yamux framing included); odd, the harness opens a
-    /// proper yamux session and control stream, authenticates, and the bytes follow the hello on
-    /// the control stream. The session must end by itself once its input ends, and the
+    /// proper yamux session and control stream and authenticates, and then the bytes follow the
+    /// hello on the control stream (`mode % 4 == 1`) or are written on a second stream, a visit
+    /// substream (`mode % 4 == 3`; the good client offers the private service `private-echo` to
+    /// the fuzz identity). The session must end by itself once its input ends, and the
     /// well-behaved session must still work afterwards.
     pub fn feed(&self, data: &[u8]) {
         let (mode, rest) = data.split_first().unwrap_or((&0, &[]));
         let rest = rest.to_vec();
         let authenticated = mode % 2 == 1;
+        let visit = mode % 4 == 3;
         self.rt.block_on(async {
             let (server_io, fuzz_io) = tokio::io::duplex(64 * 1024);
             let peer: SocketAddr = "192.0.2.1:40000".parse().expect("an address");
@@ -149,7 +166,7 @@ impl SessionHarness {
                     .serve_decrypted(server_io, peer, EXPORTED, CancellationToken::new());
             let feeder = async move {
                 if authenticated {
-                    feed_authenticated(fuzz_io, &rest).await
+                    feed_authenticated(fuzz_io, &rest, visit).await
                 } else {
                     feed_raw(fuzz_io, &rest).await
                 }
@@ -207,8 +224,9 @@ async fn feed_raw(io: tokio::io::DuplexStream, data: &[u8]) {
     futures::future::join(drain, write).await;
 }
 
-/// A real yamux client: a valid hello on the control stream, then the bytes, then close.
-async fn feed_authenticated(io: tokio::io::DuplexStream, data: &[u8]) {
+/// A real yamux client: a valid hello on the control stream, then the bytes (on the control stream,
+/// or with `visit` on a second stream), then close.
+async fn feed_authenticated(io: tokio::io::DuplexStream, data: &[u8], visit: bool) {
     let cancel = CancellationToken::new();
     let (handle, driver) =
         crate::session::start(io, yamux::Mode::Client, Box::new(|_, _| {}), cancel.clone());
@@ -230,10 +248,25 @@ async fn feed_authenticated(io: tokio::io::DuplexStream, data: &[u8]) {
         {
             return;
         }
-        let _ = ctrl.write_all(data).await;
+        let mut sink = vec![0u8; 16 * 1024];
+        if visit {
+            // Wait for the welcome so the visit is read by an authenticated session.
+            let _ = crate::framed::MessageReader::new().read(&mut ctrl).await;
+            if let Ok(stream) = handle.open().await {
+                let mut sub = stream.compat();
+                let (mut r, mut w) = tokio::io::split(&mut sub);
+                let write = async {
+                    let _ = w.write_all(data).await;
+                    let _ = w.shutdown().await;
+                };
+                let drain = async { while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {} };
+                futures::future::join(write, drain).await;
+            }
+        } else {
+            let _ = ctrl.write_all(data).await;
+        }
         // End of input: the server must wind the session up by itself from here.
         let _ = ctrl.shutdown().await;
-        let mut sink = vec![0u8; 16 * 1024];
         while matches!(ctrl.read(&mut sink).await, Ok(n) if n > 0) {}
     };
     work.await;

@@ -448,6 +448,8 @@ async fn control(
             m = reader.read(&mut ctrl) => m,
         };
         if !installed
+            && !client_leaving
+            && draining.is_none()
             && matches!(
                 msg,
                 Ok(Message::Register { .. } | Message::RegisterPrivate { .. })
