@@ -327,3 +327,49 @@ async fn visits_wait_for_the_owner_and_end_with_its_session() {
     visitor.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_per_service_limit_applies_to_private_visitors() {
+    let pki = Pki::new();
+    let mut ss = server_settings(identities());
+    ss.max_visitors_per_service = 1;
+    let server = TestServer::start(&pki, ss).await;
+    let svc = banner_service(b"HI\n").await;
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "office-token",
+        vec![private_service("rdp", svc, &["alice"])],
+    ))
+    .await;
+    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    let mut first = TcpStream::connect(visitor.addr).await.unwrap();
+    let mut hi = [0u8; 3];
+    tokio::time::timeout(WAIT, first.read_exact(&mut hi))
+        .await
+        .unwrap()
+        .unwrap();
+    // The one slot is taken: a second visitor is refused before the owner hears of it.
+    assert_closed_without_data(visitor.addr).await;
+    // The first one is unaffected, and once it leaves the slot is free again.
+    first.write_all(b"x").await.unwrap();
+    let mut x = [0u8; 1];
+    first.read_exact(&mut x).await.unwrap();
+    assert_eq!(&x, b"x");
+    drop(first);
+    let start = tokio::time::Instant::now();
+    loop {
+        let mut s = TcpStream::connect(visitor.addr).await.unwrap();
+        let mut hi = [0u8; 3];
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut hi)).await
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the slot was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    visitor.stop().await;
+    owner.stop().await;
+    server.stop().await;
+}
