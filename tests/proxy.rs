@@ -127,3 +127,42 @@ fn proxy_protocol_is_chosen_per_service_in_the_config() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn bytes_a_visitor_sends_at_once_follow_the_proxy_header() {
+    // The server forwards a visitor's first bytes before the client has connected to its service;
+    // the client must still write the PROXY header first.
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let svc = header_reporting_service().await;
+    let mut v1 = service("v1", svc, 0);
+    v1.proxy_protocol = Some(ProxyVersion::V1);
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![v1],
+    ))
+    .await;
+    let port = client.port("v1");
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let me = s.local_addr().unwrap();
+    let mut r = BufReader::new(s);
+    r.get_mut().write_all(b"early bytes\n").await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, r.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        line,
+        format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {port}\r\n", me.port())
+    );
+    let mut echoed = String::new();
+    r.read_line(&mut echoed).await.unwrap();
+    assert_eq!(echoed, "early bytes\n");
+    drop(r);
+    client.stop().await;
+    server.stop().await;
+}

@@ -147,7 +147,7 @@ async fn bridge(
     let _owner_visit = owner.visitors.token();
     let opened = tokio::select! {
         _ = ctx.visitors_cancel.cancelled() => return (0, 0, "reset: the visiting session ended".into()),
-        r = open_to_client(&owner, service, peer, ctx.local) => r,
+        r = open_to_client(&owner, service, peer, ctx.local, None) => r,
     };
     let theirs = match opened {
         Ok(s) => s,

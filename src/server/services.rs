@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ncx_proto::{AccessRules, ErrorCode, Message, Name, Text};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn, Instrument};
@@ -27,6 +28,10 @@ pub const VISITOR_STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// A burst of thousands of visitors queues here (first come, first served) rather than being
 /// refused at once.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes of a visitor forwarded before the client's answer. Well below yamux's initial window
+/// of 256 KiB, so forwarding them never waits for the client to read.
+const EARLY_DATA: usize = 64 * 1024;
 
 /// Pending connections the kernel queues on a public port.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -301,7 +306,8 @@ async fn serve_visitor(
     let public = tcp
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let sub = match open_to_client(ctx, service, peer, public).await {
+    let mut tcp = tcp;
+    let sub = match open_to_client(ctx, service, peer, public, Some(&mut tcp)).await {
         Ok(sub) => sub,
         Err(failure) => {
             abort(tcp);
@@ -349,11 +355,16 @@ impl OpenFailure {
 /// Opens a substream to the client of `ctx` for a visitor of `service` from `peer` (which reached
 /// the server at `public`), sends the visitor header and waits for the client's answer. Returns
 /// the substream, ready for raw bytes, once the client is connected to its local service.
+///
+/// With `early`, the visitor's connection, up to [`EARLY_DATA`] bytes of it are forwarded right
+/// behind the header instead of after the answer: the client reads them only once connected to its
+/// service (and drops them if it cannot connect).
 pub(super) async fn open_to_client(
     ctx: &SessionCtx,
     service: &Name,
     peer: SocketAddr,
     public: SocketAddr,
+    mut early: Option<&mut TcpStream>,
 ) -> Result<Substream, OpenFailure> {
     let cancel = &ctx.visitors_cancel;
     let ended = || {
@@ -402,18 +413,42 @@ pub(super) async fn open_to_client(
         visitor: peer,
         public,
     };
-    let status = async {
-        write_message(&mut sub, &header)
-            .await
-            .map_err(|e| format!("sending the visitor header: {e}"))?;
-        MessageReader::new()
-            .read(&mut sub)
-            .await
-            .map_err(|e| format!("reading the client's answer: {e}"))
-    };
-    let status = tokio::select! {
-        _ = cancel.cancelled() => return Err(ended()),
-        r = tokio::time::timeout(VISITOR_STATUS_TIMEOUT, status) => r,
+    if let Err(e) = write_message(&mut sub, &header).await {
+        return Err(OpenFailure::new(
+            ErrorCode::ShuttingDown,
+            "the service's session ended",
+            format!("reset: sending the visitor header: {e}"),
+        ));
+    }
+    // While the client connects to its service, the visitor's first bytes already cross the
+    // tunnel (they wait in the substream until the client splices), saving a round trip.
+    let deadline = tokio::time::Instant::now() + VISITOR_STATUS_TIMEOUT;
+    let mut reader = MessageReader::new();
+    let mut early_buf = Vec::new();
+    let mut early_sent = 0usize;
+    let status = loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(ended()),
+            r = tokio::time::timeout_at(deadline, reader.read(&mut sub)) => {
+                break r.map(|r| r.map_err(|e| format!("reading the client's answer: {e}")));
+            }
+            r = read_early(&mut early, &mut early_buf) => match r {
+                Ok(n) if n > 0 => {
+                    early_sent += n;
+                    let sent = async {
+                        sub.write_all(&early_buf[..n]).await?;
+                        sub.flush().await
+                    };
+                    if sent.await.is_err() || early_sent >= EARLY_DATA {
+                        // The client's answer says what went wrong, or the rest waits for it.
+                        early = None;
+                    }
+                }
+                // End or failure of the visitor: the splice sees it again and passes it on.
+                _ => early = None,
+            },
+        }
     };
     drop(in_flight);
     let broken =
@@ -446,5 +481,22 @@ pub(super) async fn open_to_client(
                 "refused: the client did not answer in time",
             ))
         }
+    }
+}
+
+/// Reads what the visitor has sent so far (at most 16 KiB at a time); never completes once
+/// `early` is `None`.
+async fn read_early(
+    early: &mut Option<&mut TcpStream>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    match early {
+        Some(tcp) => {
+            if buf.is_empty() {
+                buf.resize(16 * 1024, 0);
+            }
+            tcp.read(buf).await
+        }
+        None => std::future::pending().await,
     }
 }
