@@ -365,12 +365,30 @@ async fn run_inner(
 
     // Memory: idle, then holding many idle visitors.
     let idle = [rss_kib(pids[0]), rss_kib(pids[1])];
+    let idle_anon = [
+        status_kib(pids[0], "RssAnon:"),
+        status_kib(pids[1], "RssAnon:"),
+    ];
     let held = hold_idle(s.echo_tunnel, opts.idle_connections).await;
     let loaded = [rss_kib(pids[0]), rss_kib(pids[1])];
     let held_n = held.as_ref().map(Vec::len).unwrap_or(0);
     drop(held);
     rows.push(row("server RSS idle", "MiB", None, idle[0] as f64 / 1024.0));
     rows.push(row("client RSS idle", "MiB", None, idle[1] as f64 / 1024.0));
+    // RSS counts the pages of the binary and of libc that are mapped in (shared, file-backed, and
+    // droppable by the kernel); the anonymous part is the memory the process itself holds.
+    rows.push(row(
+        "server RSS idle, anonymous part",
+        "MiB",
+        None,
+        idle_anon[0] as f64 / 1024.0,
+    ));
+    rows.push(row(
+        "client RSS idle, anonymous part",
+        "MiB",
+        None,
+        idle_anon[1] as f64 / 1024.0,
+    ));
     rows.push(row(
         &format!("server RSS, {held_n} idle visitors"),
         "MiB",
@@ -685,11 +703,16 @@ fn clock_ticks() -> f64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status`, such as `VmRSS:` or `RssAnon:`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
