@@ -36,8 +36,8 @@ put("session", b"\x01" + vectors["register_private"])
 # Session, visit mode (first byte 3 mod 4): bytes of a visit substream after authentication.
 for name in ("visit", "ping", "invalid_too_many_visitors"):
     put("session", b"\x03" + vectors[name])
-private_echo = b"private-echo"
-visit = bytes([0x12, len(private_echo)]) + private_echo
+private_echo, good = b"private-echo", b"good"
+visit = bytes([0x12, len(good)]) + good + bytes([len(private_echo)]) + private_echo
 put("session", b"\x03" + len(visit).to_bytes(2, "big") + visit + b"bytes after the visit")
 for f in sorted((root / "examples").rglob("*.toml")):
     put("config", f.read_bytes())

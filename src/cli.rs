@@ -194,7 +194,7 @@ pub struct ClientArgs {
 pub struct VisitArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// The private service to reach.
+    /// The private service to reach, as OWNER/SERVICE: the identity that offers it, and its name.
     #[arg(long, requires = "listen")]
     pub service: Option<String>,
     /// Local IP:PORT to listen on, e.g. 127.0.0.1:13389; point the program (mstsc, ssh) there.

@@ -328,7 +328,7 @@ async fn ncx_visit_with_flags_reaches_a_private_service_and_logs_a_refusal() {
                 "--identity",
                 who,
                 "--service",
-                "rdp",
+                "office/rdp",
                 "--listen",
                 "127.0.0.1:0",
             ])
@@ -358,7 +358,7 @@ async fn ncx_visit_with_flags_reaches_a_private_service_and_logs_a_refusal() {
     let line = bob_log.wait_for("refused the visit").await;
     assert!(line.contains("code=not allowed"), "{line}");
     assert!(
-        line.contains("identity bob may not visit service rdp"),
+        line.contains("identity bob may not visit office/rdp"),
         "{line}"
     );
     for mut c in [alice, bob] {

@@ -244,15 +244,21 @@ fn private_services_and_visits_are_validated_and_located() {
     .unwrap();
     assert_eq!(c.services[0].visitors.as_ref().map(Vec::len), Some(2));
 
-    let visit =
-        |listen: &str| format!("{head}[[visits]]\nservice = \"rdp\"\nlisten = \"{listen}\"\n");
+    let visit = |listen: &str| {
+        format!("{head}[[visits]]\nservice = \"office/rdp\"\nlisten = \"{listen}\"\n")
+    };
+    let e = client_err(&visit("127.0.0.1:13389").replace("office/rdp", "rdp"));
+    assert!(
+        e.starts_with("client.toml:6:") && e.contains("expected OWNER/SERVICE"),
+        "{e}"
+    );
     let e = client_err(&visit("localhost:13389"));
     assert!(
         e.starts_with("client.toml:7:") && e.contains("listen") && e.contains("IP:PORT"),
         "{e}"
     );
     let e = client_err(&format!(
-        "{}[[visits]]\nservice = \"ssh\"\nlisten = \"127.0.0.1:13389\"\n",
+        "{}[[visits]]\nservice = \"office/ssh\"\nlisten = \"127.0.0.1:13389\"\n",
         visit("127.0.0.1:13389")
     ));
     assert!(e.contains("used by two visits"), "{e}");
@@ -343,13 +349,19 @@ fn remote_desktop_example_configs_parse() {
     let visits: Vec<_> = alice
         .visits
         .iter()
-        .map(|v| (v.service.to_string(), v.listen.to_string()))
+        .map(|v| (format!("{}/{}", v.owner, v.service), v.listen.to_string()))
         .collect();
     assert_eq!(
         visits,
         [
-            ("office-rdp".to_owned(), "127.0.0.1:13389".to_owned()),
-            ("office-ssh".to_owned(), "127.0.0.1:10022".to_owned())
+            (
+                "office-pc/office-rdp".to_owned(),
+                "127.0.0.1:13389".to_owned()
+            ),
+            (
+                "office-pc/office-ssh".to_owned(),
+                "127.0.0.1:10022".to_owned()
+            )
         ]
     );
     assert!(alice.visits.iter().all(|v| v.listen.ip().is_loopback()));

@@ -277,6 +277,7 @@ async fn a_visitor_may_authenticate_by_certificate() {
         false,
     );
     v.visits = vec![VisitSpec {
+        owner: name("token-only"),
         service: name("ssh"),
         listen: "127.0.0.1:0".parse().unwrap(),
     }];

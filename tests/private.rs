@@ -50,7 +50,9 @@ impl Visitor {
     }
 
     async fn start_with(settings: &mut ClientSettings, svc: &str) -> Self {
+        let (owner, svc) = svc.split_once('/').expect("OWNER/SERVICE");
         settings.visits = vec![VisitSpec {
+            owner: name(owner),
             service: name(svc),
             listen: "127.0.0.1:0".parse().unwrap(),
         }];
@@ -117,7 +119,7 @@ async fn a_listed_identity_reaches_the_private_service_through_visit() {
     .await;
     assert_eq!(owner.ports, vec![("rdp".to_owned(), Ok(0))]);
 
-    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "office/rdp").await;
     // Concurrent connections with distinct payloads, each half-closed: every byte comes back.
     let mut tasks = Vec::new();
     for i in 0..20u64 {
@@ -153,10 +155,10 @@ async fn an_unlisted_identity_is_refused_and_nothing_reaches_the_owner() {
         vec![private_service("rdp", svc, &["alice"])],
     ))
     .await;
-    let bob = Visitor::start(server.addr, &pki, "bob", "bob-token", "rdp").await;
+    let bob = Visitor::start(server.addr, &pki, "bob", "bob-token", "office/rdp").await;
     assert_closed_without_data(bob.addr).await;
     // A service that does not exist is refused the same way.
-    let nowhere = Visitor::start(server.addr, &pki, "alice", "alice-token", "vnc").await;
+    let nowhere = Visitor::start(server.addr, &pki, "alice", "alice-token", "office/vnc").await;
     assert_closed_without_data(nowhere.addr).await;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -164,7 +166,7 @@ async fn an_unlisted_identity_is_refused_and_nothing_reaches_the_owner() {
         "a refused visit reached the owner's service"
     );
     // The refusal is per visit: alice still gets through.
-    let alice = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    let alice = Visitor::start(server.addr, &pki, "alice", "alice-token", "office/rdp").await;
     assert_eq!(exchange(alice.addr, b"ok").await.unwrap(), b"ok");
     for v in [bob, nowhere, alice] {
         v.stop().await;
@@ -189,7 +191,7 @@ async fn refused_visits_count_as_failed_authentications() {
         vec![private_service("rdp", svc, &["alice"])],
     ))
     .await;
-    let bob = Visitor::start(server.addr, &pki, "bob", "bob-token", "rdp").await;
+    let bob = Visitor::start(server.addr, &pki, "bob", "bob-token", "office/rdp").await;
     for _ in 0..3 {
         assert_closed_without_data(bob.addr).await;
     }
@@ -246,7 +248,7 @@ async fn a_visit_session_does_not_take_over_its_identity() {
     let public = SocketAddr::from(([127, 0, 0, 1], owner.port("web")));
     // The same identity visits its own private service from a second session: the first keeps
     // its public port and its private service.
-    let visitor = Visitor::start(server.addr, &pki, "office", "office-token", "rdp").await;
+    let visitor = Visitor::start(server.addr, &pki, "office", "office-token", "office/rdp").await;
     assert_eq!(
         exchange(visitor.addr, b"private").await.unwrap(),
         b"private"
@@ -259,34 +261,38 @@ async fn a_visit_session_does_not_take_over_its_identity() {
 }
 
 #[tokio::test]
-async fn private_service_names_are_unique_across_identities() {
+async fn another_identity_cannot_stand_in_for_a_private_service() {
+    // bob offers a service of the same name, listing alice too. A visit names the owner, so alice
+    // reaches exactly the one she asked for.
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(identities())).await;
-    let (svc, _) = counting_echo().await;
-    let owner = RunningClient::start(client_settings(
+    let real = banner_service(b"office\n").await;
+    let fake = banner_service(b"bob\n").await;
+    let office = RunningClient::start(client_settings(
         server.addr,
         pki.pinned(),
         "office",
         "office-token",
-        vec![private_service("rdp", svc, &["alice"])],
+        vec![private_service("rdp", real, &["alice"])],
     ))
     .await;
-    let err = connect(client_settings(
+    let bob = RunningClient::start(client_settings(
         server.addr,
         pki.pinned(),
         "bob",
         "bob-token",
-        vec![private_service("rdp", svc, &["bob"])],
+        vec![private_service("rdp", fake, &["alice"])],
     ))
-    .await
-    .err()
-    .expect("the only service is refused");
-    assert!(
-        err.to_string()
-            .contains("another identity offers a private service named rdp"),
-        "{err}"
-    );
-    owner.stop().await;
+    .await;
+    assert_eq!(bob.ports, vec![("rdp".to_owned(), Ok(0))]);
+    let to_office = Visitor::start(server.addr, &pki, "alice", "alice-token", "office/rdp").await;
+    let to_bob = Visitor::start(server.addr, &pki, "alice", "alice-token", "bob/rdp").await;
+    assert_eq!(exchange(to_office.addr, b"").await.unwrap(), b"office\n");
+    assert_eq!(exchange(to_bob.addr, b"").await.unwrap(), b"bob\n");
+    to_office.stop().await;
+    to_bob.stop().await;
+    office.stop().await;
+    bob.stop().await;
     server.stop().await;
 }
 
@@ -295,7 +301,7 @@ async fn visits_wait_for_the_owner_and_end_with_its_session() {
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(identities())).await;
     let svc = banner_service(b"READY\n").await;
-    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "office/rdp").await;
     // No owner yet: the visit is refused (the service is not online).
     assert_closed_without_data(visitor.addr).await;
     let owner = RunningClient::start(client_settings(
@@ -343,7 +349,7 @@ async fn the_per_service_limit_applies_to_private_visitors() {
         vec![private_service("rdp", svc, &["alice"])],
     ))
     .await;
-    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "rdp").await;
+    let visitor = Visitor::start(server.addr, &pki, "alice", "alice-token", "office/rdp").await;
     let mut first = TcpStream::connect(visitor.addr).await.unwrap();
     let mut hi = [0u8; 3];
     tokio::time::timeout(WAIT, first.read_exact(&mut hi))

@@ -157,6 +157,7 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             }
         }
         0x12 => Message::Visit {
+            owner: r.name("owner")?,
             service: r.name("service")?,
         },
         t => return Err(DecodeError::UnknownType(t)),
@@ -298,7 +299,10 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                 put_name(out, v);
             }
         }
-        Message::Visit { service } => put_name(out, service),
+        Message::Visit { owner, service } => {
+            put_name(out, owner);
+            put_name(out, service);
+        }
         Message::Registered {
             service,
             remote_port,

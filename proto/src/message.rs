@@ -291,7 +291,7 @@ pub enum Message {
     /// Client → server: offer a private service, which gets no public port. Only the listed
     /// identities reach it, each through its own session ([`Message::Visit`]).
     RegisterPrivate {
-        /// The service's name, unique among the private services of the server.
+        /// The service's name, unique within the identity.
         service: Name,
         /// The identities that may visit it, at most [`crate::MAX_VISITORS`].
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::visitors))]
@@ -350,6 +350,9 @@ pub enum Message {
     /// to the private service `service`. The server answers with a [`Message::VisitorStatus`]
     /// (its own refusal, or the owning client's answer) and then carries raw bytes.
     Visit {
+        /// The identity that offers the service. Names are only unique per identity, so another
+        /// identity can never stand in for the service the visitor means.
+        owner: Name,
         /// The private service to reach.
         service: Name,
     },

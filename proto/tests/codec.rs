@@ -28,6 +28,7 @@ fn all_kinds() -> Vec<Message> {
             visitors: vec![long.clone(); ncx_proto::MAX_VISITORS],
         },
         Message::Visit {
+            owner: long.clone(),
             service: long.clone(),
         },
         Message::Registered {

@@ -55,7 +55,7 @@ fn message() -> impl Strategy<Value = Message> {
             proptest::collection::vec(name(), 0..=ncx_proto::MAX_VISITORS)
         )
             .prop_map(|(service, visitors)| Message::RegisterPrivate { service, visitors }),
-        name().prop_map(|service| Message::Visit { service }),
+        (name(), name()).prop_map(|(owner, service)| Message::Visit { owner, service }),
         (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Registered {
             service,
             remote_port

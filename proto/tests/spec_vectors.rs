@@ -86,7 +86,13 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
                 remote_port: 0,
             },
         ),
-        ("visit", Message::Visit { service: n("rdp") }),
+        (
+            "visit",
+            Message::Visit {
+                owner: n("office"),
+                service: n("rdp"),
+            },
+        ),
         (
             "service_refused",
             Message::ServiceRefused {

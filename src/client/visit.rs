@@ -1,6 +1,6 @@
 //! `ncx visit` (and `[[visits]]` of any client): local listeners whose connections reach private
 //! services of other clients. Each local connection becomes a visit substream on the current
-//! session: `Visit { service }`, the server's `VisitorStatus`, then raw bytes.
+//! session: `Visit { owner, service }`, the server's `VisitorStatus`, then raw bytes.
 //!
 //! The listeners are bound once and outlive reconnects; a connection that arrives while the client
 //! is between sessions waits for the next one (up to the time a connect and handshake may take).
@@ -75,15 +75,15 @@ pub(super) fn start(
     let tracker = TaskTracker::new();
     let wait = settings.connect_timeout + settings.handshake_timeout;
     for (listener, v) in listeners.into_iter().zip(&settings.visits) {
-        let service = v.service.clone();
+        let target = (v.owner.clone(), v.service.clone());
         if let Ok(addr) = listener.local_addr() {
-            info!(%service, listen = %addr, "visit listener ready: connect local programs here");
+            info!(owner = %v.owner, service = %v.service, listen = %addr, "visit listener ready: connect local programs here");
         }
-        let span = tracing::info_span!("visit", %service);
+        let span = tracing::info_span!("visit", owner = %v.owner, service = %v.service);
         tracker.spawn(
             accept_loop(
                 listener,
-                service,
+                target,
                 targets.clone(),
                 wait,
                 cancel.clone(),
@@ -97,7 +97,7 @@ pub(super) fn start(
 
 async fn accept_loop(
     listener: TcpListener,
-    service: Name,
+    service: (Name, Name),
     targets: watch::Receiver<Option<Target>>,
     wait: Duration,
     cancel: CancellationToken,
@@ -133,10 +133,10 @@ async fn accept_loop(
     }
 }
 
-/// Carries one local connection to the private service.
+/// Carries one local connection to the private service `(owner, name)`.
 async fn one(
     tcp: TcpStream,
-    service: Name,
+    (owner, service): (Name, Name),
     mut targets: watch::Receiver<Option<Target>>,
     wait: Duration,
     cancel: CancellationToken,
@@ -178,6 +178,7 @@ async fn one(
         write_message(
             &mut sub,
             &Message::Visit {
+                owner: owner.clone(),
                 service: service.clone(),
             },
         )

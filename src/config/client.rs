@@ -52,7 +52,7 @@ pub struct ClientFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisitFile {
-    /// The private service's name.
+    /// `OWNER/SERVICE`: the identity that offers the private service, and the service's name.
     pub service: Spanned<String>,
     /// Local `IP:PORT` to listen on, e.g. `"127.0.0.1:13389"`.
     pub listen: Spanned<String>,
@@ -61,6 +61,8 @@ pub struct VisitFile {
 /// A private service reached through a local listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VisitSpec {
+    /// The identity that offers the service.
+    pub owner: Name,
     /// The private service.
     pub service: Name,
     /// Where unmodified local programs connect.
@@ -129,6 +131,16 @@ impl std::str::FromStr for ServiceSpec {
             visitors: None,
         })
     }
+}
+
+/// `OWNER/SERVICE` of a visit.
+fn parse_visit_target(s: &str) -> Result<(Name, Name), String> {
+    let (owner, service) = s.split_once('/').ok_or_else(|| {
+        format!("{s:?}: expected OWNER/SERVICE, the identity that offers the private service and its name, e.g. office-pc/office-rdp")
+    })?;
+    let owner = Name::new(owner).map_err(|e| format!("owner {owner:?}: {e}"))?;
+    let service = Name::new(service).map_err(|e| format!("service {service:?}: {e}"))?;
+    Ok((owner, service))
 }
 
 fn check_host_port(s: &str) -> Result<(), String> {
@@ -475,8 +487,8 @@ impl ClientSettings {
         let mut visits = Vec::new();
         let mut listens = HashSet::new();
         for v in file.visits {
-            let service = Name::new(v.service.get_ref().clone())
-                .map_err(|e| src.at(v.service.span(), Some("service"), e.to_string()))?;
+            let (owner, service) = parse_visit_target(v.service.get_ref())
+                .map_err(|e| src.at(v.service.span(), Some("service"), e))?;
             let listen = v.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
                 src.at(
                     v.listen.span(),
@@ -494,7 +506,11 @@ impl ClientSettings {
                     format!("{listen} is used by two visits"),
                 ));
             }
-            visits.push(VisitSpec { service, listen });
+            visits.push(VisitSpec {
+                owner,
+                service,
+                listen,
+            });
         }
         if services.is_empty() && visits.is_empty() {
             return Err(src.general(

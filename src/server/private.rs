@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::admission::FailureVerdict;
-use super::registry::{PortClaimError, PrivateService};
+use super::registry::PrivateService;
 use super::services::{end_text, open_to_client, Services};
 use super::session::SessionCtx;
 use crate::framed::{write_message, MessageReader};
@@ -55,23 +55,21 @@ impl Services {
                 self.ctx.shared.settings.max_visitors_per_service,
             )),
         };
-        match self.ctx.shared.registry.claim_private(&service, entry) {
-            Ok(()) => {}
-            Err(PortClaimError::OtherIdentity(_)) => {
-                return refused(
-                    ErrorCode::PortInUse,
-                    format!("another identity offers a private service named {service}"),
-                )
-            }
-            Err(PortClaimError::OtherSession) => {
-                return refused(
-                    ErrorCode::PortInUse,
-                    format!("private service {service} is still held by an earlier session of this identity"),
-                )
-            }
+        if self
+            .ctx
+            .shared
+            .registry
+            .claim_private(&service, entry)
+            .is_err()
+        {
+            return refused(
+                ErrorCode::PortInUse,
+                format!("private service {service} is still held by an earlier session of this identity"),
+            );
         }
         self.names.insert(service.clone());
-        self.ctx.hold_private(service.clone());
+        self.ctx
+            .hold_private(self.identity.clone(), service.clone());
         info!(%service, ?visitors, "private service offered");
         Message::Registered {
             service,
@@ -96,8 +94,8 @@ pub(super) async fn visit(
         _ = ctx.visitors_cancel.cancelled() => return,
         r = tokio::time::timeout(VISIT_REQUEST_TIMEOUT, reader.read(&mut sub)) => r,
     };
-    let service = match request {
-        Ok(Ok(Message::Visit { service })) => service,
+    let (owner, service) = match request {
+        Ok(Ok(Message::Visit { owner, service })) => (owner, service),
         Ok(Ok(other)) => {
             warn!(
                 "a substream from the client began with message type 0x{:02x} instead of a visit",
@@ -114,11 +112,12 @@ pub(super) async fn visit(
             return;
         }
     };
-    tracing::Span::current().record("service", service.as_str());
-    let (bytes_in, bytes_out, end) = bridge(&ctx, sub, &identity, &service).await;
+    tracing::Span::current().record("service", tracing::field::display(&service));
+    let (bytes_in, bytes_out, end) = bridge(&ctx, sub, &identity, &owner, &service).await;
     info!(
         target: "ncx::audit",
         %service,
+        %owner,
         visitor = %ctx.peer,
         %identity,
         bytes_in,
@@ -135,10 +134,11 @@ async fn bridge(
     ctx: &Arc<SessionCtx>,
     mut sub: Substream,
     identity: &Name,
+    owner: &Name,
     service: &Name,
 ) -> (u64, u64, String) {
     let peer = ctx.peer;
-    let checked = check(ctx, identity, service);
+    let checked = check(ctx, identity, owner, service);
     let (owner, _permits) = match checked {
         Ok(ok) => ok,
         Err((code, message)) => return refuse(sub, code, message).await,
@@ -150,7 +150,7 @@ async fn bridge(
         r = open_to_client(&owner, service, peer, ctx.local, None) => r,
     };
     let theirs = match opened {
-        Ok(s) => s,
+        Ok((s, _)) => s,
         Err(failure) => {
             let _ = refuse(sub, failure.code, failure.message).await;
             return (0, 0, failure.end);
@@ -183,6 +183,7 @@ type Checked = (
 fn check(
     ctx: &SessionCtx,
     identity: &Name,
+    owner_name: &Name,
     service: &Name,
 ) -> Result<Checked, (ErrorCode, String)> {
     let shared = &ctx.shared;
@@ -200,15 +201,15 @@ fn check(
     let offline = || {
         (
             ErrorCode::UnknownService,
-            format!("no private service named {service} is online"),
+            format!("{owner_name} offers no private service named {service} now"),
         )
     };
-    let Some(target) = shared.registry.private(service) else {
+    let Some(target) = shared.registry.private(owner_name, service) else {
         return Err(offline());
     };
     if !target.visitors.contains(identity) {
         if let Some(held_back) = shared.refusal_log.allow() {
-            warn!(%service, %identity, %peer, held_back, "visit refused: the identity is not on the service's visitor list");
+            warn!(%owner_name, %service, %identity, %peer, held_back, "visit refused: the identity is not on the service's visitor list");
         }
         if shared.auth_guard.record_failure(peer.ip()) == FailureVerdict::NowBlocked {
             warn!(
@@ -219,7 +220,7 @@ fn check(
         }
         return Err((
             ErrorCode::NotAllowed,
-            format!("identity {identity} may not visit service {service}"),
+            format!("identity {identity} may not visit {owner_name}/{service}"),
         ));
     }
     let Some(owner) = target.ctx.upgrade() else {

@@ -45,7 +45,8 @@ pub struct PrivateService {
 struct Inner {
     sessions: HashMap<Name, SessionEntry>,
     ports: HashMap<u16, (Name, SessionId)>,
-    private: HashMap<Name, PrivateService>,
+    /// Keyed by (owner, service): names are unique per identity only.
+    private: HashMap<(Name, Name), PrivateService>,
 }
 
 /// The registry. One per server.
@@ -107,32 +108,35 @@ impl Registry {
         self.lock().ports.contains_key(&port)
     }
 
-    /// Registers the private service `name`. Names are unique across the server, like ports: a
-    /// visitor names the service alone.
+    /// Registers `entry.owner`'s private service `name`. A visitor names the owner as well as the
+    /// service, so identities cannot collide or stand in for each other; only an earlier session
+    /// of the same identity can still hold the name.
     pub fn claim_private(&self, name: &Name, entry: PrivateService) -> Result<(), PortClaimError> {
         let mut inner = self.lock();
-        match inner.private.get(name) {
-            Some(held) if held.owner != entry.owner => {
-                Err(PortClaimError::OtherIdentity(held.owner.clone()))
-            }
+        let key = (entry.owner.clone(), name.clone());
+        match inner.private.get(&key) {
             Some(held) if held.session != entry.session => Err(PortClaimError::OtherSession),
             _ => {
-                inner.private.insert(name.clone(), entry);
+                inner.private.insert(key, entry);
                 Ok(())
             }
         }
     }
 
-    /// The private service `name`, if one is registered.
-    pub fn private(&self, name: &Name) -> Option<PrivateService> {
-        self.lock().private.get(name).cloned()
+    /// `owner`'s private service `name`, if it is registered.
+    pub fn private(&self, owner: &Name, name: &Name) -> Option<PrivateService> {
+        self.lock()
+            .private
+            .get(&(owner.clone(), name.clone()))
+            .cloned()
     }
 
-    /// Removes the private service `name` if session `id` registered it.
-    pub fn release_private(&self, name: &Name, id: SessionId) {
+    /// Removes `owner`'s private service `name` if session `id` registered it.
+    pub fn release_private(&self, owner: &Name, name: &Name, id: SessionId) {
         let mut inner = self.lock();
-        if inner.private.get(name).is_some_and(|p| p.session == id) {
-            inner.private.remove(name);
+        let key = (owner.clone(), name.clone());
+        if inner.private.get(&key).is_some_and(|p| p.session == id) {
+            inner.private.remove(&key);
         }
     }
 

@@ -307,8 +307,8 @@ async fn serve_visitor(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut tcp = tcp;
-    let sub = match open_to_client(ctx, service, peer, public, Some(&mut tcp)).await {
-        Ok(sub) => sub,
+    let (sub, early) = match open_to_client(ctx, service, peer, public, Some(&mut tcp)).await {
+        Ok(opened) => opened,
         Err(failure) => {
             abort(tcp);
             return (0, 0, failure.end);
@@ -317,7 +317,7 @@ async fn serve_visitor(
     debug!("visitor connected");
     let spliced = splice(tcp, sub, ctx.visitors_cancel.cancelled()).await;
     (
-        spliced.from_tcp,
+        early + spliced.from_tcp,
         spliced.from_substream,
         end_text(&spliced.end),
     )
@@ -354,7 +354,8 @@ impl OpenFailure {
 
 /// Opens a substream to the client of `ctx` for a visitor of `service` from `peer` (which reached
 /// the server at `public`), sends the visitor header and waits for the client's answer. Returns
-/// the substream, ready for raw bytes, once the client is connected to its local service.
+/// the substream, ready for raw bytes, once the client is connected to its local service, and how
+/// many of the visitor's bytes were forwarded already.
 ///
 /// With `early`, the visitor's connection, up to [`EARLY_DATA`] bytes of it are forwarded right
 /// behind the header instead of after the answer: the client reads them only once connected to its
@@ -365,7 +366,7 @@ pub(super) async fn open_to_client(
     peer: SocketAddr,
     public: SocketAddr,
     mut early: Option<&mut TcpStream>,
-) -> Result<Substream, OpenFailure> {
+) -> Result<(Substream, u64), OpenFailure> {
     let cancel = &ctx.visitors_cancel;
     let ended = || {
         OpenFailure::new(
@@ -454,7 +455,7 @@ pub(super) async fn open_to_client(
     let broken =
         |end: String| OpenFailure::new(ErrorCode::Internal, "the service's client failed", end);
     match status {
-        Ok(Ok(Message::VisitorStatus { refusal: None })) => Ok(sub),
+        Ok(Ok(Message::VisitorStatus { refusal: None })) => Ok((sub, early_sent as u64)),
         Ok(Ok(Message::VisitorStatus {
             refusal: Some((code, message)),
         })) => {

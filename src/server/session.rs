@@ -69,17 +69,17 @@ pub(super) struct SessionCtx {
     pub peer: SocketAddr,
     /// The server address the client connected to.
     pub local: SocketAddr,
-    /// Private services this session registered, released with its ports.
-    pub private_names: std::sync::Mutex<Vec<Name>>,
+    /// Private services this session registered, as (owner, name), released with its ports.
+    pub private_names: std::sync::Mutex<Vec<(Name, Name)>>,
 }
 
 impl SessionCtx {
     /// Remembers a private service to release when the session's services stop.
-    pub fn hold_private(&self, name: Name) {
+    pub fn hold_private(&self, owner: Name, name: Name) {
         self.private_names
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(name);
+            .push((owner, name));
     }
 }
 
@@ -273,8 +273,8 @@ async fn stop_listeners(ctx: &SessionCtx, ports_released: &CancellationToken) {
     ctx.listeners.close();
     ctx.listeners.wait().await;
     let private = std::mem::take(&mut *ctx.private_names.lock().unwrap_or_else(|e| e.into_inner()));
-    for name in private {
-        ctx.shared.registry.release_private(&name, ctx.id);
+    for (owner, name) in private {
+        ctx.shared.registry.release_private(&owner, &name, ctx.id);
     }
     ports_released.cancel();
 }
