@@ -30,7 +30,10 @@ ip netns del "${P}probe"
 
 cleanup() {
   set +e
+  exec 2>/dev/null # bash's "Killed" job notices for the processes stopped below
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
+  # Anything else still running inside the namespaces goes too, so nothing outlives the test.
+  for ns in lan router pub visitor; do ip netns pids "$P$ns" 2>/dev/null | xargs -r kill -9; done
   wait 2>/dev/null
   for ns in lan router pub visitor; do ip netns del "$P$ns" 2>/dev/null; done
   rm -rf "$TMP"
@@ -38,6 +41,9 @@ cleanup() {
 trap cleanup EXIT
 
 x() { local ns=$1; shift; ip netns exec "$P$ns" "$@"; }
+# Starts a program in a namespace in the background. `ip netns exec` execs it, so $! is the
+# program itself (a backgrounded shell function would be a subshell, and killing that would leave
+# the program running).
 
 for ns in lan router pub visitor; do ip netns add "$P$ns"; x "$ns" ip link set lo up; done
 link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
@@ -71,7 +77,7 @@ token = "nat-test-token"
 ports = ["20000"]
 TOML
 start_server() {
-  x pub "$NCX" server --config "$TMP/server.toml" >>"$TMP/server.log" 2>&1 &
+  ip netns exec "${P}pub" "$NCX" server --config "$TMP/server.toml" >>"$TMP/server.log" 2>&1 &
   PIDS+=($!); SERVER=$!
 }
 start_server
@@ -79,7 +85,7 @@ for _ in $(seq 100); do grep -q "server listening" "$TMP/server.log" && break; s
 FP=$(grep -o 'sha256:[0-9a-f]*' "$TMP/server.log" | head -1)
 [ -n "$FP" ] || { cat "$TMP/server.log"; echo "FAIL: the server printed no fingerprint"; exit 1; }
 
-x lan "$NCX" echo --listen 10.77.1.2:7000 >"$TMP/echo.log" 2>&1 &
+ip netns exec "${P}lan" "$NCX" echo --listen 10.77.1.2:7000 >"$TMP/echo.log" 2>&1 &
 PIDS+=($!)
 cat > "$TMP/client.toml" <<TOML
 server = "10.77.2.2:443"
@@ -95,7 +101,7 @@ name = "echo"
 local = "10.77.1.2:7000"
 remote_port = 20000
 TOML
-x lan "$NCX" client --config "$TMP/client.toml" >"$TMP/client.log" 2>&1 &
+ip netns exec "${P}lan" "$NCX" client --config "$TMP/client.toml" >"$TMP/client.log" 2>&1 &
 PIDS+=($!)
 
 # Waits until a visitor round trip works, at most $1 seconds; prints how long it took.
@@ -133,9 +139,14 @@ grep -q "answered no ping\|stopped answering pings" "$TMP/client.log" "$TMP/serv
   || fail "(b) neither side noticed the outage"
 echo "ok (b): recovered ${t}s after a 5 s outage (liveness timeout 3 s)"
 
-kill -9 "$SERVER"
-wait "$SERVER" 2>/dev/null || true
+OLD=$SERVER
+kill -9 "$OLD"
+wait "$OLD" 2>/dev/null || true
+kill -0 "$OLD" 2>/dev/null && fail "(c) the server survived SIGKILL"
+[ -z "$(ip netns pids "${P}pub")" ] || fail "(c) a server process is still running after SIGKILL"
 start_server
 t=$(wait_roundtrip 30) || fail "(c) the tunnel did not recover after the server was killed"
+[ "$(grep -c 'server listening' "$TMP/server.log")" = 2 ] || fail "(c) the restarted server is not the one serving"
+grep -q "not connected; retrying" "$TMP/client.log" || fail "(c) the client never noticed the server's death"
 echo "ok (c): recovered ${t}s after SIGKILL and restart of the server"
 echo "netns: 3 passed, 0 failed"
