@@ -3,34 +3,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use common::*;
 use ncx::config::{ClientFile, ClientSettings, Source};
 use ncx_proto::AccessRules;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-
-/// An echo service that counts the connections it accepts.
-async fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            c.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    (addr, count)
-}
 
 fn rules(allow: &[&str], deny: &[&str]) -> AccessRules {
     AccessRules {

@@ -294,6 +294,26 @@ pub async fn echo_service() -> SocketAddr {
     addr
 }
 
+/// An echo service that counts the connections it accepts, to prove that a refused visitor never
+/// reached it.
+pub async fn counting_echo() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
 /// A service that speaks first: writes `banner`, then echoes.
 pub async fn banner_service(banner: &'static [u8]) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
