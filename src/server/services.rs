@@ -294,19 +294,15 @@ async fn visitor(
 /// bytes from and to the visitor and how it ended, in words.
 async fn serve_visitor(
     ctx: &SessionCtx,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     service: &Name,
 ) -> (u64, u64, String) {
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "setting TCP_NODELAY failed");
     }
-    // The address the visitor connected to, for the PROXY protocol's destination (unspecified in
-    // the rare case the socket cannot say).
-    let public = tcp
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut tcp = tcp;
+    // The address the visitor connected to, for the PROXY protocol's destination.
+    let public = super::session::local_or_unspecified(&tcp);
     let (sub, early) = match open_to_client(ctx, service, peer, public, Some(&mut tcp)).await {
         Ok(opened) => opened,
         Err(failure) => {

@@ -112,7 +112,7 @@ pub(super) async fn run(
     cancel: CancellationToken,
 ) {
     let deadline = Instant::now() + shared.settings.handshake_timeout;
-    let tls_local = tcp.local_addr();
+    let local = local_or_unspecified(&tcp);
     let accept = tokio::select! {
         _ = cancel.cancelled() => return,
         _ = slot.evicted() => {
@@ -121,7 +121,6 @@ pub(super) async fn run(
         }
         r = tokio::time::timeout_at(deadline, shared.acceptor.accept(tcp)) => r,
     };
-    let local = tcp_local(&tls_local);
     let tls = match accept {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -169,9 +168,8 @@ pub(super) async fn run(
 }
 
 /// The local address of a socket, or the unspecified address in the rare case it cannot be read.
-fn tcp_local(addr: &std::io::Result<SocketAddr>) -> SocketAddr {
-    addr.as_ref()
-        .copied()
+pub(super) fn local_or_unspecified(tcp: &TcpStream) -> SocketAddr {
+    tcp.local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
