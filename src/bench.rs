@@ -1,9 +1,15 @@
 //! `ncx bench`: the real `ncx server` and `ncx client` as separate processes on 127.0.0.1 with TLS,
 //! measured against a direct connection to the same service in the same run.
 //!
-//! Every figure is measured for the direct path and for the tunnel in turn, repetition by
-//! repetition (interleaved, so a noisy neighbour hurts both alike), and the medians are reported
-//! with the ratio tunnel/direct. The machine this runs on is shared and noisy: quote ratios.
+//! A third path, the relay floor, is two `ncx relay` processes in a chain: plain TCP forwarding
+//! with one connection per visitor, no encryption, no multiplexing. Any tunnel made of a server
+//! and a client process pays at least that on the machine at hand (two more processes to wake,
+//! every byte copied through the kernel twice more), so it tells how much of a ratio to direct is
+//! ncx's own cost and how much is the shape of every tunnel.
+//!
+//! Every figure is measured for each path in turn, repetition by repetition (interleaved, so a
+//! noisy neighbour hurts all alike), and the medians are reported with the ratios to direct. The
+//! machine this runs on is shared and noisy: quote ratios.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,13 +53,18 @@ const CMD_DOWNLOAD: u8 = b'D'; // then u64 n: the service sends n bytes
 const CMD_UPLOAD: u8 = b'U'; // the service reads to EOF, then answers the u64 count
 const CMD_ECHO: u8 = b'E'; // the service echoes everything
 
-/// A measured value for the direct path and the tunnel.
+/// A measured value for the direct path, the relay floor and the tunnel.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
     metric: String,
     unit: String,
     direct: Option<f64>,
-    ncx: f64,
+    /// Two plain TCP relay processes in a chain ([`relay`]): what any tunnel made of a server and
+    /// a client process costs at least, without encryption or multiplexing.
+    relay: Option<f64>,
+    ncx: Option<f64>,
+    /// relay / direct.
+    relay_ratio: Option<f64>,
     /// ncx / direct.
     ratio: Option<f64>,
 }
@@ -92,11 +103,59 @@ struct Setup {
     server: Child,
     client: Child,
     echo: Child,
-    /// The bench service, direct and through the tunnel.
+    /// The two relay processes, outer (visitor side) first.
+    relays: [Child; 2],
+    /// The bench service, direct, through the relay chain and through the tunnel.
     svc_direct: SocketAddr,
+    svc_relay: SocketAddr,
     svc_tunnel: SocketAddr,
     /// The echo process (banner, then echo), through the tunnel.
     echo_tunnel: SocketAddr,
+}
+
+/// The address a child process printed as the last word of its first line.
+async fn announced_address(child: &mut Child) -> anyhow::Result<SocketAddr> {
+    let mut out = tokio::io::BufReader::new(child.stdout.take().context("no stdout")?);
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line).await?;
+    Ok(line.trim().rsplit(' ').next().unwrap_or_default().parse()?)
+}
+
+/// Starts `ncx relay` forwarding to `to`; returns it and its listening address.
+async fn spawn_relay(exe: &Path, to: SocketAddr) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut relay = ncx_command(exe)
+        .args(["relay", "--listen", "127.0.0.1:0", "--to", &to.to_string()])
+        .spawn()
+        .context("starting ncx relay")?;
+    let addr = announced_address(&mut relay)
+        .await
+        .context("relay address")?;
+    Ok((relay, addr))
+}
+
+/// `ncx relay`: forwards every connection to `to` with the tunnel's own splice, one TCP connection
+/// per visitor and no encryption. Two of these in a chain are the benchmark's floor: the least any
+/// tunnel of two processes (a server and a client) costs on this machine.
+pub async fn relay(listener: TcpListener, to: SocketAddr, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (visitor, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let cancel = shutdown.clone();
+        tracker.spawn(async move {
+            let Ok(upstream) = TcpStream::connect(to).await else {
+                crate::splice::abort(visitor);
+                return;
+            };
+            let _ = visitor.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            crate::splice::splice(visitor, upstream, cancel.cancelled_owned()).await;
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -132,17 +191,10 @@ async fn setup(
         .args(["echo", "--listen", "127.0.0.1:0"])
         .spawn()
         .context("starting ncx echo")?;
-    let echo_addr: SocketAddr = {
-        let mut out = tokio::io::BufReader::new(echo.stdout.take().context("echo stdout")?);
-        let mut line = String::new();
-        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line).await?;
-        line.trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .parse()
-            .context("echo address")?
-    };
+    let echo_addr = announced_address(&mut echo).await.context("echo address")?;
+
+    let (relay_inner, inner_addr) = spawn_relay(&exe, svc_direct).await?;
+    let (relay_outer, svc_relay) = spawn_relay(&exe, inner_addr).await?;
 
     let (identity, created) = crate::certs::load_or_create_self_signed(&dir.join("certs"))?;
     debug_assert!(created);
@@ -203,11 +255,21 @@ async fn setup(
         server,
         client,
         echo,
+        relays: [relay_outer, relay_inner],
         svc_direct,
+        svc_relay,
         svc_tunnel,
         echo_tunnel,
     })
 }
+
+/// The paths every figure is measured on, in this order.
+const DIRECT: usize = 0;
+const RELAY: usize = 1;
+const NCX: usize = 2;
+
+/// Per path, the samples of one figure.
+type Samples = [Vec<f64>; 3];
 
 async fn run_inner(
     opts: &BenchOptions,
@@ -220,56 +282,63 @@ async fn run_inner(
         s.server.id().context("server pid")?,
         s.client.id().context("client pid")?,
     ];
+    let relay_pids = [
+        s.relays[0].id().context("relay pid")?,
+        s.relays[1].id().context("relay pid")?,
+    ];
+    let paths = [s.svc_direct, s.svc_relay, s.svc_tunnel];
     let reps = opts.repetitions.max(1);
     let mut rows = Vec::new();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
 
-    // Bulk throughput, interleaved direct / ncx, with CPU time of the tunnel processes.
-    let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
-        ("bulk download, 1 stream", vec![], vec![]),
-        ("bulk upload, 1 stream", vec![], vec![]),
-        ("bulk download, 8 streams", vec![], vec![]),
+    // Bulk throughput, interleaved by path, with CPU time of the relay and tunnel processes.
+    let mut results: Vec<(&str, Samples)> = vec![
+        ("bulk download, 1 stream", Samples::default()),
+        ("bulk upload, 1 stream", Samples::default()),
+        ("bulk download, 8 streams", Samples::default()),
     ];
-    let mut cpu_secs = 0.0;
-    let mut kernel_secs = 0.0;
-    let mut moved = 0u64;
+    // [relay, ncx]: CPU seconds, kernel seconds, bytes moved.
+    let mut cpu_secs = [0.0; 2];
+    let mut kernel_secs = [0.0; 2];
+    let mut moved = [0u64; 2];
     for _ in 0..reps {
-        for (i, entry) in results.iter_mut().enumerate() {
-            for (tunnel, addr) in [(false, s.svc_direct), (true, s.svc_tunnel)] {
-                let before = cpu_time(&pids);
-                let kernel_before = kernel_time(&pids);
+        for (i, (_, samples)) in results.iter_mut().enumerate() {
+            for (k, addr) in paths.into_iter().enumerate() {
+                let watched: &[u32] = match k {
+                    RELAY => &relay_pids,
+                    NCX => &pids,
+                    _ => &[],
+                };
+                let before = cpu_time(watched);
+                let kernel_before = kernel_time(watched);
                 let (bytes, secs) = match i {
                     0 => download(addr, opts.bulk_bytes).await?,
                     1 => upload(addr, opts.bulk_bytes).await?,
                     _ => parallel_download(addr, opts.bulk_bytes / PARALLEL as u64).await?,
                 };
-                let mibs = bytes as f64 / secs / (1 << 20) as f64;
-                if tunnel {
-                    cpu_secs += cpu_time(&pids) - before;
-                    kernel_secs += kernel_time(&pids) - kernel_before;
-                    moved += bytes;
-                    entry.2.push(mibs);
-                } else {
-                    entry.1.push(mibs);
+                samples[k].push(bytes as f64 / secs / (1 << 20) as f64);
+                if k != DIRECT {
+                    cpu_secs[k - 1] += cpu_time(watched) - before;
+                    kernel_secs[k - 1] += kernel_time(watched) - kernel_before;
+                    moved[k - 1] += bytes;
                 }
             }
         }
     }
-    for (name, direct, tunnel) in results {
-        rows.push(row(name, "MiB/s", Some(median(direct)), median(tunnel)));
+    for (name, samples) in &results {
+        rows.push(row(name, "MiB/s", samples));
     }
 
-    // Round trips, idle and under a bulk transfer through the same tunnel.
-    let mut rr: Vec<[Vec<f64>; 2]> = vec![[vec![], vec![]], [vec![], vec![]]]; // [p50, p99] per path
-    let mut rr_bulk: [Vec<f64>; 2] = [vec![], vec![]];
-    let mut rr_bulk_direct: [Vec<f64>; 2] = [vec![], vec![]];
+    // Round trips, idle and under a bulk transfer through the same path.
+    let mut rr = [Samples::default(), Samples::default()]; // p50, p99
+    let mut rr_bulk = [Samples::default(), Samples::default()];
     for _ in 0..reps {
-        for (k, addr) in [s.svc_direct, s.svc_tunnel].into_iter().enumerate() {
+        for (k, addr) in paths.into_iter().enumerate() {
             let lat = round_trips(addr, ROUND_TRIPS).await?;
-            rr[k][0].push(percentile(&lat, 0.5));
-            rr[k][1].push(percentile(&lat, 0.99));
+            rr[0][k].push(percentile(&lat, 0.5));
+            rr[1][k].push(percentile(&lat, 0.99));
         }
-        for (k, addr) in [s.svc_direct, s.svc_tunnel].into_iter().enumerate() {
+        for (k, addr) in paths.into_iter().enumerate() {
             let stop = CancellationToken::new();
             let bulk = tokio::spawn(background_download(addr, stop.clone()));
             // Let the bulk transfer fill the pipes first.
@@ -278,92 +347,64 @@ async fn run_inner(
             stop.cancel();
             let _ = bulk.await;
             let lat = lat?;
-            let target = if k == 0 {
-                &mut rr_bulk_direct
-            } else {
-                &mut rr_bulk
-            };
-            target[0].push(percentile(&lat, 0.5));
-            target[1].push(percentile(&lat, 0.99));
+            rr_bulk[0][k].push(percentile(&lat, 0.5));
+            rr_bulk[1][k].push(percentile(&lat, 0.99));
         }
     }
-    let [direct_rr, tunnel_rr] = [&rr[0], &rr[1]];
-    rows.push(row(
-        "64 B round trip p50",
-        "µs",
-        Some(median(direct_rr[0].clone())),
-        median(tunnel_rr[0].clone()),
-    ));
-    rows.push(row(
-        "64 B round trip p99",
-        "µs",
-        Some(median(direct_rr[1].clone())),
-        median(tunnel_rr[1].clone()),
-    ));
-    rows.push(row(
-        "64 B round trip p50 under bulk",
-        "µs",
-        Some(median(rr_bulk_direct[0].clone())),
-        median(rr_bulk[0].clone()),
-    ));
-    rows.push(row(
-        "64 B round trip p99 under bulk",
-        "µs",
-        Some(median(rr_bulk_direct[1].clone())),
-        median(rr_bulk[1].clone()),
-    ));
+    rows.push(row("64 B round trip p50", "µs", &rr[0]));
+    rows.push(row("64 B round trip p99", "µs", &rr[1]));
+    rows.push(row("64 B round trip p50 under bulk", "µs", &rr_bulk[0]));
+    rows.push(row("64 B round trip p99 under bulk", "µs", &rr_bulk[1]));
 
     // New connections: connect to first echoed byte, and rate with 32 openers.
-    let mut conn: [[Vec<f64>; 2]; 2] = [[vec![], vec![]], [vec![], vec![]]];
-    let mut rate: [Vec<f64>; 2] = [vec![], vec![]];
+    let mut conn = [Samples::default(), Samples::default()]; // p50, p99
+    let mut rate = Samples::default();
     for _ in 0..reps {
-        for (k, addr) in [s.svc_direct, s.svc_tunnel].into_iter().enumerate() {
+        for (k, addr) in paths.into_iter().enumerate() {
             let mut lat = Vec::with_capacity(CONNECTS);
             for _ in 0..CONNECTS {
                 lat.push(echo_once(addr).await?);
             }
             lat.sort();
-            conn[k][0].push(percentile(&lat, 0.5));
-            conn[k][1].push(percentile(&lat, 0.99));
+            conn[0][k].push(percentile(&lat, 0.5));
+            conn[1][k].push(percentile(&lat, 0.99));
             rate[k].push(connection_rate(addr).await?);
         }
     }
-    rows.push(row(
-        "connect to first byte p50",
-        "µs",
-        Some(median(conn[0][0].clone())),
-        median(conn[1][0].clone()),
-    ));
-    rows.push(row(
-        "connect to first byte p99",
-        "µs",
-        Some(median(conn[0][1].clone())),
-        median(conn[1][1].clone()),
-    ));
-    rows.push(row(
-        "new connections/s, 32 openers",
-        "conn/s",
-        Some(median(rate[0].clone())),
-        median(rate[1].clone()),
-    ));
+    rows.push(row("connect to first byte p50", "µs", &conn[0]));
+    rows.push(row("connect to first byte p99", "µs", &conn[1]));
+    rows.push(row("new connections/s, 32 openers", "conn/s", &rate));
 
-    // CPU per GiB through the tunnel (server + client processes).
-    let per_gib = cpu_secs / gib(moved).max(1e-9);
-    rows.push(row("tunnel CPU per GiB moved", "CPU s/GiB", None, per_gib));
+    // CPU per GiB through the relay chain and the tunnel (both processes of each). CPU time comes
+    // in clock ticks (10 ms); a path that used none measurable gets no figure rather than 0.
+    let per_gib = |i: usize| (cpu_secs[i] > 0.0).then(|| cpu_secs[i] / gib(moved[i]).max(1e-9));
+    let kernel_share = |i: usize| (cpu_secs[i] > 0.0).then(|| 100.0 * kernel_secs[i] / cpu_secs[i]);
+    let only = |relay: Option<f64>, ncx: Option<f64>| -> Samples {
+        [
+            vec![],
+            relay.into_iter().collect(),
+            ncx.into_iter().collect(),
+        ]
+    };
+    let inverse = |v: Option<f64>| v.map(|x| 1.0 / x);
     rows.push(row(
-        "GiB moved per tunnel CPU-second",
-        "GiB/CPU s",
-        None,
-        1.0 / per_gib.max(1e-9),
+        "CPU per GiB moved",
+        "CPU s/GiB",
+        &only(per_gib(0), per_gib(1)),
     ));
     rows.push(row(
-        "share of tunnel CPU spent in the kernel",
+        "GiB moved per CPU-second",
+        "GiB/CPU s",
+        &only(inverse(per_gib(0)), inverse(per_gib(1))),
+    ));
+    rows.push(row(
+        "share of CPU spent in the kernel",
         "%",
-        None,
-        100.0 * kernel_secs / cpu_secs.max(1e-9),
+        &only(kernel_share(0), kernel_share(1)),
     ));
 
     // Memory: idle, then holding many idle visitors.
+    let ncx_only = |v: f64| [vec![], vec![], vec![v]];
     let idle = [rss_kib(pids[0]), rss_kib(pids[1])];
     let idle_anon = [
         status_kib(pids[0], "RssAnon:"),
@@ -373,41 +414,37 @@ async fn run_inner(
     let loaded = [rss_kib(pids[0]), rss_kib(pids[1])];
     let held_n = held.as_ref().map(Vec::len).unwrap_or(0);
     drop(held);
-    rows.push(row("server RSS idle", "MiB", None, idle[0] as f64 / 1024.0));
-    rows.push(row("client RSS idle", "MiB", None, idle[1] as f64 / 1024.0));
+    let mib = |kib: u64| ncx_only(kib as f64 / 1024.0);
+    rows.push(row("server RSS idle", "MiB", &mib(idle[0])));
+    rows.push(row("client RSS idle", "MiB", &mib(idle[1])));
     // RSS counts the pages of the binary and of libc that are mapped in (shared, file-backed, and
     // droppable by the kernel); the anonymous part is the memory the process itself holds.
     rows.push(row(
         "server RSS idle, anonymous part",
         "MiB",
-        None,
-        idle_anon[0] as f64 / 1024.0,
+        &mib(idle_anon[0]),
     ));
     rows.push(row(
         "client RSS idle, anonymous part",
         "MiB",
-        None,
-        idle_anon[1] as f64 / 1024.0,
+        &mib(idle_anon[1]),
     ));
     rows.push(row(
         &format!("server RSS, {held_n} idle visitors"),
         "MiB",
-        None,
-        loaded[0] as f64 / 1024.0,
+        &mib(loaded[0]),
     ));
     rows.push(row(
         &format!("client RSS, {held_n} idle visitors"),
         "MiB",
-        None,
-        loaded[1] as f64 / 1024.0,
+        &mib(loaded[1]),
     ));
     let per_conn =
         (loaded[0] + loaded[1]).saturating_sub(idle[0] + idle[1]) as f64 / held_n.max(1) as f64;
     rows.push(row(
         "memory per idle visitor (both sides)",
         "KiB",
-        None,
-        per_conn,
+        &ncx_only(per_conn),
     ));
 
     print_table(&rows, opts);
@@ -423,19 +460,28 @@ async fn run_inner(
             .with_context(|| format!("writing {}", path.display()))?;
         println!("results written to {}", path.display());
     }
-    let _ = s.client.kill().await;
-    let _ = s.server.kill().await;
-    let _ = s.echo.kill().await;
+    for child in [&mut s.client, &mut s.server, &mut s.echo]
+        .into_iter()
+        .chain(s.relays.iter_mut())
+    {
+        let _ = child.kill().await;
+    }
     Ok(())
 }
 
-fn row(metric: &str, unit: &str, direct: Option<f64>, ncx: f64) -> Row {
+/// A row from the samples of each path; a path without samples shows "–".
+fn row(metric: &str, unit: &str, samples: &Samples) -> Row {
+    let value = |k: usize| (!samples[k].is_empty()).then(|| median(samples[k].clone()));
+    let (direct, relay) = (value(DIRECT), value(RELAY));
+    let ncx = value(NCX);
     Row {
         metric: metric.into(),
         unit: unit.into(),
         direct,
+        relay,
         ncx,
-        ratio: direct.map(|d| ncx / d),
+        relay_ratio: direct.zip(relay).map(|(d, r)| r / d),
+        ratio: direct.zip(ncx).map(|(d, n)| n / d),
     }
 }
 
@@ -448,25 +494,26 @@ fn print_table(rows: &[Row], opts: &BenchOptions) {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    println!("| metric | unit | direct | ncx (TLS) | ncx / direct |");
-    println!("|---|---|---:|---:|---:|");
+    println!(
+        "| metric | unit | direct | relay floor | ncx (TLS) | floor / direct | ncx / direct |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let fmt = |v: Option<f64>| match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+        None => "–".into(),
+    };
+    let ratio = |v: Option<f64>| v.map_or_else(|| "–".into(), |x| format!("{x:.2}×"));
     for r in rows {
-        let fmt = |v: f64| {
-            if v >= 100.0 {
-                format!("{v:.0}")
-            } else {
-                format!("{v:.2}")
-            }
-        };
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.metric,
             r.unit,
-            r.direct.map(fmt).unwrap_or_else(|| "–".into()),
+            fmt(r.direct),
+            fmt(r.relay),
             fmt(r.ncx),
-            r.ratio
-                .map(|x| format!("{x:.2}×"))
-                .unwrap_or_else(|| "–".into())
+            ratio(r.relay_ratio),
+            ratio(r.ratio),
         );
     }
 }

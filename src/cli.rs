@@ -49,6 +49,10 @@ pub enum Command {
     /// Benchmark: this ncx's server and client as separate processes on 127.0.0.1 with TLS, against
     /// a direct connection in the same run. Build with --release first.
     Bench(BenchArgs),
+    /// A plain TCP forwarder (no TLS, no multiplexing), started by `ncx bench` as the floor that any
+    /// two-process tunnel costs.
+    #[command(hide = true)]
+    Relay(RelayArgs),
 }
 
 /// `ncx bench`.
@@ -66,6 +70,17 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// `ncx relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: String,
+    /// Address every connection is forwarded to.
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
 }
 
 /// `ncx echo`.
@@ -420,6 +435,14 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 json: args.json,
             };
             crate::bench::run(opts, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay(args) => {
+            let listener = TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("binding {}", args.listen))?;
+            println!("relay listening on {}", listener.local_addr()?);
+            crate::bench::relay(listener, args.to, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo(args) => {
