@@ -73,10 +73,12 @@ const ALLOCATOR_PROBE: usize = 256 * 1024;
 /// pages in again: 180,000–420,000 page faults per GiB moved through a client and server pair.
 /// glibc raises its trim threshold to twice the size of the largest mmap-served block freed so
 /// far (mallopt(3), "dynamic mmap threshold"); allocating and freeing one 256 KiB block here
-/// sets it to about 512 KiB without `unsafe` or a foreign allocator. Measured on a 2-core VM,
-/// 1 GiB downloads through `ncx server` and `ncx client`: page faults fell to under 600 per GiB
-/// and the tunnel's CPU per GiB by 18–35%, with idle RSS unchanged within noise. Other C
-/// libraries ignore the probe.
+/// sets it to about 512 KiB without `unsafe` or a foreign allocator. Measured on a 2-core VM:
+/// single-stream downloads through `ncx server` and `ncx client` fell to under 600 page faults
+/// per GiB and 18–35% less CPU per GiB, with idle RSS unchanged within noise; `ncx bench`'s mix,
+/// with eight streams at once, still shows 50,000–70,000 per GiB. A 1 MiB probe removes those too
+/// (about 3,000 per GiB) but kept about 2 MiB more anonymous memory in each process idle, for a
+/// saving of a few percent of CPU. Other C libraries ignore the probe.
 fn keep_freed_buffers() {
     let probe: Vec<u8> = Vec::with_capacity(ALLOCATOR_PROBE);
     // Keeps the compiler from eliding the allocation.
