@@ -421,6 +421,11 @@ async fn bench_measures_direct_relay_floor_and_tunnel() {
         positive(&r["relay"]) && positive(&r["ncx"]) && r["direct"].is_null(),
         "{r}"
     );
+    let r = find("page faults per GiB moved");
+    assert!(
+        r["relay"].is_f64() && r["ncx"].is_f64() && r["direct"].is_null(),
+        "{r}"
+    );
     // Memory: the tunnel's processes only, with every idle visitor held.
     let r = find("server RSS, 20 idle visitors");
     assert!(positive(&r["ncx"]) && r["relay"].is_null(), "{r}");
