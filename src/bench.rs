@@ -298,10 +298,8 @@ async fn run_inner(
         ("bulk upload, 1 stream", Samples::default()),
         ("bulk download, 8 streams", Samples::default()),
     ];
-    // [relay, ncx]: CPU seconds, kernel seconds, bytes moved.
-    let mut cpu_secs = [0.0; 2];
-    let mut kernel_secs = [0.0; 2];
-    let mut faults = [0u64; 2];
+    // [relay, ncx]: what their processes used, and the bytes moved.
+    let mut used = [Usage::default(); 2];
     let mut moved = [0u64; 2];
     for _ in 0..reps {
         for (i, (_, samples)) in results.iter_mut().enumerate() {
@@ -311,9 +309,7 @@ async fn run_inner(
                     NCX => &pids,
                     _ => &[],
                 };
-                let before = cpu_time(watched);
-                let kernel_before = kernel_time(watched);
-                let faults_before = page_faults(watched);
+                let before = Usage::of(watched);
                 let (bytes, secs) = match i {
                     0 => download(addr, opts.bulk_bytes).await?,
                     1 => upload(addr, opts.bulk_bytes).await?,
@@ -321,9 +317,7 @@ async fn run_inner(
                 };
                 samples[k].push(bytes as f64 / secs / (1 << 20) as f64);
                 if k != DIRECT {
-                    cpu_secs[k - 1] += cpu_time(watched) - before;
-                    kernel_secs[k - 1] += kernel_time(watched) - kernel_before;
-                    faults[k - 1] += page_faults(watched).saturating_sub(faults_before);
+                    used[k - 1].add(Usage::of(watched).since(before));
                     moved[k - 1] += bytes;
                 }
             }
@@ -381,8 +375,12 @@ async fn run_inner(
 
     // CPU per GiB through the relay chain and the tunnel (both processes of each). CPU time comes
     // in clock ticks (10 ms); a path that used none measurable gets no figure rather than 0.
-    let per_gib = |i: usize| (cpu_secs[i] > 0.0).then(|| cpu_secs[i] / gib(moved[i]).max(1e-9));
-    let kernel_share = |i: usize| (cpu_secs[i] > 0.0).then(|| 100.0 * kernel_secs[i] / cpu_secs[i]);
+    let ticks = clock_ticks();
+    let cpu_secs = |i: usize| (used[i].user_ticks + used[i].kernel_ticks) as f64 / ticks;
+    let per_gib = |i: usize| (cpu_secs(i) > 0.0).then(|| cpu_secs(i) / gib(moved[i]).max(1e-9));
+    let kernel_share = |i: usize| {
+        (cpu_secs(i) > 0.0).then(|| 100.0 * used[i].kernel_ticks as f64 / ticks / cpu_secs(i))
+    };
     let only = |relay: Option<f64>, ncx: Option<f64>| -> Samples {
         [
             vec![],
@@ -403,7 +401,7 @@ async fn run_inner(
     ));
     // Page faults show an allocator that hands buffers back to the kernel after every use (see
     // `keep_freed_buffers` in main.rs): hundreds per GiB when it does not, six figures when it does.
-    let faults_per_gib = |i: usize| Some(faults[i] as f64 / gib(moved[i]).max(1e-9));
+    let faults_per_gib = |i: usize| Some(used[i].faults as f64 / gib(moved[i]).max(1e-9));
     rows.push(row(
         "page faults per GiB moved",
         "faults/GiB",
@@ -726,45 +724,53 @@ async fn hold_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>>
     Ok(held)
 }
 
-/// User + system CPU seconds of the given processes so far.
-fn cpu_time(pids: &[u32]) -> f64 {
-    proc_times(pids, true)
+/// What some processes have used so far, summed, from one read of each `/proc/PID/stat`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    user_ticks: u64,
+    kernel_ticks: u64,
+    /// Minor page faults.
+    faults: u64,
 }
 
-/// System (kernel) CPU seconds of the given processes so far.
-fn kernel_time(pids: &[u32]) -> f64 {
-    proc_times(pids, false)
-}
-
-fn proc_times(pids: &[u32], with_user: bool) -> f64 {
-    let ticks = clock_ticks();
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((if with_user { utime } else { 0.0 } + stime) / ticks)
-        })
-        .sum()
-}
-
-/// Minor page faults of the given processes so far.
-fn page_faults(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // minflt is the 10th field; the 8th after the parenthesised command name.
-            stat.rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(7)?
-                .parse::<u64>()
+impl Usage {
+    fn of(pids: &[u32]) -> Usage {
+        let mut total = Usage::default();
+        for pid in pids {
+            if let Some(u) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
+                .and_then(|stat| Usage::parse(&stat))
+            {
+                total.add(u);
+            }
+        }
+        total
+    }
+
+    fn parse(stat: &str) -> Option<Usage> {
+        // Fields after the parenthesised command name: minflt is the 8th, utime and stime the
+        // 12th and 13th (fields 10, 14 and 15 of proc(5)).
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(Usage {
+            faults: f.get(7)?.parse().ok()?,
+            user_ticks: f.get(11)?.parse().ok()?,
+            kernel_ticks: f.get(12)?.parse().ok()?,
         })
-        .sum()
+    }
+
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            user_ticks: self.user_ticks.saturating_sub(before.user_ticks),
+            kernel_ticks: self.kernel_ticks.saturating_sub(before.kernel_ticks),
+            faults: self.faults.saturating_sub(before.faults),
+        }
+    }
+
+    fn add(&mut self, other: Usage) {
+        self.user_ticks += other.user_ticks;
+        self.kernel_ticks += other.kernel_ticks;
+        self.faults += other.faults;
+    }
 }
 
 fn clock_ticks() -> f64 {
@@ -792,4 +798,25 @@ fn status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Usage;
+
+    #[test]
+    fn usage_reads_faults_and_cpu_ticks_after_the_command_name() {
+        // A command name may itself contain ") ", so fields count from the last ')'.
+        let stat = "42 (ncx) x) S 1 42 42 0 -1 4194560 1234 0 5 0 77 33 0 0 20 0 3 0 100 0 0";
+        let u = Usage::parse(stat).unwrap();
+        assert_eq!((u.faults, u.user_ticks, u.kernel_ticks), (1234, 77, 33));
+        let later = Usage {
+            faults: 1300,
+            user_ticks: 80,
+            kernel_ticks: 40,
+        };
+        let d = later.since(u);
+        assert_eq!((d.faults, d.user_ticks, d.kernel_ticks), (66, 3, 7));
+        assert!(Usage::parse("42 (ncx) S 1").is_none());
+    }
 }
