@@ -23,12 +23,7 @@ async fn demo_check_exits_zero_after_a_round_trip() {
         .await
         .unwrap()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out, "ncx demo --check");
     assert!(
         stdout.contains("round trip through the tunnel ok"),
         "{stdout}"
@@ -90,24 +85,12 @@ async fn certs_tooling_writes_private_keys_0600_and_refuses_to_overwrite() {
         }
     };
     let ca = run(vec!["ca"]).await;
-    assert!(
-        ca.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ca.stderr)
+    assert!(succeeded(&ca, "ncx certs ca").contains("fingerprint: sha256:"));
+    succeeded(
+        &run(vec!["server", "localhost", "127.0.0.1"]).await,
+        "ncx certs server",
     );
-    assert!(String::from_utf8_lossy(&ca.stdout).contains("fingerprint: sha256:"));
-    let srv = run(vec!["server", "localhost", "127.0.0.1"]).await;
-    assert!(
-        srv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&srv.stderr)
-    );
-    let cli = run(vec!["client", "office"]).await;
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
+    succeeded(&run(vec!["client", "office"]).await, "ncx certs client");
     for key in ["ca.key", "server.key", "client-office.key"] {
         let mode = std::fs::metadata(dir.path().join(key))
             .unwrap()
@@ -118,11 +101,9 @@ async fn certs_tooling_writes_private_keys_0600_and_refuses_to_overwrite() {
     let again = run(vec!["ca"]).await;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    let forced = run(vec!["--force", "server", "localhost", "127.0.0.1"]).await;
-    assert!(
-        forced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&forced.stderr)
+    succeeded(
+        &run(vec!["--force", "server", "localhost", "127.0.0.1"]).await,
+        "ncx certs --force server",
     );
 
     // The files work: a server with them, a client trusting the CA file.
@@ -385,12 +366,7 @@ async fn bench_measures_direct_relay_floor_and_tunnel() {
     .await
     .expect("the bench finishes")
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out, "ncx bench");
     assert!(stdout.contains("| metric | unit | direct | relay floor | ncx (TLS) |"));
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = doc["rows"].as_array().unwrap();

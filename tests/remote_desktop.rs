@@ -54,13 +54,7 @@ async fn run_ok(cmd: &mut tokio::process::Command) -> String {
         .await
         .expect("the command finishes in time")
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    succeeded(&out, &format!("{cmd:?}"))
 }
 
 /// An SSH server on 127.0.0.1:0: every accepted connection is handed to `sshd -i` (inetd mode) as

@@ -462,6 +462,18 @@ pub fn log_field(line: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// The stdout of a process that must have succeeded; otherwise fails naming `what` and showing
+/// both its outputs.
+pub fn succeeded(out: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// `ncx` as a child process with a clean environment, killed when dropped.
 pub fn ncx_process() -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ncx"));
