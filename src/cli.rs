@@ -46,41 +46,6 @@ pub enum Command {
     /// Run the demo's sample service alone: a greeting line, then every byte echoed back. Handy as
     /// a local service while trying a tunnel.
     Echo(EchoArgs),
-    /// Benchmark: this ncx's server and client as separate processes on 127.0.0.1 with TLS, against
-    /// a direct connection in the same run. Build with --release first.
-    Bench(BenchArgs),
-    /// A plain TCP forwarder (no TLS, no multiplexing), started by `ncx bench` as the floor that any
-    /// two-process tunnel costs.
-    #[command(hide = true)]
-    Relay(RelayArgs),
-}
-
-/// `ncx bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Repetitions of every measurement; medians are reported.
-    #[arg(long, default_value_t = 5)]
-    pub repetitions: usize,
-    /// MiB per single-stream bulk transfer (the 8-stream transfer moves the same in total).
-    #[arg(long, default_value_t = 512)]
-    pub bulk_mib: u64,
-    /// Idle visitors to hold open for the memory measurement.
-    #[arg(long, default_value_t = 10_000)]
-    pub idle_connections: usize,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
-/// `ncx relay`.
-#[derive(Debug, Args)]
-pub struct RelayArgs {
-    /// Address to listen on.
-    #[arg(long)]
-    pub listen: String,
-    /// Address every connection is forwarded to.
-    #[arg(long)]
-    pub to: std::net::SocketAddr,
 }
 
 /// `ncx echo`.
@@ -425,24 +390,6 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
         }
         Command::Demo(args) => {
             crate::demo::run(args.check, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench(args) => {
-            let opts = crate::bench::BenchOptions {
-                repetitions: args.repetitions,
-                bulk_bytes: args.bulk_mib << 20,
-                idle_connections: args.idle_connections,
-                json: args.json,
-            };
-            crate::bench::run(opts, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Relay(args) => {
-            let listener = TcpListener::bind(&args.listen)
-                .await
-                .with_context(|| format!("binding {}", args.listen))?;
-            println!("relay listening on {}", listener.local_addr()?);
-            crate::bench::relay(listener, args.to, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo(args) => {

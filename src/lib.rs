@@ -16,7 +16,6 @@
 //! - [`splice`]: TCP ↔ substream copying that keeps half-close and makes resets visible.
 //! - [`server`], [`client`]: the two ends.
 //! - [`demo`]: everything on loopback in one process.
-//! - [`bench`]: the benchmark of the real processes against a direct connection and a relay floor.
 //! - [`cli`]: the command line.
 //!
 //! Glossary: **session** (one TLS connection and its yamux session), **control stream** (the first
@@ -26,7 +25,6 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client;

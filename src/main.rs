@@ -75,7 +75,7 @@ const ALLOCATOR_PROBE: usize = 256 * 1024;
 /// far (mallopt(3), "dynamic mmap threshold"); allocating and freeing one 256 KiB block here
 /// sets it to about 512 KiB without `unsafe` or a foreign allocator. Measured on a 2-core VM:
 /// single-stream downloads through `ncx server` and `ncx client` fell to under 600 page faults
-/// per GiB and 18–35% less CPU per GiB, with idle RSS unchanged within noise; `ncx bench`'s mix,
+/// per GiB and 18–35% less CPU per GiB, with idle RSS unchanged within noise; `ncx-bench`'s mix,
 /// with eight streams at once, still shows 50,000–70,000 per GiB. A 1 MiB probe removes those too
 /// (about 3,000 per GiB) but kept about 2 MiB more anonymous memory in each process idle, for a
 /// saving of a few percent of CPU. Other C libraries ignore the probe.

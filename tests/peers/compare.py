@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ncx beside rathole (TLS) and bore, on 127.0.0.1 only, in the same interleaved run.
 
-Not part of the test suite (it needs the peers' binaries); `ncx bench` is the benchmark of record.
+Not part of the test suite (it needs the peers' binaries); `ncx-bench` (bench/) is the benchmark of record.
 This answers one question: measured on the same machine at the same time, how does ncx compare with
 the tunnels people would pick instead? One Python service serves every path, so Python's own
 overhead is in every figure alike; quote the ratios to direct.

@@ -1,7 +1,7 @@
-//! `ncx bench`: the real `ncx server` and `ncx client` as separate processes on 127.0.0.1 with TLS,
+//! The benchmark: the real `ncx server` and `ncx client` as separate processes on 127.0.0.1 with TLS,
 //! measured against a direct connection to the same service in the same run.
 //!
-//! A third path, the relay floor, is two `ncx relay` processes in a chain: plain TCP forwarding
+//! A third path, the relay floor, is two relay processes (`ncx-bench relay`) in a chain: plain TCP forwarding
 //! with one connection per visitor, no encryption, no multiplexing. Any tunnel made of a server
 //! and a client process pays at least that on the machine at hand (two more processes to wake,
 //! every byte copied through the kernel twice more), so it tells how much of a ratio to direct is
@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub idle_connections: usize,
     /// Where to write the JSON results.
     pub json: Option<PathBuf>,
+    /// The `ncx` executable under test.
+    pub ncx: PathBuf,
 }
 
 const TOKEN: &str = "bench-token-not-secret";
@@ -121,19 +123,25 @@ async fn announced_address(child: &mut Child) -> anyhow::Result<SocketAddr> {
     Ok(line.trim().rsplit(' ').next().unwrap_or_default().parse()?)
 }
 
-/// Starts `ncx relay` forwarding to `to`; returns it and its listening address.
-async fn spawn_relay(exe: &Path, to: SocketAddr) -> anyhow::Result<(Child, SocketAddr)> {
-    let mut relay = ncx_command(exe)
+/// Starts `ncx-bench relay` (this executable) forwarding to `to`; returns it and its listening
+/// address.
+async fn spawn_relay(to: SocketAddr) -> anyhow::Result<(Child, SocketAddr)> {
+    let exe = std::env::current_exe().context("finding the ncx-bench executable")?;
+    let mut relay = Command::new(exe)
         .args(["relay", "--listen", "127.0.0.1:0", "--to", &to.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
-        .context("starting ncx relay")?;
+        .context("starting the relay")?;
     let addr = announced_address(&mut relay)
         .await
         .context("relay address")?;
     Ok((relay, addr))
 }
 
-/// `ncx relay`: forwards every connection to `to` with the tunnel's own splice, one TCP connection
+/// `ncx-bench relay`: forwards every connection to `to` with the tunnel's own splice, one TCP connection
 /// per visitor and no encryption. Two of these in a chain are the benchmark's floor: the least any
 /// tunnel of two processes (a server and a client) costs on this machine.
 pub async fn relay(listener: TcpListener, to: SocketAddr, shutdown: CancellationToken) {
@@ -147,12 +155,12 @@ pub async fn relay(listener: TcpListener, to: SocketAddr, shutdown: Cancellation
         tracker.spawn(async move {
             let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(to));
             let Ok(Ok(upstream)) = connect.await else {
-                crate::splice::abort(visitor);
+                ncx::splice::abort(visitor);
                 return;
             };
             let _ = visitor.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            crate::splice::splice(visitor, upstream, cancel.cancelled_owned()).await;
+            ncx::splice::splice(visitor, upstream, cancel.cancelled_owned()).await;
         });
     }
     tracker.close();
@@ -179,29 +187,30 @@ fn ncx_command(exe: &Path) -> Command {
 }
 
 async fn setup(
+    opts: &BenchOptions,
     dir: &Path,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Setup> {
-    let exe = std::env::current_exe().context("finding the ncx executable")?;
+    let exe = opts.ncx.as_path();
     let svc = TcpListener::bind("127.0.0.1:0").await?;
     let svc_direct = svc.local_addr()?;
     tracker.spawn(bench_service(svc, cancel.clone()));
 
-    let mut echo = ncx_command(&exe)
+    let mut echo = ncx_command(exe)
         .args(["echo", "--listen", "127.0.0.1:0"])
         .spawn()
         .context("starting ncx echo")?;
     let echo_addr = announced_address(&mut echo).await.context("echo address")?;
 
-    let (relay_inner, inner_addr) = spawn_relay(&exe, svc_direct).await?;
-    let (relay_outer, svc_relay) = spawn_relay(&exe, inner_addr).await?;
+    let (relay_inner, inner_addr) = spawn_relay(svc_direct).await?;
+    let (relay_outer, svc_relay) = spawn_relay(inner_addr).await?;
 
-    let (identity, created) = crate::certs::load_or_create_self_signed(&dir.join("certs"))?;
+    let (identity, created) = ncx::certs::load_or_create_self_signed(&dir.join("certs"))?;
     debug_assert!(created);
     let fingerprint = identity.fingerprint();
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let server = ncx_command(&exe)
+    let server = ncx_command(exe)
         .args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
         .arg(dir.join("certs"))
         .args([
@@ -224,7 +233,7 @@ async fn setup(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = ncx_command(&exe)
+    let client = ncx_command(exe)
         .args([
             "client",
             "--server",
@@ -278,7 +287,7 @@ async fn run_inner(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut s = setup(dir, tracker, cancel).await?;
+    let mut s = setup(opts, dir, tracker, cancel).await?;
     let pids = [
         s.server.id().context("server pid")?,
         s.client.id().context("client pid")?,
@@ -497,7 +506,7 @@ fn row(metric: &str, unit: &str, samples: &Samples) -> Row {
 
 fn print_table(rows: &[Row], opts: &BenchOptions) {
     println!(
-        "ncx bench: {} repetitions, medians; {} MiB per bulk transfer; {} CPUs",
+        "ncx-bench: {} repetitions, medians; {} MiB per bulk transfer; {} CPUs",
         opts.repetitions,
         opts.bulk_bytes >> 20,
         std::thread::available_parallelism()
@@ -714,7 +723,7 @@ async fn connection_rate(addr: SocketAddr) -> anyhow::Result<f64> {
 /// the greeting, so it is spliced end to end).
 async fn hold_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
     let mut held = Vec::with_capacity(n);
-    let banner = crate::demo::BANNER.len();
+    let banner = ncx::demo::BANNER.len();
     for _ in 0..n {
         let mut s = connect(addr).await?;
         let mut b = vec![0u8; banner];
