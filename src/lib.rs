@@ -31,6 +31,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod framed;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod net;
 pub mod ratelimit;

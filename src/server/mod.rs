@@ -103,6 +103,7 @@ impl Server {
     /// with exported keying material `exported`: everything after the TLS handshake, exactly as for
     /// a real client. Returns once the session has ended and released its ports. For fuzzing and
     /// tests, which feed the session logic bytes without TLS.
+    #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub async fn serve_decrypted<T>(
         &self,

@@ -175,7 +175,7 @@ pub(super) fn local_or_unspecified(tcp: &TcpStream) -> SocketAddr {
 
 /// Runs a session over `io`, the inside of a TLS connection that established `facts`, until its
 /// last port is released. Public to the crate so the session logic can be
-/// fed arbitrary bytes without TLS (see [`crate::fuzzing`]).
+/// fed arbitrary bytes without TLS (the `fuzzing` feature's `Server::serve_decrypted`).
 pub(crate) async fn serve<T>(
     shared: Arc<Shared>,
     io: T,
