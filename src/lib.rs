@@ -24,18 +24,25 @@
 //! visitor), **local service** (what the client connects a visitor to).
 #![forbid(unsafe_code)]
 
+pub mod accept;
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod framed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod heartbeat;
 pub mod net;
 pub mod ratelimit;
+pub mod refusal;
 pub mod server;
 pub mod session;
 pub mod splice;
+pub mod tasks;
+pub mod timeouts;
 pub mod tls;

@@ -1,4 +1,5 @@
-//! Socket options for the one TCP connection between client and server.
+//! Socket options: the one TCP connection between client and server, and the visitor and local
+//! connections beside it.
 
 use std::time::Duration;
 
@@ -32,5 +33,19 @@ pub fn tune_tunnel(tcp: &TcpStream) {
     }
     if let Err(e) = sock.set_tcp_notsent_lowat(TUNNEL_NOTSENT_LOWAT) {
         tracing::debug!(error = %e, "setting TCP_NOTSENT_LOWAT failed");
+    }
+}
+
+/// The local address of a socket, or the unspecified address in the rare case it cannot be read.
+pub fn local_or_unspecified(tcp: &TcpStream) -> std::net::SocketAddr {
+    tcp.local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Sets TCP_NODELAY on a visitor or local connection, where a keystroke must not wait for Nagle.
+/// Failure only loses a hint.
+pub fn no_delay(tcp: &TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "setting TCP_NODELAY failed");
     }
 }

@@ -30,7 +30,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client gives up connecting to the server (TCP) after this long.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client gives up connecting to a local service after this long, and refuses the visitor.
-pub const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = crate::timeouts::DEFAULT_LOCAL_CONNECT;
 /// Handshakes in progress at once on a server; when all are taken, the oldest is dropped for a new
 /// connection, so idle connections cannot starve real clients.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
