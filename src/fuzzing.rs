@@ -229,7 +229,7 @@ async fn feed_raw(io: tokio::io::DuplexStream, data: &[u8]) {
 async fn feed_authenticated(io: tokio::io::DuplexStream, data: &[u8], visit: bool) {
     let cancel = CancellationToken::new();
     let (handle, driver) =
-        crate::session::start(io, yamux::Mode::Client, Box::new(|_, _| {}), cancel.clone());
+        crate::mux::start(io, yamux::Mode::Client, Box::new(|_, _| {}), cancel.clone());
     let driver = tokio::spawn(driver);
     let work = async {
         let Ok(stream) = handle.open().await else {

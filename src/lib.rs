@@ -37,11 +37,11 @@ pub mod framed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod heartbeat;
+pub mod mux;
 pub mod net;
 pub mod ratelimit;
 pub mod refusal;
 pub mod server;
-pub mod session;
 pub mod splice;
 pub mod tasks;
 pub mod timeouts;

@@ -1,4 +1,4 @@
-//! Splicing a TCP connection with a substream (or two substreams, for a private visitor), keeping
+//! Splicing a TCP connection with a substream (or two substreams, for a private visit), keeping
 //! half-close and making resets visible.
 //!
 //! yamux reads a reset stream and a lost session as a clean EOF. Passed on as such, a visitor would
@@ -14,10 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
-use crate::session::SessionState;
+use crate::mux::SessionState;
 
 /// Copy buffer per direction. 64 KiB measured about 35% faster than tokio's 8 KiB default through
-/// the full tunnel (STACK.md §6).
+/// the full tunnel (ARCHITECTURE.md, "Measured facts the code relies on").
 pub const COPY_BUFFER: usize = 64 * 1024;
 
 /// A yamux stream with tokio I/O traits whose EOF is only clean when the peer really finished.
@@ -121,11 +121,10 @@ pub enum SpliceEnd {
 /// What a splice moved and how it ended.
 #[derive(Debug)]
 pub struct Spliced {
-    /// Bytes read from the first side (the TCP connection, or the visiting substream) and written to
-    /// the second.
-    pub from_tcp: u64,
-    /// Bytes read from the second side and written to the first.
-    pub from_substream: u64,
+    /// Bytes read from side `a` and written to side `b`.
+    pub from_a: u64,
+    /// Bytes read from side `b` and written to side `a`.
+    pub from_b: u64,
     /// How it ended.
     pub end: SpliceEnd,
 }
@@ -137,18 +136,22 @@ pub struct Spliced {
 /// Buffers are taken only while data moves: a direction whose source has nothing to read gives its
 /// buffer back, so an idle spliced connection holds no copy buffer at all (ten thousand idle
 /// visitors would otherwise pin 2.5 GiB of 64 KiB buffers across both sides).
+///
+/// Side `a` is the near end of whoever splices (a visitor's TCP connection on the server, the
+/// local service's connection on the client, the visiting substream in a private bridge), side `b`
+/// the far end (the substream across the tunnel).
 pub async fn splice<A: Abort, B: Abort>(
-    mut tcp: A,
-    mut sub: B,
+    mut a: A,
+    mut b: B,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Spliced {
-    let mut up = Direction::default();
-    let mut down = Direction::default();
+    let mut a_to_b = Direction::default();
+    let mut b_to_a = Direction::default();
     let res = {
         let copy = std::future::poll_fn(|cx| {
-            let a = up.poll(cx, &mut tcp, &mut sub)?;
-            let b = down.poll(cx, &mut sub, &mut tcp)?;
-            match (a, b) {
+            let forward = a_to_b.poll(cx, &mut a, &mut b)?;
+            let back = b_to_a.poll(cx, &mut b, &mut a)?;
+            match (forward, back) {
                 (Poll::Ready(_), Poll::Ready(_)) => Poll::Ready(Ok::<_, io::Error>(())),
                 _ => Poll::Pending,
             }
@@ -159,12 +162,12 @@ pub async fn splice<A: Abort, B: Abort>(
         }
     };
     if !matches!(res, SpliceEnd::Finished) {
-        tcp.abort();
-        sub.abort();
+        a.abort();
+        b.abort();
     }
     Spliced {
-        from_tcp: up.total,
-        from_substream: down.total,
+        from_a: a_to_b.total,
+        from_b: b_to_a.total,
         end: res,
     }
 }

@@ -177,7 +177,7 @@ async fn hello_with_another_version_is_refused_as_version_mismatch() {
         .await
         .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, driver) = ncx::session::start(
+    let (handle, driver) = ncx::mux::start(
         tls,
         yamux::Mode::Client,
         Box::new(|_, _| {}),

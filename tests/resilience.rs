@@ -102,7 +102,7 @@ async fn frozen_client(server: SocketAddr, pki: &Pki, port: u16) -> tokio::task:
         .unwrap();
     let exported = ncx::auth::export(tls.get_ref().1).unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, driver) = ncx::session::start(
+    let (handle, driver) = ncx::mux::start(
         tls,
         yamux::Mode::Client,
         Box::new(|_, _| {}),

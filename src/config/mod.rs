@@ -63,7 +63,7 @@ pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_VISITORS_PER_SESSION: usize = 10_000;
 /// The highest allowed `max_visitors_per_session`: yamux's stream limit less 1024 streams of
 /// headroom for the control stream and for substreams the client has not dropped yet.
-pub const MAX_VISITORS_PER_SESSION: usize = crate::session::MAX_YAMUX_STREAMS - 1024;
+pub const MAX_VISITORS_PER_SESSION: usize = crate::mux::MAX_YAMUX_STREAMS - 1024;
 
 /// A configuration mistake, located as precisely as the source allows.
 #[derive(Debug, thiserror::Error)]

@@ -1,57 +1,39 @@
 //! `ncx server`: accepts clients, authenticates them, and exposes their services on public ports.
 //!
-//! - `mod.rs`: the accept loop; every connection's handshake runs in its own task, capped in number.
-//! - [`session`]: one task per client session: handshake, authentication, takeover, control stream.
-//! - [`services`]: binding public ports under the identity's policy and serving their visitors.
-//! - [`private`]: private services, and bridging visits from `ncx visit` sessions to their owners.
-//! - [`registry`]: which session and which ports each identity holds.
-//! - [`admission`]: handshake slots and the failed-authentication guard.
+//! From the top down (each file imports only files below it):
+//! - `mod.rs`: [`Server`] and its accept loop; every connection's handshake runs in its own task.
+//! - [`session`]: one session from TLS to teardown: the hello, admission, the control loop.
+//! - [`control`]: the control loop of an admitted session, with its phase.
+//! - [`services`]: the services a session registered, public and private.
+//! - [`public`]: binding public ports and accepting their visitors.
+//! - [`private`]: bridging visits of `ncx visit` sessions to the owning client.
+//! - [`opener`]: the substream opener that public visitors and private visits share.
+//! - [`context`]: what the tasks of the server and of one session share.
+//! - [`admission`]: handshake and session slots, authentication, the failed-authentication guard.
+//! - [`registry`]: which session and which ports each identity holds; depends on nothing above.
 
 mod admission;
+mod context;
+mod control;
+mod opener;
 mod private;
+mod public;
 mod registry;
 mod services;
 mod session;
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ncx_proto::Name;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-
-use crate::ratelimit::LogLimiter;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, Instrument};
 
-use crate::config::{IdentityPolicy, ServerSettings};
+use crate::accept::accept_until;
+use crate::config::ServerSettings;
 use crate::tls::{Fingerprint, ServerIdentity, TlsError};
-
-/// Pause after a failed `accept` (for example EMFILE) so the loop backs off instead of spinning.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// State shared by every task of one server.
-struct Shared {
-    settings: ServerSettings,
-    identities: HashMap<Name, IdentityPolicy>,
-    acceptor: TlsAcceptor,
-    registry: registry::Registry,
-    next_session: AtomicU64,
-    /// Caps client sessions.
-    sessions: Arc<Semaphore>,
-    /// Handshakes in progress.
-    handshakes: Arc<admission::HandshakeSlots>,
-    /// Failed authentications per address.
-    auth_guard: admission::AuthGuard,
-    /// Limits warnings about refused clients.
-    refusal_log: LogLimiter,
-    /// Limits warnings about evicted handshakes.
-    eviction_log: LogLimiter,
-}
+use context::Shared;
 
 /// A configured server, ready to run on a listener.
 #[derive(Clone)]
@@ -65,38 +47,15 @@ impl Server {
     pub fn new(settings: ServerSettings, identity: ServerIdentity) -> Result<Self, TlsError> {
         let fingerprint = identity.fingerprint();
         let tls = crate::tls::server_config(identity, settings.client_ca.as_deref())?;
-        let settings_max_sessions = settings.max_sessions;
-        let settings_max_handshakes = settings.max_handshakes;
-        let auth_threshold = settings.auth_failures_before_block;
-        let auth_block = settings.auth_block;
-        let identities = settings
-            .identities
-            .iter()
-            .map(|p| (p.name.clone(), p.clone()))
-            .collect();
         Ok(Server {
-            shared: Arc::new(Shared {
-                settings,
-                identities,
-                acceptor: TlsAcceptor::from(Arc::new(tls)),
-                registry: registry::Registry::default(),
-                next_session: AtomicU64::new(1),
-                sessions: Arc::new(Semaphore::new(settings_max_sessions)),
-                handshakes: admission::HandshakeSlots::new(settings_max_handshakes),
-                auth_guard: admission::AuthGuard::new(auth_threshold, auth_block),
-                refusal_log: LogLimiter::default(),
-                eviction_log: LogLimiter::default(),
-            }),
+            shared: Arc::new(Shared::new(settings, TlsAcceptor::from(Arc::new(tls)))),
             fingerprint,
         })
     }
 
     /// How many sessions have begun (authenticated or not) since the server was built.
     pub fn sessions_started(&self) -> u64 {
-        self.shared
-            .next_session
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - 1
+        self.shared.sessions_started()
     }
 
     /// Serves one session over `io`, which stands for the inside of a TLS connection from `peer`
@@ -114,12 +73,12 @@ impl Server {
     ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (slot, _) = self.shared.handshakes.claim();
+        let slot = self.shared.admission.claim_handshake();
         let deadline = tokio::time::Instant::now() + self.shared.settings.handshake_timeout;
         session::serve(
             self.shared.clone(),
             io,
-            session::PeerTls {
+            admission::PeerTls {
                 exported: crate::auth::ExportedKey(exported),
                 cert_name: None,
                 local: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -141,44 +100,23 @@ impl Server {
     /// Accepts clients on `listener` until `shutdown` fires, then ends every session (visitors are
     /// reset, ports released) and returns once every task it started has finished.
     pub async fn run(&self, listener: TcpListener, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+        let sessions = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, fingerprint = %self.fingerprint, "server listening");
         }
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a client failed; backing off");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                        }
-                    }
-                },
-            };
+        accept_until(&listener, &shutdown, "a client", |tcp, peer| {
             crate::net::tune_tunnel(&tcp);
-            let (slot, evicted) = self.shared.handshakes.claim();
-            if evicted {
-                if let Some(held_back) = self.shared.eviction_log.allow() {
-                    warn!(
-                        limit = self.shared.settings.max_handshakes,
-                        held_back,
-                        "all handshake slots taken; dropped the oldest pending handshake"
-                    );
-                }
-            }
+            let slot = self.shared.admission.claim_handshake();
             let span = tracing::info_span!("session", %peer, client = tracing::field::Empty);
-            tracker.spawn(
+            sessions.spawn(
                 session::run(self.shared.clone(), tcp, peer, slot, shutdown.child_token())
                     .instrument(span),
             );
-        }
+        })
+        .await;
         drop(listener);
-        tracker.close();
-        tracker.wait().await;
+        sessions.close();
+        sessions.wait().await;
         info!("server stopped");
     }
 }

@@ -1,82 +1,24 @@
-//! Private services: registering them, and bridging each visit substream of a visiting session
-//! (`ncx visit`) to a new substream on the owning client's session.
+//! Private visits: each visit substream of a visiting session (`ncx visit`) is bridged to a new
+//! substream on the session of the client that offers the service.
 //!
 //! Nothing of a refused visit reaches the owning client: the service's existence, the visitor
 //! list, the block list of the failed-authentication guard and the limits are all checked before a
 //! substream to the client is opened.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ncx_proto::{ErrorCode, Message, Name, Text};
+use ncx_proto::{ErrorCode, Message, Name};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, warn};
 
-use super::admission::FailureVerdict;
-use super::registry::PrivateService;
-use super::services::{end_text, open_to_client, Services};
-use super::session::SessionCtx;
+use super::context::SessionCtx;
+use super::opener::{end_text, open_to_client};
+use crate::audit::{AuditRecord, VisitorEnd};
 use crate::framed::{write_message, MessageReader};
+use crate::refusal::Refusal;
 use crate::splice::{splice, Substream};
-
-/// How long a visiting peer may take to say which service it visits after opening a substream.
-const VISIT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl Services {
-    /// Handles one `RegisterPrivate`: records the service and who may visit it, or says why not.
-    pub(super) fn register_private(&mut self, service: Name, visitors: Vec<Name>) -> Message {
-        let refused = |code: ErrorCode, message: String| {
-            warn!(%service, %code, reason = %message, "private service refused");
-            Message::ServiceRefused {
-                service: service.clone(),
-                code,
-                message: Text::new(message),
-            }
-        };
-        if self.names.contains(&service) {
-            return refused(
-                ErrorCode::DuplicateService,
-                format!("service {service} is already registered in this session"),
-            );
-        }
-        if visitors.is_empty() {
-            return refused(
-                ErrorCode::NotAllowed,
-                format!("private service {service} lists no visitor identities"),
-            );
-        }
-        let entry = PrivateService {
-            owner: self.identity.clone(),
-            session: self.ctx.id,
-            visitors: visitors.clone().into(),
-            ctx: Arc::downgrade(&self.ctx),
-            permits: Arc::new(Semaphore::new(
-                self.ctx.shared.settings.max_visitors_per_service,
-            )),
-        };
-        if self
-            .ctx
-            .shared
-            .registry
-            .claim_private(&service, entry)
-            .is_err()
-        {
-            return refused(
-                ErrorCode::PortInUse,
-                format!("private service {service} is still held by an earlier session of this identity"),
-            );
-        }
-        self.names.insert(service.clone());
-        self.ctx
-            .hold_private(self.identity.clone(), service.clone());
-        info!(%service, ?visitors, "private service offered");
-        Message::Registered {
-            service,
-            remote_port: 0,
-        }
-    }
-}
+use crate::timeouts::FIRST_MESSAGE;
 
 /// Serves one visit substream that the session `ctx` (of `identity`) opened: reads which service
 /// it wants, checks the visitor, joins it to a substream on the owner's session, and writes the
@@ -88,11 +30,11 @@ pub(super) async fn visit(
     _permit: OwnedSemaphorePermit,
 ) {
     let started = tokio::time::Instant::now();
-    let mut sub = Substream::new(stream, ctx.handle.state().clone());
+    let mut sub = Substream::new(stream, ctx.mux.state().clone());
     let mut reader = MessageReader::new();
     let request = tokio::select! {
-        _ = ctx.visitors_cancel.cancelled() => return,
-        r = tokio::time::timeout(VISIT_REQUEST_TIMEOUT, reader.read(&mut sub)) => r,
+        _ = ctx.visitors.cancelled() => return,
+        r = tokio::time::timeout(FIRST_MESSAGE, reader.read(&mut sub)) => r,
     };
     let (owner, service) = match request {
         Ok(Ok(Message::Visit { owner, service })) => (owner, service),
@@ -108,72 +50,66 @@ pub(super) async fn visit(
             return;
         }
         Err(_) => {
-            debug!("no visit request within {VISIT_REQUEST_TIMEOUT:?}");
+            debug!("no visit request within {FIRST_MESSAGE:?}");
             return;
         }
     };
     tracing::Span::current().record("service", tracing::field::display(&service));
-    let (bytes_in, bytes_out, end) = bridge(&ctx, sub, &identity, &owner, &service).await;
-    info!(
-        target: "ncx::audit",
-        %service,
-        %owner,
-        visitor = %ctx.peer,
-        %identity,
-        bytes_in,
-        bytes_out,
-        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        end = %end,
-        "visitor connection"
-    );
+    let record = AuditRecord {
+        service: &service,
+        owner: Some(&owner),
+        visitor: ctx.peer,
+        identity: Some(&identity),
+        started,
+    };
+    let end = bridge(&ctx, sub, &identity, &owner, &service).await;
+    record.emit(&end);
 }
 
-/// Checks the visit and joins `sub` to a substream on the owner's session. Returns the bytes from
-/// and to the visitor and how it ended.
+/// Checks the visit and joins `sub` to a substream on the owner's session.
 async fn bridge(
     ctx: &Arc<SessionCtx>,
     mut sub: Substream,
     identity: &Name,
     owner: &Name,
     service: &Name,
-) -> (u64, u64, String) {
-    let peer = ctx.peer;
-    let checked = check(ctx, identity, owner, service);
-    let (owner, _permits) = match checked {
+) -> VisitorEnd {
+    let (owner, _permits) = match check(ctx, identity, owner, service) {
         Ok(ok) => ok,
-        Err((code, message)) => return refuse(sub, code, message).await,
+        Err(refusal) => return refuse(sub, refusal).await,
     };
     // The owner's drain waits for this visitor like for its public ones.
-    let _owner_visit = owner.visitors.token();
+    let _owner_visit = owner.visitors.member();
     let opened = tokio::select! {
-        _ = ctx.visitors_cancel.cancelled() => return (0, 0, "reset: the visiting session ended".into()),
-        r = open_to_client(&owner, service, peer, ctx.local, None) => r,
+        _ = ctx.visitors.cancelled() => return VisitorEnd::before_data("reset: the visiting session ended"),
+        r = open_to_client(&owner, service, ctx.peer, ctx.local, None) => r,
     };
     let theirs = match opened {
         Ok((s, _)) => s,
         Err(failure) => {
-            let _ = refuse(sub, failure.code, failure.message).await;
-            return (0, 0, failure.end);
+            refuse(sub, failure.refusal).await;
+            return VisitorEnd::before_data(failure.end);
         }
     };
     if let Err(e) = write_message(&mut sub, &Message::VisitorStatus { refusal: None }).await {
-        return (0, 0, format!("reset: answering the visitor: {e}"));
+        return VisitorEnd::before_data(format!("reset: answering the visitor: {e}"));
     }
     debug!("visitor connected");
     let cancel = async {
         tokio::select! {
-            _ = ctx.visitors_cancel.cancelled() => {}
-            _ = owner.visitors_cancel.cancelled() => {}
+            _ = ctx.visitors.cancelled() => {}
+            _ = owner.visitors.cancelled() => {}
         }
     };
     let spliced = splice(sub, theirs, cancel).await;
-    (
-        spliced.from_tcp,
-        spliced.from_substream,
-        end_text(&spliced.end),
-    )
+    VisitorEnd {
+        bytes_in: spliced.from_a,
+        bytes_out: spliced.from_b,
+        how: end_text(&spliced.end),
+    }
 }
 
+/// The owner's session and the visitor's places in its limits (the session's and the service's).
 type Checked = (
     Arc<SessionCtx>,
     (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -185,21 +121,14 @@ fn check(
     identity: &Name,
     owner_name: &Name,
     service: &Name,
-) -> Result<Checked, (ErrorCode, String)> {
+) -> Result<Checked, Refusal> {
     let shared = &ctx.shared;
     let peer = ctx.peer;
-    if let Some(left) = shared.auth_guard.blocked_for(peer.ip()) {
-        return Err((
-            ErrorCode::LimitReached,
-            format!(
-                "too many failed authentications from {}; try again in {} s",
-                peer.ip(),
-                left.as_secs().max(1)
-            ),
-        ));
+    if let Some(refusal) = shared.admission.blocked(peer.ip()) {
+        return Err(refusal);
     }
     let offline = || {
-        (
+        Refusal::new(
             ErrorCode::UnknownService,
             format!("{owner_name} offers no private service named {service} now"),
         )
@@ -208,17 +137,11 @@ fn check(
         return Err(offline());
     };
     if !target.visitors.contains(identity) {
-        if let Some(held_back) = shared.refusal_log.allow() {
+        if let Some(held_back) = shared.admission.refusal_log.allow() {
             warn!(%owner_name, %service, %identity, %peer, held_back, "visit refused: the identity is not on the service's visitor list");
         }
-        if shared.auth_guard.record_failure(peer.ip()) == FailureVerdict::NowBlocked {
-            warn!(
-                ip = %peer.ip(),
-                block = ?shared.settings.auth_block,
-                "blocking an address after repeated refused visits"
-            );
-        }
-        return Err((
+        shared.admission.record_failure(peer.ip(), "refused visits");
+        return Err(Refusal::new(
             ErrorCode::NotAllowed,
             format!("identity {identity} may not visit {owner_name}/{service}"),
         ));
@@ -226,21 +149,21 @@ fn check(
     let Some(owner) = target.ctx.upgrade() else {
         return Err(offline());
     };
-    if owner.listeners_cancel.is_cancelled() {
+    if owner.services_stopped() {
         return Err(offline());
     }
-    let session = owner.visitor_permits.clone().try_acquire_owned();
+    let session = owner.limits.visitors.clone().try_acquire_owned();
     let service_permit = target.permits.clone().try_acquire_owned();
     match (session, service_permit) {
         (Ok(a), Ok(b)) => Ok((owner, (a, b))),
-        (Err(_), _) => Err((
+        (Err(_), _) => Err(Refusal::new(
             ErrorCode::LimitReached,
             format!(
                 "the session offering {service} has reached its limit of {} visitors",
                 shared.settings.max_visitors_per_session
             ),
         )),
-        (_, Err(_)) => Err((
+        (_, Err(_)) => Err(Refusal::new(
             ErrorCode::LimitReached,
             format!(
                 "service {service} has reached its limit of {} visitors",
@@ -251,13 +174,13 @@ fn check(
 }
 
 /// Tells the visiting peer why, closes its substream, and returns the audit fields.
-async fn refuse(mut sub: Substream, code: ErrorCode, message: String) -> (u64, u64, String) {
-    debug!(%code, reason = %message, "visit refused");
-    let status = Message::VisitorStatus {
-        refusal: Some((code, Text::new(message.as_str()))),
-    };
-    if write_message(&mut sub, &status).await.is_ok() {
+async fn refuse(mut sub: Substream, refusal: Refusal) -> VisitorEnd {
+    debug!(code = %refusal.code, reason = %refusal.message, "visit refused");
+    if write_message(&mut sub, &refusal.to_visitor_status())
+        .await
+        .is_ok()
+    {
         let _ = sub.shutdown().await;
     }
-    (0, 0, format!("refused: {message} ({code})"))
+    VisitorEnd::before_data(format!("refused: {refusal}"))
 }

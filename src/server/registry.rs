@@ -2,6 +2,9 @@
 //! port, and the private services.
 //!
 //! Both maps sit behind one short-held `std` mutex; nothing awaits while holding it.
+//!
+//! The registry is the lowest table of the server and depends on nothing above it: it holds the
+//! session of a private service as a `Weak<S>` of whatever type the server uses for a session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -9,8 +12,6 @@ use std::sync::{Arc, Mutex, Weak};
 use ncx_proto::Name;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-use super::session::SessionCtx;
 
 /// Identifies one session for the lifetime of the server process.
 pub type SessionId = u64;
@@ -26,9 +27,8 @@ pub struct SessionEntry {
     pub ports_released: CancellationToken,
 }
 
-/// A private service as the registry holds it.
-#[derive(Clone)]
-pub struct PrivateService {
+/// A private service as the registry holds it; `S` is the server's session type.
+pub struct PrivateService<S> {
     /// The identity that offers it.
     pub owner: Name,
     /// The owner's session that registered it.
@@ -36,23 +36,46 @@ pub struct PrivateService {
     /// Who may visit it.
     pub visitors: Arc<[Name]>,
     /// The owner's session (weak: the registry never keeps a session alive).
-    pub ctx: Weak<SessionCtx>,
+    pub ctx: Weak<S>,
     /// Caps the service's concurrent visitors.
     pub permits: Arc<Semaphore>,
 }
 
-#[derive(Default)]
-struct Inner {
+// Not derived: a derive would ask for `S: Clone`, and a `Weak<S>` clones without it.
+impl<S> Clone for PrivateService<S> {
+    fn clone(&self) -> Self {
+        PrivateService {
+            owner: self.owner.clone(),
+            session: self.session,
+            visitors: self.visitors.clone(),
+            ctx: self.ctx.clone(),
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+struct Inner<S> {
     sessions: HashMap<Name, SessionEntry>,
     ports: HashMap<u16, (Name, SessionId)>,
     /// Keyed by (owner, service): names are unique per identity only.
-    private: HashMap<(Name, Name), PrivateService>,
+    private: HashMap<(Name, Name), PrivateService<S>>,
 }
 
 /// The registry. One per server.
-#[derive(Default)]
-pub struct Registry {
-    inner: Mutex<Inner>,
+pub struct Registry<S> {
+    inner: Mutex<Inner<S>>,
+}
+
+impl<S> Default for Registry<S> {
+    fn default() -> Self {
+        Registry {
+            inner: Mutex::new(Inner {
+                sessions: HashMap::new(),
+                ports: HashMap::new(),
+                private: HashMap::new(),
+            }),
+        }
+    }
 }
 
 /// Why a port cannot be reserved.
@@ -64,8 +87,8 @@ pub enum PortClaimError {
     OtherSession,
 }
 
-impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+impl<S> Registry<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S>> {
         // A panic while holding this lock leaves only plain maps behind, which stay consistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -111,7 +134,11 @@ impl Registry {
     /// Registers `entry.owner`'s private service `name`. A visitor names the owner as well as the
     /// service, so identities cannot collide or stand in for each other; only an earlier session
     /// of the same identity can still hold the name.
-    pub fn claim_private(&self, name: &Name, entry: PrivateService) -> Result<(), PortClaimError> {
+    pub fn claim_private(
+        &self,
+        name: &Name,
+        entry: PrivateService<S>,
+    ) -> Result<(), PortClaimError> {
         let mut inner = self.lock();
         let key = (entry.owner.clone(), name.clone());
         match inner.private.get(&key) {
@@ -124,7 +151,7 @@ impl Registry {
     }
 
     /// `owner`'s private service `name`, if it is registered.
-    pub fn private(&self, owner: &Name, name: &Name) -> Option<PrivateService> {
+    pub fn private(&self, owner: &Name, name: &Name) -> Option<PrivateService<S>> {
         self.lock()
             .private
             .get(&(owner.clone(), name.clone()))
@@ -146,5 +173,103 @@ impl Registry {
         if inner.ports.get(&port).is_some_and(|(_, sid)| *sid == id) {
             inner.ports.remove(&port);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn entry(id: SessionId) -> SessionEntry {
+        SessionEntry {
+            id,
+            replace: CancellationToken::new(),
+            ports_released: CancellationToken::new(),
+        }
+    }
+
+    fn private(owner: &str, session: SessionId, ctx: &Arc<u32>) -> PrivateService<u32> {
+        PrivateService {
+            owner: name(owner),
+            session,
+            visitors: vec![name("alice")].into(),
+            ctx: Arc::downgrade(ctx),
+            permits: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    #[test]
+    fn a_port_belongs_to_one_identity_and_one_session_at_a_time() {
+        let r = Registry::<()>::default();
+        let (a, b) = (name("a"), name("b"));
+        assert_eq!(r.claim_port(7000, &a, 1), Ok(()));
+        // The same session may claim it again; a register that fails to bind releases it.
+        assert_eq!(r.claim_port(7000, &a, 1), Ok(()));
+        assert_eq!(
+            r.claim_port(7000, &b, 2),
+            Err(PortClaimError::OtherIdentity(a.clone()))
+        );
+        assert_eq!(r.claim_port(7000, &a, 3), Err(PortClaimError::OtherSession));
+        assert!(r.is_claimed(7000));
+        // Only the holder releases it.
+        r.release_port(7000, 3);
+        assert!(r.is_claimed(7000));
+        r.release_port(7000, 1);
+        assert!(!r.is_claimed(7000));
+        assert_eq!(r.claim_port(7000, &b, 2), Ok(()));
+    }
+
+    #[test]
+    fn a_newer_session_replaces_the_older_and_only_the_current_one_is_removed() {
+        let r = Registry::<()>::default();
+        let a = name("a");
+        assert!(r.install_session(&a, entry(1)).is_none());
+        let old = r
+            .install_session(&a, entry(2))
+            .expect("session 1 is replaced");
+        assert_eq!(old.id, 1);
+        // The replaced session ending late must not remove its successor.
+        r.remove_session(&a, 1);
+        let current = r
+            .install_session(&a, entry(3))
+            .expect("session 2 is still there");
+        assert_eq!(current.id, 2);
+        r.remove_session(&a, 3);
+        assert!(r.install_session(&a, entry(4)).is_none());
+    }
+
+    #[test]
+    fn private_services_are_named_by_owner_and_held_weakly() {
+        let r = Registry::<u32>::default();
+        let ctx = Arc::new(7u32);
+        let rdp = name("rdp");
+        assert!(r.claim_private(&rdp, private("office", 1, &ctx)).is_ok());
+        // Another identity's service of the same name is another service.
+        assert!(r.claim_private(&rdp, private("home", 2, &ctx)).is_ok());
+        // An earlier session of the owner still holds it: a newer one must wait.
+        assert_eq!(
+            r.claim_private(&rdp, private("office", 3, &ctx)).err(),
+            Some(PortClaimError::OtherSession)
+        );
+        let found = r.private(&name("office"), &rdp).expect("registered");
+        assert_eq!(found.session, 1);
+        assert_eq!(found.ctx.upgrade().as_deref(), Some(&7));
+        // The registry never keeps a session alive.
+        drop(ctx);
+        assert!(r
+            .private(&name("office"), &rdp)
+            .unwrap()
+            .ctx
+            .upgrade()
+            .is_none());
+        r.release_private(&name("office"), &rdp, 3);
+        assert!(r.private(&name("office"), &rdp).is_some());
+        r.release_private(&name("office"), &rdp, 1);
+        assert!(r.private(&name("office"), &rdp).is_none());
+        assert!(r.private(&name("home"), &rdp).is_some());
     }
 }

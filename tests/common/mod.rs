@@ -237,7 +237,9 @@ impl RunningClient {
             .map(|s| {
                 (
                     s.name.to_string(),
-                    s.result.clone().map_err(|(c, m)| format!("{c}: {m}")),
+                    s.result
+                        .clone()
+                        .map_err(|r| format!("{}: {}", r.code, r.message)),
                 )
             })
             .collect();

@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 /// well below it (see [`crate::server`]'s per-session visitor limit).
 pub const MAX_YAMUX_STREAMS: usize = 16_384;
 
-/// Data frames are split at this size. 64 KiB measured fastest through TLS here (STACK.md §3) and
-/// stays far below the 1 MiB frame-body limit a yamux peer enforces.
+/// Data frames are split at this size. 64 KiB measured fastest through TLS here (ARCHITECTURE.md,
+/// "Measured facts the code relies on") and stays far below the 1 MiB frame-body limit a yamux
+/// peer enforces.
 pub const SPLIT_SEND_SIZE: usize = 64 * 1024;
 
 /// yamux's fixed initial per-stream window (256 KiB); its setters require the connection window to

@@ -1,12 +1,12 @@
-//! One visitor on the client: read the header, connect to the local service within its deadline,
-//! answer with a status, splice.
+//! One visitor substream the server opened (inbound): read the header, connect to the local
+//! service within its deadline, answer with a status, splice.
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ncx_proto::{ErrorCode, Message, Name, Text};
+use ncx_proto::{ErrorCode, Message, Name};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -14,12 +14,13 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServiceSpec;
 use crate::framed::{write_message, MessageReader};
-use crate::session::SessionState;
+use crate::mux::SessionState;
+use crate::refusal::Refusal;
 use crate::splice::{splice, SpliceEnd, Substream};
+use crate::timeouts::FIRST_MESSAGE;
 
-/// How long the server may take to send a visitor header after opening a substream.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
+/// Serves one substream the server opened for a visitor of one of `services`; `local_timeout`
+/// bounds the connect to the local service, `cancel` resets the visitor.
 pub(super) async fn serve(
     stream: yamux::Stream,
     state: Arc<SessionState>,
@@ -31,7 +32,7 @@ pub(super) async fn serve(
     let mut reader = MessageReader::new();
     let header = tokio::select! {
         _ = cancel.cancelled() => return,
-        r = tokio::time::timeout(HEADER_TIMEOUT, reader.read(&mut sub)) => r,
+        r = tokio::time::timeout(FIRST_MESSAGE, reader.read(&mut sub)) => r,
     };
     let (service, visitor, public) = match header {
         Ok(Ok(Message::VisitorHeader {
@@ -51,7 +52,7 @@ pub(super) async fn serve(
             return;
         }
         Err(_) => {
-            warn!("the server sent no visitor header within {HEADER_TIMEOUT:?}");
+            warn!("the server sent no visitor header within {FIRST_MESSAGE:?}");
             return;
         }
     };
@@ -93,9 +94,7 @@ pub(super) async fn serve(
             return;
         }
     };
-    if let Err(e) = tcp.set_nodelay(true) {
-        debug!(error = %e, "setting TCP_NODELAY failed");
-    }
+    crate::net::no_delay(&tcp);
     if let Some(version) = spec.proxy_protocol {
         // The service learns the visitor's real address before any of the visitor's bytes.
         let header = ncx_proto::proxy_header(version, visitor, public);
@@ -119,8 +118,8 @@ pub(super) async fn serve(
     let spliced = splice(tcp, sub, cancel.cancelled()).await;
     match spliced.end {
         SpliceEnd::Finished => debug!(
-            bytes_to_service = spliced.from_substream,
-            bytes_from_service = spliced.from_tcp,
+            bytes_to_service = spliced.from_b,
+            bytes_from_service = spliced.from_a,
             "visitor finished"
         ),
         SpliceEnd::Reset(e) => info!(reason = %e, "visitor reset"),
@@ -130,11 +129,12 @@ pub(super) async fn serve(
 
 /// Tells the server why the visitor cannot be served, logs it, and closes the substream cleanly.
 async fn refuse(sub: &mut Substream, code: ErrorCode, message: String) {
-    warn!(%code, reason = %message, "visitor refused");
-    let status = Message::VisitorStatus {
-        refusal: Some((code, Text::new(message))),
-    };
-    if write_message(sub, &status).await.is_ok() {
+    let refusal = Refusal::new(code, message);
+    warn!(code = %refusal.code, reason = %refusal.message, "visitor refused");
+    if write_message(sub, &refusal.to_visitor_status())
+        .await
+        .is_ok()
+    {
         let _ = sub.shutdown().await;
     }
 }

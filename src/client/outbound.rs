@@ -1,5 +1,5 @@
-//! `ncx visit` (and `[[visits]]` of any client): local listeners whose connections reach private
-//! services of other clients. Each local connection becomes a visit substream on the current
+//! Outbound visits, `ncx visit` (and `[[visits]]` of any client): local listeners whose
+//! connections reach private services of other clients. Each local connection becomes a visit substream on the current
 //! session: `Visit { owner, service }`, the server's `VisitorStatus`, then raw bytes.
 //!
 //! The listeners are bound once and outlive reconnects; a connection that arrives while the client
@@ -17,34 +17,23 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use super::ClientError;
+use crate::accept::accept_until;
 use crate::config::ClientSettings;
 use crate::framed::{write_message, MessageReader};
+use crate::mux::SessionHandle;
 use crate::ratelimit::LogLimiter;
-use crate::session::SessionHandle;
 use crate::splice::{abort, splice, SpliceEnd, Substream};
-
-/// How long the server may take to answer a visit: it opens a substream to the owning client, which
-/// connects to its local service within its own deadline (5 s by default); the server gives the
-/// client 30 s.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(35);
-
-/// How long opening the substream may take (it only waits while yamux's 256 unacknowledged opens
-/// are all in flight).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Pause after a failed `accept` (for example EMFILE).
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+use crate::tasks::TaskGroup;
+use crate::timeouts::{OPEN, VISIT_ANSWER};
 
 /// What a visit needs of the current session.
 #[derive(Clone)]
 pub(super) struct Target {
     /// Opens the substream.
     pub handle: SessionHandle,
-    /// The session's visitor tasks: a visit holds a token of it, so the session's drain waits for
-    /// visits too.
-    pub tracker: TaskTracker,
-    /// Resets the session's visitors.
-    pub cancel: CancellationToken,
+    /// The session's visitors: a visit counts as one, so the session's drain waits for visits
+    /// too, and cancelling them resets it.
+    pub visitors: TaskGroup,
     /// Cleared when the session drains: new visits wait for the next session.
     pub accepting: Arc<AtomicBool>,
 }
@@ -95,6 +84,7 @@ pub(super) fn start(
     tracker
 }
 
+/// Accepts local connections for one visit until `cancel`; each is carried by its own task.
 async fn accept_loop(
     listener: TcpListener,
     service: (Name, Name),
@@ -104,23 +94,10 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let refusal_log = Arc::new(LogLimiter::default());
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "accepting a local connection failed; backing off");
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                    }
-                }
-            },
-        };
+    accept_until(&listener, &cancel, "a local connection", |tcp, peer| {
         let span = tracing::info_span!("local", %peer);
         tracker.spawn(
-            one(
+            carry(
                 tcp,
                 service.clone(),
                 targets.clone(),
@@ -130,11 +107,12 @@ async fn accept_loop(
             )
             .instrument(span),
         );
-    }
+    })
+    .await;
 }
 
 /// Carries one local connection to the private service `(owner, name)`.
-async fn one(
+async fn carry(
     tcp: TcpStream,
     (owner, service): (Name, Name),
     mut targets: watch::Receiver<Option<Target>>,
@@ -142,9 +120,7 @@ async fn one(
     cancel: CancellationToken,
     refusal_log: Arc<LogLimiter>,
 ) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        debug!(error = %e, "setting TCP_NODELAY failed");
-    }
+    crate::net::no_delay(&tcp);
     let ready = |t: &Option<Target>| {
         t.as_ref()
             .is_some_and(|t| t.accepting.load(Ordering::SeqCst))
@@ -161,11 +137,11 @@ async fn one(
         },
     };
     // Counted in the session's drain like a visitor from the server.
-    let _drain = target.tracker.token();
-    let session_ended = target.cancel.clone();
+    let _drain = target.visitors.member();
+    let session_ended = target.visitors.token().clone();
     let stream = tokio::select! {
         _ = session_ended.cancelled() => return abort(tcp),
-        r = tokio::time::timeout(OPEN_TIMEOUT, target.handle.open()) => match r {
+        r = tokio::time::timeout(OPEN, target.handle.open()) => match r {
             Ok(Ok(s)) => s,
             _ => {
                 warn!("no substream to the server; local connection closed");
@@ -191,7 +167,7 @@ async fn one(
     };
     let answer = tokio::select! {
         _ = session_ended.cancelled() => return abort(tcp),
-        r = tokio::time::timeout(STATUS_TIMEOUT, exchange) => r,
+        r = tokio::time::timeout(VISIT_ANSWER, exchange) => r,
     };
     match answer {
         Ok(Ok(Message::VisitorStatus { refusal: None })) => {}
@@ -224,7 +200,7 @@ async fn one(
             return abort(tcp);
         }
         Err(_) => {
-            warn!("the server did not answer the visit within {STATUS_TIMEOUT:?}");
+            warn!("the server did not answer the visit within {VISIT_ANSWER:?}");
             return abort(tcp);
         }
     }
@@ -232,8 +208,8 @@ async fn one(
     let spliced = splice(tcp, sub, session_ended.cancelled()).await;
     match spliced.end {
         SpliceEnd::Finished => debug!(
-            sent = spliced.from_tcp,
-            received = spliced.from_substream,
+            sent = spliced.from_a,
+            received = spliced.from_b,
             "visit finished"
         ),
         SpliceEnd::Reset(e) => info!(reason = %e, "visit reset"),

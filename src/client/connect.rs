@@ -1,0 +1,350 @@
+//! Connecting: dial the server, TLS with the configured trust, the yamux session, the hello and
+//! the registration of every service, all under the handshake deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ncx_proto::{Message, Name, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::{info, warn, Instrument};
+
+use super::control::Connected;
+use super::{inbound, Client, ClientError, ServiceStatus};
+use crate::config::ServiceSpec;
+use crate::framed::{write_message, MessageReader, ReadError};
+use crate::mux;
+use crate::refusal::Refusal;
+use crate::tasks::TaskGroup;
+use crate::tls::ServerTrust;
+
+impl Client {
+    /// Connects, authenticates and registers every service. Returns once each service has an
+    /// answer; visitors are served from then on, by tasks the returned [`Connected`] owns.
+    pub async fn connect(&self) -> Result<Connected, ClientError> {
+        let s = &self.settings;
+        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&s.server)).await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: s.server.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    stage: "connecting to the server",
+                    after: s.connect_timeout,
+                })
+            }
+        };
+        crate::net::tune_tunnel(&tcp);
+        if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
+            warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");
+        }
+        let deadline = Instant::now() + s.handshake_timeout;
+        let hs_timeout = || ClientError::Timeout {
+            stage: "the handshake with the server",
+            after: s.handshake_timeout,
+        };
+        let tls = match tokio::time::timeout_at(
+            deadline,
+            self.connector.connect(s.server_name.clone(), tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Err(ClientError::Tls(crate::tls::explain_handshake_error(
+                    &e, &s.trust,
+                )))
+            }
+            Err(_) => return Err(hs_timeout()),
+        };
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(ncx_proto::ALPN) {
+            return Err(ClientError::Tls(
+                "the server did not agree to protocol ncx/1 (protocol version mismatch: upgrade the older side)".into(),
+            ));
+        }
+        let exported = crate::auth::export(conn)
+            .map_err(|e| ClientError::Tls(format!("exporting TLS keying material: {e}")))?;
+
+        let session_cancel = tokio_util::sync::CancellationToken::new();
+        let visitors = TaskGroup::child_of(&session_cancel);
+        let accepting = Arc::new(AtomicBool::new(true));
+        let inbound = Inbound {
+            accepting: accepting.clone(),
+            visitors: visitors.clone(),
+            services: Arc::new(
+                s.services
+                    .iter()
+                    .map(|svc| (svc.name.clone(), svc.clone()))
+                    .collect(),
+            ),
+            local_timeout: s.local_connect_timeout,
+        };
+        let (handle, driver) = mux::start(
+            tls,
+            yamux::Mode::Client,
+            Box::new(move |stream, state| inbound.accept(stream, state)),
+            session_cancel.clone(),
+        );
+        let driver = tokio::spawn(driver.in_current_span());
+        let ctrl = match tokio::time::timeout_at(deadline, handle.open()).await {
+            Ok(Ok(stream)) => stream.compat(),
+            Ok(Err(_)) => {
+                session_cancel.cancel();
+                return Err(ClientError::Protocol(
+                    "the session closed before the control stream opened".into(),
+                ));
+            }
+            Err(_) => {
+                session_cancel.cancel();
+                return Err(hs_timeout());
+            }
+        };
+        let mut connected = Connected {
+            services: Vec::new(),
+            ctrl,
+            reader: MessageReader::new(),
+            driver,
+            session_cancel,
+            visitors,
+            accepting,
+            handle,
+            settings: self.settings.clone(),
+        };
+        let greeted = async {
+            connected.hello(s.token.as_ref(), &exported).await?;
+            connected.register(&s.services).await
+        };
+        match tokio::time::timeout_at(deadline, greeted).await {
+            Ok(Ok(())) => Ok(connected),
+            Ok(Err(e)) => {
+                connected.close().await;
+                Err(e)
+            }
+            Err(_) => {
+                connected.close().await;
+                Err(hs_timeout())
+            }
+        }
+    }
+}
+
+/// Takes the substreams the server opens, one per visitor, while the session accepts visitors.
+struct Inbound {
+    /// Cleared when draining: new substreams from the server are refused.
+    accepting: Arc<AtomicBool>,
+    visitors: TaskGroup,
+    services: Arc<HashMap<Name, ServiceSpec>>,
+    local_timeout: std::time::Duration,
+}
+
+impl Inbound {
+    /// Called by the mux driver for every substream the server opens; must not block.
+    fn accept(&self, stream: yamux::Stream, state: &Arc<mux::SessionState>) {
+        if !self.accepting.load(Ordering::SeqCst) {
+            // Draining: dropping the stream resets it, and the server resets the visitor.
+            return;
+        }
+        let span = tracing::info_span!(
+            "visitor",
+            service = tracing::field::Empty,
+            peer = tracing::field::Empty
+        );
+        self.visitors.spawn(
+            inbound::serve(
+                stream,
+                state.clone(),
+                self.services.clone(),
+                self.local_timeout,
+                self.visitors.token().clone(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+impl Connected {
+    /// Sends the hello with the token's proof and waits for the welcome.
+    async fn hello(
+        &mut self,
+        token: Option<&crate::auth::Token>,
+        exported: &crate::auth::ExportedKey,
+    ) -> Result<(), ClientError> {
+        let identity = &self.settings.identity;
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            identity: identity.clone(),
+            // An identity that authenticates by certificate alone has no token; the server ignores
+            // the proof then.
+            proof: token.map_or([0; ncx_proto::AUTH_PROOF_LEN], |t| {
+                crate::auth::prove(t, exported, identity)
+            }),
+        };
+        write_message(&mut self.ctrl, &hello)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("sending the hello: {e}")))?;
+        match self.reader.read(&mut self.ctrl).await {
+            Ok(Message::Welcome { .. }) => Ok(()),
+            Ok(Message::Error { code, message }) => Err(ClientError::Refused {
+                code,
+                message: message.to_string(),
+            }),
+            Ok(other) => Err(ClientError::Protocol(format!(
+                "the server answered the hello with message type 0x{:02x}",
+                other.type_byte()
+            ))),
+            Err(e) => Err(read_failure(
+                "waiting for the server's welcome",
+                e,
+                self.handle.state(),
+            )),
+        }
+    }
+
+    /// Registers every service and waits for every answer (answering pings meanwhile). Fails only
+    /// when the server refuses them all.
+    async fn register(&mut self, services: &[ServiceSpec]) -> Result<(), ClientError> {
+        for svc in services {
+            let reg = match &svc.visitors {
+                Some(visitors) => Message::RegisterPrivate {
+                    service: svc.name.clone(),
+                    visitors: visitors.clone(),
+                },
+                None => Message::Register {
+                    service: svc.name.clone(),
+                    remote_port: svc.remote_port,
+                    access: svc.access.clone(),
+                },
+            };
+            write_message(&mut self.ctrl, &reg)
+                .await
+                .map_err(|e| ClientError::Protocol(format!("registering services: {e}")))?;
+        }
+        let mut answers: HashMap<Name, Result<u16, Refusal>> = HashMap::new();
+        while answers.len() < services.len() {
+            let (name, result) = match self.reader.read(&mut self.ctrl).await {
+                Ok(Message::Registered {
+                    service,
+                    remote_port,
+                }) => (service, Ok(remote_port)),
+                Ok(Message::ServiceRefused {
+                    service,
+                    code,
+                    message,
+                }) => (service, Err(Refusal::from_wire(code, &message))),
+                Ok(Message::Ping(v)) => {
+                    write_message(&mut self.ctrl, &Message::Pong(v))
+                        .await
+                        .map_err(|e| ClientError::Protocol(format!("answering a ping: {e}")))?;
+                    continue;
+                }
+                Ok(Message::Error { code, message }) => {
+                    return Err(ClientError::Refused {
+                        code,
+                        message: message.to_string(),
+                    })
+                }
+                Ok(other) => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected message type 0x{:02x} while registering services",
+                        other.type_byte()
+                    )))
+                }
+                Err(e) => return Err(read_failure("registering services", e, self.handle.state())),
+            };
+            if !services.iter().any(|s| s.name == name) || answers.contains_key(&name) {
+                return Err(ClientError::Protocol(format!(
+                    "the server answered for service {name}, which was not asked for or answered twice"
+                )));
+            }
+            answers.insert(name, result);
+        }
+        self.services = services
+            .iter()
+            .map(|svc| ServiceStatus {
+                name: svc.name.clone(),
+                result: answers
+                    .remove(&svc.name)
+                    .expect("every service was answered"),
+            })
+            .collect();
+        let host = server_host(&self.settings.server);
+        for st in &self.services {
+            match &st.result {
+                Ok(0) => {
+                    info!(service = %st.name, "private service offered; listed identities reach it with `ncx visit`")
+                }
+                Ok(port) => {
+                    info!(service = %st.name, public = %format!("{host}:{port}"), "service available")
+                }
+                Err(r) => {
+                    warn!(service = %st.name, code = %r.code, reason = %r.message, "service refused by the server")
+                }
+            }
+        }
+        if !self.services.is_empty() && self.services.iter().all(|s| s.result.is_err()) {
+            let reasons = self
+                .services
+                .iter()
+                .filter_map(|s| {
+                    s.result
+                        .as_ref()
+                        .err()
+                        .map(|r| format!("{}: {}", s.name, r.message))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ClientError::NoServices(reasons));
+        }
+        Ok(())
+    }
+}
+
+/// The host part of `HOST:PORT` (brackets kept for IPv6), to print a service's public address.
+fn server_host(server: &str) -> &str {
+    server.rsplit_once(':').map_or(server, |(h, _)| h)
+}
+
+/// Turns a read failure during the handshake into the most useful error: a TLS alert from the server
+/// (for example a refused client certificate) says more than "connection reset" or "the stream
+/// ended".
+///
+/// In TLS 1.3 the client's handshake is complete before the server has checked the client's
+/// certificate, so a refusal only shows up as an alert at the first read, the welcome. yamux reads
+/// that alert as the end of every stream; the session state keeps the TLS error it hid.
+fn read_failure(stage: &str, e: ReadError, state: &mux::SessionState) -> ClientError {
+    use rustls::AlertDescription as A;
+    let direct = match &e {
+        ReadError::Io(io) => io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .cloned(),
+        _ => None,
+    };
+    let Some(tls) = direct.or_else(|| state.tls_failure()) else {
+        return ClientError::Protocol(format!("{stage}: {e}"));
+    };
+    match tls {
+        rustls::Error::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateRequired
+            | A::AccessDenied
+            | A::DecryptError),
+        ) => ClientError::Tls(format!(
+            "the server rejected this client's certificate ({alert:?}): use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`"
+        )),
+        other => ClientError::Tls(format!("the server ended TLS while {stage}: {other}")),
+    }
+}

@@ -1,0 +1,191 @@
+//! A connected session: the control stream (pings, go-aways) while the session's visitors are
+//! served, the drain on shutdown, and the close.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::FutureExt;
+use ncx_proto::{ErrorCode, Message, Text};
+use tokio::task::JoinHandle;
+use tokio_util::compat::Compat;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{outbound, ClientError, ServiceStatus};
+use crate::config::ClientSettings;
+use crate::drain::{Drain, DrainEnd};
+use crate::framed::{write_message, MessageReader};
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::mux::{self, SessionEnd};
+use crate::refusal::Refusal;
+use crate::tasks::TaskGroup;
+
+/// Why [`Connected::serve`] returned without an error.
+pub(super) enum Served {
+    /// Shutdown was asked for (and the drain is over).
+    Shutdown,
+    /// The server asked for a fresh session.
+    Rotate,
+}
+
+/// An authenticated session with its services registered.
+pub struct Connected {
+    /// What became of each configured service.
+    pub services: Vec<ServiceStatus>,
+    pub(super) ctrl: Compat<yamux::Stream>,
+    pub(super) reader: MessageReader,
+    pub(super) driver: JoinHandle<SessionEnd>,
+    pub(super) session_cancel: CancellationToken,
+    /// The visitors of the session, from the server and to it (`ncx visit`); a child of
+    /// `session_cancel`.
+    pub(super) visitors: TaskGroup,
+    /// Cleared when draining: new substreams from the server are refused.
+    pub(super) accepting: Arc<AtomicBool>,
+    /// Opens visit substreams.
+    pub(super) handle: mux::SessionHandle,
+    pub(super) settings: Arc<ClientSettings>,
+}
+
+impl Drop for Connected {
+    /// A `Connected` dropped without [`Connected::run`] still ends its session and visitor tasks.
+    fn drop(&mut self) {
+        self.session_cancel.cancel();
+    }
+}
+
+impl Connected {
+    /// What visit substreams of this session need.
+    pub(super) fn visit_target(&self) -> outbound::Target {
+        outbound::Target {
+            handle: self.handle.clone(),
+            visitors: self.visitors.clone(),
+            accepting: self.accepting.clone(),
+        }
+    }
+
+    /// The public port of a registered service (0 for a private one).
+    pub fn port(&self, service: &str) -> Option<u16> {
+        self.services
+            .iter()
+            .find(|s| s.name.as_str() == service)
+            .and_then(|s| s.result.as_ref().ok().copied())
+    }
+
+    /// Serves visitors until the session ends or `shutdown` fires; returns `Ok` only for a shutdown.
+    ///
+    /// Pings the server every `ping_interval` and gives the session up when no answer was read for
+    /// `liveness_timeout`. On shutdown it sends go-away (the server releases the ports), refuses new
+    /// visitors, and lets those in flight finish for up to `drain_timeout` before resetting them.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
+        let result = self.serve(&shutdown, false).await.map(|_| ());
+        self.close().await;
+        result
+    }
+
+    /// The body of [`Connected::run`]. With `retiring`, the session has handed over to a newer one:
+    /// it goes on serving its visitors until the server closes it, and ignores further rotation.
+    pub(super) async fn serve(
+        &mut self,
+        shutdown: &CancellationToken,
+        retiring: bool,
+    ) -> Result<Served, ClientError> {
+        let timing = self.settings.timing;
+        let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.liveness_timeout);
+        let mut drain: Option<Drain> = None;
+        let mut server_going_away: Option<Refusal> = None;
+        let gone_away = |r: Refusal| ClientError::GoneAway {
+            code: r.code,
+            message: r.message,
+        };
+        loop {
+            let draining = drain.is_some();
+            tokio::select! {
+                // A message that arrived with the connection's end (the server's reason for ending
+                // it) must win over the bare end.
+                biased;
+                m = self.reader.read(&mut self.ctrl) => match m {
+                    Ok(Message::Ping(v)) => {
+                        if let Err(e) = write_message(&mut self.ctrl, &Message::Pong(v)).await {
+                            return Err(ClientError::SessionLost(format!("answering a ping: {e}")));
+                        }
+                    }
+                    Ok(Message::Pong(_)) => heartbeat.answered(),
+                    Ok(Message::GoAway { code: ErrorCode::Rotate, .. }) if !retiring => {
+                        info!("the server asks for a fresh session (stream ids running out); visitors here will finish");
+                        return Ok(Served::Rotate);
+                    }
+                    Ok(Message::GoAway { code, message }) => {
+                        if !retiring {
+                            info!(%code, reason = %message, "the server is going away; visitors in flight may finish");
+                        }
+                        server_going_away = Some(Refusal::from_wire(code, &message));
+                    }
+                    Ok(Message::Error { code, message }) => {
+                        return Err(gone_away(Refusal::from_wire(code, &message)));
+                    }
+                    Ok(other) => {
+                        return Err(ClientError::SessionLost(format!("unexpected message type 0x{:02x} on the control stream", other.type_byte())));
+                    }
+                    Err(e) => return Err(match server_going_away.take() {
+                        Some(r) => gone_away(r),
+                        None => ClientError::SessionLost(format!("the control stream failed: {e}")),
+                    }),
+                },
+                _ = shutdown.cancelled(), if !draining => {
+                    let bye = Message::GoAway { code: ErrorCode::ShuttingDown, message: Text::new("the client is shutting down") };
+                    let _ = write_message(&mut self.ctrl, &bye).await;
+                    self.accepting.store(false, Ordering::SeqCst);
+                    drain = Some(Drain::start(self.visitors.tracker(), timing.drain_timeout));
+                    info!(drain = ?timing.drain_timeout, "shutting down; visitors in flight may finish");
+                }
+                end = async { drain.expect("guarded by draining").end(self.visitors.tracker()).await }, if draining => {
+                    if end == DrainEnd::DeadlinePassed {
+                        info!("drain deadline passed; resetting the remaining visitors");
+                    }
+                    return Ok(Served::Shutdown);
+                }
+                end = &mut self.driver => {
+                    // The server's reason may still sit in the control stream's buffer.
+                    if let Some(Ok(Message::Error { code, message } | Message::GoAway { code, message })) =
+                        self.reader.read(&mut self.ctrl).now_or_never()
+                    {
+                        return Err(gone_away(Refusal::from_wire(code, &message)));
+                    }
+                    if draining {
+                        return Ok(Served::Shutdown);
+                    }
+                    if let Some(r) = server_going_away.take() {
+                        return Err(gone_away(r));
+                    }
+                    return Err(ClientError::SessionLost(match end {
+                        Ok(SessionEnd::PeerClosed) => "the server closed the connection".into(),
+                        Ok(SessionEnd::Failed(e)) => format!("the connection failed: {e}"),
+                        Ok(SessionEnd::Closed) => "closed".into(),
+                        Err(e) => format!("the session task failed: {e}"),
+                    }));
+                }
+                beat = heartbeat.due() => match beat {
+                    Beat::Silent(silent) => {
+                        return Err(ClientError::SessionLost(format!(
+                            "the server answered no ping for {silent:?}"
+                        )));
+                    }
+                    Beat::Ping(seq) => {
+                        if let Err(e) = write_message(&mut self.ctrl, &Message::Ping(seq)).await {
+                            return Err(ClientError::SessionLost(format!("sending a ping: {e}")));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Ends the session: visitors are reset, the connection closed.
+    pub(super) async fn close(&mut self) {
+        self.visitors.stop().await;
+        self.session_cancel.cancel();
+        if !self.driver.is_finished() {
+            let _ = (&mut self.driver).await;
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! What the tasks of the server share ([`Shared`]) and what the tasks of one session share
+//! ([`SessionCtx`]): the session's control loop, its public ports' accept loops, its visitors and
+//! the private visits bridged into it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ncx_proto::Name;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Admission;
+use super::registry::{Registry, SessionEntry, SessionId};
+use crate::config::{IdentityPolicy, ServerSettings};
+use crate::mux::SessionHandle;
+use crate::ratelimit::LogLimiter;
+use crate::tasks::TaskGroup;
+
+/// State shared by every task of one server.
+pub(super) struct Shared {
+    pub settings: ServerSettings,
+    pub identities: HashMap<Name, IdentityPolicy>,
+    pub acceptor: TlsAcceptor,
+    pub registry: Registry<SessionCtx>,
+    /// Handshake slots, session slots and the failed-authentication guard.
+    pub admission: Admission,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(settings: ServerSettings, acceptor: TlsAcceptor) -> Self {
+        let identities = settings
+            .identities
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
+        Shared {
+            admission: Admission::new(&settings),
+            settings,
+            identities,
+            acceptor,
+            registry: Registry::default(),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// A new session id, never used before by this server.
+    pub fn new_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How many sessions have begun so far.
+    pub fn sessions_started(&self) -> u64 {
+        self.next_session.load(Ordering::Relaxed) - 1
+    }
+}
+
+/// Everything one session's tasks share.
+pub(super) struct SessionCtx {
+    pub shared: Arc<Shared>,
+    pub id: SessionId,
+    /// Opens substreams to the client.
+    pub mux: SessionHandle,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server address the client connected to.
+    pub local: SocketAddr,
+    /// The accept loops of the session's public ports; empty once every port is released.
+    pub listeners: TaskGroup,
+    /// The session's visitors, public and private; cancelling resets them.
+    pub visitors: TaskGroup,
+    /// The caps on the session's visitors.
+    pub limits: VisitorLimits,
+    /// When to ask the client for a fresh session.
+    pub rotation: Rotation,
+    /// How a newer session of the same identity takes this one's place.
+    pub takeover: Takeover,
+    /// Private services this session registered, as (owner, name), released with its ports.
+    private_names: Mutex<Vec<(Name, Name)>>,
+}
+
+/// The caps on one session's visitors.
+pub(super) struct VisitorLimits {
+    /// Concurrent visitors of the session.
+    pub visitors: Arc<Semaphore>,
+    /// Substreams opened and not yet answered by the client.
+    pub opens_in_flight: Arc<Semaphore>,
+    /// Limits warnings about visitors refused at a limit.
+    pub log: LogLimiter,
+}
+
+/// Counts the substreams a session opened, and says when to ask for a fresh one before yamux
+/// runs out of stream ids.
+pub(super) struct Rotation {
+    opens: AtomicU64,
+    threshold: u64,
+    due: CancellationToken,
+}
+
+impl Rotation {
+    fn new(threshold: u64) -> Self {
+        Rotation {
+            opens: AtomicU64::new(0),
+            threshold,
+            due: CancellationToken::new(),
+        }
+    }
+
+    /// Counts one substream opened.
+    pub fn opened(&self) {
+        if self.opens.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
+            self.due.cancel();
+        }
+    }
+
+    /// Substreams opened so far.
+    pub fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+
+    /// Completes once the session should rotate.
+    pub async fn due(&self) {
+        self.due.cancelled().await
+    }
+}
+
+/// The two signals of a takeover, shared with the registry.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Takeover {
+    /// Cancelled by a newer session of the same identity that takes over.
+    pub replace: CancellationToken,
+    /// Cancelled by this session once it has released every port.
+    pub ports_released: CancellationToken,
+}
+
+impl SessionCtx {
+    pub fn new(
+        shared: Arc<Shared>,
+        mux: SessionHandle,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        let settings = &shared.settings;
+        SessionCtx {
+            id: shared.new_session_id(),
+            mux,
+            peer,
+            local,
+            listeners: TaskGroup::new(),
+            visitors: TaskGroup::new(),
+            limits: VisitorLimits {
+                visitors: Arc::new(Semaphore::new(settings.max_visitors_per_session)),
+                opens_in_flight: Arc::new(Semaphore::new(settings.max_opens_in_flight)),
+                log: LogLimiter::default(),
+            },
+            rotation: Rotation::new(settings.rotate_after_opens),
+            takeover: Takeover::default(),
+            private_names: Mutex::new(Vec::new()),
+            shared,
+        }
+    }
+
+    /// This session as the registry records it.
+    pub fn entry(&self) -> SessionEntry {
+        SessionEntry {
+            id: self.id,
+            replace: self.takeover.replace.clone(),
+            ports_released: self.takeover.ports_released.clone(),
+        }
+    }
+
+    /// Remembers a private service to release when the session's services stop.
+    pub fn hold_private(&self, owner: Name, name: Name) {
+        self.private_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((owner, name));
+    }
+
+    /// Whether the session stopped offering its services (it is going away).
+    pub fn services_stopped(&self) -> bool {
+        self.listeners.is_cancelled()
+    }
+
+    /// Stops accepting on the session's public ports and waits until every one is released;
+    /// withdraws its private services. Then a newer session may take the ports.
+    pub async fn stop_services(&self) {
+        self.listeners.stop().await;
+        let private =
+            std::mem::take(&mut *self.private_names.lock().unwrap_or_else(|e| e.into_inner()));
+        for (owner, name) in private {
+            self.shared.registry.release_private(&owner, &name, self.id);
+        }
+        self.takeover.ports_released.cancel();
+    }
+}

@@ -1,0 +1,256 @@
+//! Public ports: binding one under the identity's policy, and accepting its visitors, each of
+//! which becomes a substream to the client through the [`opener`](super::opener).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ncx_proto::{AccessRules, ErrorCode, Name};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn, Instrument};
+
+use super::context::SessionCtx;
+use super::opener::{end_text, open_to_client};
+use super::registry::PortClaimError;
+use crate::accept::accept_until;
+use crate::audit::{AuditRecord, VisitorEnd};
+use crate::config::IdentityPolicy;
+use crate::ratelimit::LogLimiter;
+use crate::refusal::Refusal;
+use crate::splice::{abort, splice};
+
+/// Pending connections the kernel queues on a public port.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Ports tried when the client asks for "any port" and the OS's pick is outside the policy.
+const PICK_ATTEMPTS: usize = 512;
+
+/// Binds a public port for a service of `identity`'s session: `port`, or with 0 any port the
+/// policy allows. Returns the listener and its port, reserved in the registry for the session.
+pub(super) fn bind_port(
+    ctx: &SessionCtx,
+    identity: &Name,
+    policy: &IdentityPolicy,
+    port: u16,
+) -> Result<(TcpListener, u16), Refusal> {
+    let ports = PortBinder {
+        ctx,
+        identity,
+        policy,
+    };
+    if port == 0 {
+        ports.pick()
+    } else if !policy.allows(port) {
+        Err(Refusal::new(
+            ErrorCode::PortNotAllowed,
+            format!(
+                "port {port} is outside the ports allowed for identity {identity} ({})",
+                policy.ports_text()
+            ),
+        ))
+    } else {
+        ports.claim_and_bind(port)
+    }
+}
+
+struct PortBinder<'a> {
+    ctx: &'a SessionCtx,
+    identity: &'a Name,
+    policy: &'a IdentityPolicy,
+}
+
+impl PortBinder<'_> {
+    fn claim_and_bind(&self, port: u16) -> Result<(TcpListener, u16), Refusal> {
+        let registry = &self.ctx.shared.registry;
+        match registry.claim_port(port, self.identity, self.ctx.id) {
+            Ok(()) => {}
+            Err(PortClaimError::OtherIdentity(_)) => {
+                // The other identity's name is not this client's business.
+                return Err(Refusal::new(
+                    ErrorCode::PortInUse,
+                    format!("port {port} is in use by another identity"),
+                ));
+            }
+            Err(PortClaimError::OtherSession) => {
+                return Err(Refusal::new(
+                    ErrorCode::PortInUse,
+                    format!("port {port} is still held by an earlier session of this identity"),
+                ));
+            }
+        }
+        match bind(self.policy.bind, port) {
+            Ok(l) => Ok((l, port)),
+            Err(e) => {
+                registry.release_port(port, self.ctx.id);
+                let code = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    ErrorCode::PortInUse
+                } else {
+                    ErrorCode::BindFailed
+                };
+                Err(Refusal::new(
+                    code,
+                    format!("binding {}:{port} failed: {e}", self.policy.bind),
+                ))
+            }
+        }
+    }
+
+    /// Port 0: let the OS pick, and keep its pick if the policy allows it; otherwise walk the
+    /// allowed ranges from a varying start.
+    fn pick(&self) -> Result<(TcpListener, u16), Refusal> {
+        let registry = &self.ctx.shared.registry;
+        if let Ok(l) = bind(self.policy.bind, 0) {
+            if let Ok(port) = l.local_addr().map(|a| a.port()) {
+                if self.policy.allows(port)
+                    && registry
+                        .claim_port(port, self.identity, self.ctx.id)
+                        .is_ok()
+                {
+                    return Ok((l, port));
+                }
+            }
+        }
+        let candidates: Vec<u16> = self.policy.ports.iter().flat_map(|r| r.0.clone()).collect();
+        if !candidates.is_empty() {
+            let start =
+                usize::try_from(self.ctx.id.wrapping_mul(7919)).unwrap_or(0) % candidates.len();
+            for i in 0..candidates.len().min(PICK_ATTEMPTS) {
+                let port = candidates[(start + i) % candidates.len()];
+                if registry.is_claimed(port) {
+                    continue;
+                }
+                if let Ok(b) = self.claim_and_bind(port) {
+                    return Ok(b);
+                }
+            }
+        }
+        Err(Refusal::new(
+            ErrorCode::PortInUse,
+            format!(
+                "no free port among those allowed for identity {} ({})",
+                self.identity,
+                self.policy.ports_text()
+            ),
+        ))
+    }
+}
+
+fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    let socket = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // Lets a port be bound again at once after its session ends, despite visitor connections in
+    // TIME_WAIT. Two live listeners on one port are still impossible on Linux.
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(ip, port))?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts visitors on one public port until the session's listeners are cancelled, then releases
+/// the port.
+pub(super) async fn accept_visitors(
+    ctx: Arc<SessionCtx>,
+    listener: TcpListener,
+    service: Name,
+    port: u16,
+    access: AccessRules,
+) {
+    let service_permits = Arc::new(Semaphore::new(ctx.shared.settings.max_visitors_per_service));
+    let denied_log = LogLimiter::default();
+    let mut denied: u64 = 0;
+    accept_until(
+        &listener,
+        ctx.listeners.token(),
+        "a visitor",
+        |tcp, peer| {
+            // The access rules and the limits are checked here, before a task or a substream
+            // exists for the visitor: nothing of a refused visitor reaches the client.
+            if !access.permits(peer.ip()) {
+                denied += 1;
+                if let Some(held_back) = denied_log.allow() {
+                    warn!(%peer, denied_total = denied, held_back, "visitor refused by the service's access rules");
+                }
+                abort(tcp);
+                return;
+            }
+            let settings = &ctx.shared.settings;
+            let permits = ctx
+                .limits
+                .visitors
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ("session", settings.max_visitors_per_session))
+                .and_then(|s| {
+                    service_permits
+                        .clone()
+                        .try_acquire_owned()
+                        .map(|v| (s, v))
+                        .map_err(|_| ("service", settings.max_visitors_per_service))
+                });
+            let permits = match permits {
+                Ok(p) => p,
+                Err((which, limit)) => {
+                    if let Some(held_back) = ctx.limits.log.allow() {
+                        warn!(%peer, limit, held_back, "visitor refused: the {which} has reached its visitor limit");
+                    }
+                    abort(tcp);
+                    return;
+                }
+            };
+            let span = tracing::info_span!("visitor", %peer);
+            ctx.visitors.spawn(
+                visitor(ctx.clone(), tcp, peer, service.clone(), permits).instrument(span),
+            );
+        },
+    )
+    .await;
+    drop(listener);
+    ctx.shared.registry.release_port(port, ctx.id);
+    debug!("port released");
+}
+
+/// One public visitor, from its arrival to the audit line.
+async fn visitor(
+    ctx: Arc<SessionCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    service: Name,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) {
+    let record = AuditRecord {
+        service: &service,
+        owner: None,
+        visitor: peer,
+        identity: None,
+        started: tokio::time::Instant::now(),
+    };
+    let end = connect_visitor(&ctx, tcp, peer, &service).await;
+    record.emit(&end);
+}
+
+/// Connects one visitor to its service through a substream and splices until the end.
+async fn connect_visitor(
+    ctx: &SessionCtx,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    service: &Name,
+) -> VisitorEnd {
+    crate::net::no_delay(&tcp);
+    // The address the visitor connected to, for the PROXY protocol's destination.
+    let public = crate::net::local_or_unspecified(&tcp);
+    let (sub, early) = match open_to_client(ctx, service, peer, public, Some(&mut tcp)).await {
+        Ok(opened) => opened,
+        Err(failure) => {
+            abort(tcp);
+            return VisitorEnd::before_data(failure.end);
+        }
+    };
+    debug!("visitor connected");
+    let spliced = splice(tcp, sub, ctx.visitors.cancelled()).await;
+    VisitorEnd {
+        bytes_in: early + spliced.from_a,
+        bytes_out: spliced.from_b,
+        how: end_text(&spliced.end),
+    }
+}
