@@ -256,3 +256,118 @@ pub fn abort(tcp: TcpStream) {
     let _ = tcp.set_zero_linger();
     drop(tcp);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// Polls one direction from `src` to `dst` once.
+    async fn poll_once(
+        d: &mut Direction,
+        src: &mut DuplexStream,
+        dst: &mut DuplexStream,
+    ) -> Poll<io::Result<u64>> {
+        std::future::poll_fn(|cx| Poll::Ready(d.poll(cx, src, dst))).await
+    }
+
+    #[tokio::test]
+    async fn moves_bytes_then_passes_the_eof_on_and_lets_the_buffer_go() {
+        // writer -> src ==Direction==> dst -> reader
+        let (mut writer, mut src) = tokio::io::duplex(1024);
+        let (mut dst, mut reader) = tokio::io::duplex(1024);
+        let mut d = Direction::default();
+        writer.write_all(b"hello").await.unwrap();
+        assert!(poll_once(&mut d, &mut src, &mut dst).await.is_pending());
+        assert_eq!(d.total, 5);
+        assert!(!d.eof);
+        let mut got = [0u8; 5];
+        reader.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        writer.shutdown().await.unwrap();
+        match poll_once(&mut d, &mut src, &mut dst).await {
+            Poll::Ready(Ok(5)) => {}
+            other => panic!("expected the direction done after 5 bytes, got {other:?}"),
+        }
+        assert!(d.eof && d.done);
+        assert!(d.buf.is_none(), "a finished direction holds no buffer");
+        // The EOF reached the destination as a half-close.
+        assert_eq!(reader.read(&mut got).await.unwrap(), 0);
+        // Done stays done.
+        assert!(matches!(
+            poll_once(&mut d, &mut src, &mut dst).await,
+            Poll::Ready(Ok(5))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer() {
+        let (_writer, mut src) = tokio::io::duplex(1024);
+        let (mut dst, _reader) = tokio::io::duplex(1024);
+        let mut d = Direction::default();
+        assert!(poll_once(&mut d, &mut src, &mut dst).await.is_pending());
+        assert!(d.buf.is_none());
+        assert_eq!(d.total, 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_destination_keeps_the_unwritten_bytes() {
+        // The destination takes 4 bytes and then blocks until its reader reads.
+        let (mut writer, mut src) = tokio::io::duplex(64);
+        let (mut dst, mut reader) = tokio::io::duplex(4);
+        let mut d = Direction::default();
+        writer.write_all(b"0123456789").await.unwrap();
+        assert!(poll_once(&mut d, &mut src, &mut dst).await.is_pending());
+        assert_eq!(d.total, 4);
+        assert_eq!((d.pos, d.len), (4, 10));
+        assert!(d.buf.is_some(), "bytes in flight keep their buffer");
+        let mut got = [0u8; 10];
+        reader.read_exact(&mut got[..4]).await.unwrap();
+        assert!(poll_once(&mut d, &mut src, &mut dst).await.is_pending());
+        reader.read_exact(&mut got[4..8]).await.unwrap();
+        assert!(poll_once(&mut d, &mut src, &mut dst).await.is_pending());
+        reader.read_exact(&mut got[8..]).await.unwrap();
+        assert_eq!(&got, b"0123456789");
+        assert_eq!(d.total, 10);
+    }
+
+    #[tokio::test]
+    async fn a_destination_that_is_gone_fails_the_direction() {
+        let (mut writer, mut src) = tokio::io::duplex(64);
+        let (mut dst, reader) = tokio::io::duplex(64);
+        drop(reader);
+        let mut d = Direction::default();
+        writer.write_all(b"lost").await.unwrap();
+        assert!(matches!(
+            poll_once(&mut d, &mut src, &mut dst).await,
+            Poll::Ready(Err(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn splice_keeps_half_close_and_counts_both_ways() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pair = || async {
+            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            (a.unwrap(), b.unwrap().0)
+        };
+        let (mut visitor, a) = pair().await;
+        let (b, mut service) = pair().await;
+        let spliced = tokio::spawn(splice(a, b, std::future::pending::<()>()));
+        visitor.write_all(b"request").await.unwrap();
+        visitor.shutdown().await.unwrap();
+        let mut req = Vec::new();
+        service.read_to_end(&mut req).await.unwrap();
+        assert_eq!(req, b"request");
+        // The visitor's side is half-closed; the reply still reaches it in full.
+        service.write_all(b"the whole reply").await.unwrap();
+        service.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        visitor.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"the whole reply");
+        let spliced = spliced.await.unwrap();
+        assert!(matches!(spliced.end, SpliceEnd::Finished));
+        assert_eq!((spliced.from_a, spliced.from_b), (7, 15));
+    }
+}

@@ -306,7 +306,11 @@ pub(crate) fn count(
 }
 
 mod client;
+mod client_file;
 mod server;
+mod server_file;
 
 pub use client::*;
+pub use client_file::*;
 pub use server::*;
+pub use server_file::*;

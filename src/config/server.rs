@@ -1,73 +1,7 @@
-//! `server.toml` and `ncx server` flags.
+//! `server.toml` and `ncx server` flags, resolved into [`ServerSettings`]: what was written (the
+//! file types in `server_file.rs`) checked and turned into what the server runs on.
 
 use super::*;
-
-/// `server.toml`, as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerFile {
-    /// Address to accept clients on.
-    pub listen: Option<Spanned<String>>,
-    /// The server's certificate.
-    pub tls: Option<ServerTlsFile>,
-    /// Seconds for TLS handshake, hello and authentication together.
-    pub handshake_timeout_secs: Option<Spanned<u64>>,
-    /// Handshakes in progress at once.
-    pub max_handshakes: Option<Spanned<usize>>,
-    /// Concurrent visitors per client session.
-    pub max_visitors_per_session: Option<Spanned<usize>>,
-    /// Client sessions at once.
-    pub max_sessions: Option<Spanned<usize>>,
-    /// Concurrent visitors per service.
-    pub max_visitors_per_service: Option<Spanned<usize>>,
-    /// Substreams awaiting the client's answer, per session.
-    pub max_opens_in_flight: Option<Spanned<usize>>,
-    /// Seconds between pings to each client.
-    pub ping_interval_secs: Option<Spanned<u64>>,
-    /// Seconds without an answered ping after which a client is dead.
-    pub liveness_timeout_secs: Option<Spanned<u64>>,
-    /// Seconds visitors may finish in on shutdown or takeover.
-    pub drain_timeout_secs: Option<Spanned<u64>>,
-    /// Failed authentications from one address before it is blocked.
-    pub auth_failures_before_block: Option<Spanned<u32>>,
-    /// Seconds an address is blocked after too many failed authentications.
-    pub auth_block_secs: Option<Spanned<u64>>,
-    /// Who may connect, and what each may expose.
-    #[serde(default)]
-    pub identities: Vec<IdentityFile>,
-}
-
-/// `[tls]` of `server.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerTlsFile {
-    /// PEM certificate chain, leaf first.
-    pub cert: Option<Spanned<PathBuf>>,
-    /// PEM private key of the leaf.
-    pub key: Option<Spanned<PathBuf>>,
-    /// Where a self-signed certificate is kept when `cert`/`key` are not given.
-    pub auto_cert_dir: Option<PathBuf>,
-    /// PEM file of the CA that signs client certificates (`ncx certs client`). Needed by identities
-    /// whose `auth` is `"certificate"` or `"both"`.
-    pub client_ca: Option<Spanned<PathBuf>>,
-}
-
-/// One `[[identities]]` entry of `server.toml`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityFile {
-    /// The identity's name, as the client sends it.
-    pub name: Spanned<String>,
-    /// The identity's token (not needed with `auth = "certificate"`).
-    pub token: Option<Spanned<String>>,
-    /// What the identity must present: `"token"` (the default), `"certificate"` or `"both"`.
-    pub auth: Option<Spanned<String>>,
-    /// Address the identity's public ports are bound on.
-    pub bind: Option<Spanned<String>>,
-    /// Public ports the identity may use, e.g. `["3389", "20000-20100"]`. Absent or empty: none (the
-    /// identity may still offer private services and visit them).
-    pub ports: Option<Spanned<Vec<Spanned<String>>>>,
-}
 
 /// What an identity must present to authenticate.
 #[derive(Debug, Clone)]

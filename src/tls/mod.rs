@@ -5,16 +5,26 @@
 //! a CA file (names are checked), a pinned SHA-256 fingerprint of the server's certificate
 //! (SSH-style, for self-signed servers), or — only when asked for by a name containing `insecure` —
 //! not at all.
+//!
+//! - `mod.rs`: errors, the provider, fingerprints, PEM loading, the server's configuration and its
+//!   self-signed certificate, and the name in a verified client certificate.
+//! - `client.rs`: how the client trusts the server (CA, pin, none), its own certificate, its
+//!   configuration, and the handshake errors it explains in plain words.
+
+mod client;
+
+pub use client::{
+    client_config, explain_handshake_error, ClientCertificate, PinMismatch, ServerTrust,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{RootCertStore, ServerConfig};
 
 /// Errors while loading certificates or building TLS configurations.
 #[derive(Debug, thiserror::Error)]
@@ -219,45 +229,8 @@ pub fn server_config(
     Ok(config)
 }
 
-/// How the client decides that it is talking to the right server.
-#[derive(Clone)]
-pub enum ServerTrust {
-    /// The server's chain must lead to one of these roots and name the server.
-    Ca {
-        /// The file the roots came from (for error messages).
-        path: PathBuf,
-        /// The roots.
-        roots: Arc<RootCertStore>,
-    },
-    /// The SHA-256 of the server's leaf certificate must equal this.
-    Pinned(Fingerprint),
-    /// No verification at all. Anyone on the path can impersonate the server and read the token
-    /// proof's session; logged as a warning on every connect.
-    InsecureSkipVerify,
-}
-
-impl fmt::Debug for ServerTrust {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ServerTrust::Ca { path, .. } => write!(f, "Ca({})", path.display()),
-            ServerTrust::Pinned(fp) => write!(f, "Pinned({fp})"),
-            ServerTrust::InsecureSkipVerify => f.write_str("InsecureSkipVerify"),
-        }
-    }
-}
-
-impl ServerTrust {
-    /// Trust the roots in a PEM file.
-    pub fn ca_file(path: &Path) -> Result<Self, TlsError> {
-        Ok(ServerTrust::Ca {
-            path: path.to_owned(),
-            roots: load_roots(path)?,
-        })
-    }
-}
-
 /// Reads the CA certificates of a PEM file into a root store.
-fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
         roots.add(cert).map_err(|source| TlsError::Rustls {
@@ -275,200 +248,6 @@ pub fn client_certificate_name(conn: &rustls::ServerConnection) -> Option<String
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
-}
-
-/// A client certificate and its key, presented to a server that asks for one.
-pub struct ClientCertificate {
-    /// Leaf first.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The leaf's key.
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl fmt::Debug for ClientCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCertificate")
-            .field(
-                "fingerprint",
-                &Fingerprint::of(self.chain.first().map(|c| c.as_ref()).unwrap_or_default()),
-            )
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
-impl Clone for ClientCertificate {
-    fn clone(&self) -> Self {
-        ClientCertificate {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-impl ClientCertificate {
-    /// Loads a chain and key from PEM files (as written by `ncx certs client`).
-    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        Ok(ClientCertificate {
-            chain: load_certs(cert)?,
-            key: load_key(key)?,
-        })
-    }
-}
-
-/// The client's TLS configuration: TLS 1.3 only, ALPN `ncx/1`, server verified as `trust` says,
-/// and `cert` presented when the server asks for a client certificate.
-pub fn client_config(
-    trust: &ServerTrust,
-    cert: Option<&ClientCertificate>,
-) -> Result<ClientConfig, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls {
-            context: "choosing TLS 1.3".into(),
-            source,
-        })?;
-    let builder = match trust {
-        ServerTrust::Ca { roots, .. } => builder.with_root_certificates(roots.clone()),
-        ServerTrust::Pinned(fp) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
-                pin: Some(*fp),
-                provider: provider(),
-            })),
-        ServerTrust::InsecureSkipVerify => {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
-                    pin: None,
-                    provider: provider(),
-                }))
-        }
-    };
-    let mut config = match cert {
-        None => builder.with_no_client_auth(),
-        Some(c) => builder
-            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
-            .map_err(|source| TlsError::Rustls {
-                context: "using the client certificate and key".into(),
-                source,
-            })?,
-    };
-    config.alpn_protocols = vec![ncx_proto::ALPN.to_vec()];
-    Ok(config)
-}
-
-/// The pin did not match: carries both fingerprints so the user can see which server answered.
-#[derive(Debug, thiserror::Error)]
-#[error("the server's certificate fingerprint is {actual}, but {expected} is pinned")]
-pub struct PinMismatch {
-    /// What the server presented.
-    pub actual: Fingerprint,
-    /// What the client pinned.
-    pub expected: Fingerprint,
-}
-
-/// Checks the server's certificate by its SHA-256 alone: exactly the pinned one, or — with no pin,
-/// only reachable through `insecure_skip_verify` — any. Signatures over the handshake are still
-/// verified (the server must hold the key); names and dates are not, as with SSH host keys.
-#[derive(Debug)]
-struct FingerprintVerifier {
-    pin: Option<Fingerprint>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for FingerprintVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(pin) = self.pin else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let actual = Fingerprint::of(end_entity);
-        // Fingerprints of certificates are public; equality needs no constant time here.
-        if actual == pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
-                    actual,
-                    expected: pin,
-                }))),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Explains a TLS failure in plain words, naming what the user can change.
-pub fn explain_handshake_error(err: &std::io::Error, trust: &ServerTrust) -> String {
-    let Some(tls) = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    else {
-        return format!("TLS handshake failed: {err}");
-    };
-    match tls {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
-            format!("server certificate refused: {}", other.0)
-        }
-        // Two CAs with the same name (every `ncx certs ca` defaults to "ncx CA") show up as a bad
-        // signature rather than an unknown issuer.
-        rustls::Error::InvalidCertificate(
-            rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
-        ) => match trust {
-            ServerTrust::Ca { path, .. } => format!(
-                "server certificate refused: it is not signed by the CA in {}",
-                path.display()
-            ),
-            _ => format!("server certificate refused: {tls}"),
-        },
-        rustls::Error::InvalidCertificate(e) => format!("server certificate refused: {e:?}"),
-        rustls::Error::NoApplicationProtocol
-        | rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) => format!(
-            "the server does not speak {} (protocol version mismatch: upgrade the older side)",
-            String::from_utf8_lossy(ncx_proto::ALPN)
-        ),
-        other => format!("TLS handshake failed: {other}"),
-    }
 }
 
 /// Makes a self-signed server certificate for `names` (DNS names or IP addresses).

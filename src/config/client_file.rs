@@ -1,0 +1,159 @@
+//! `client.toml` and the client's flags as written, before they are checked: the serde types, the
+//! `--service` flag's syntax, and how flags are laid over a file.
+
+use super::*;
+
+/// `client.toml`, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// `HOST:PORT` of the server.
+    pub server: Option<Spanned<String>>,
+    /// Name to verify in the server's certificate (with `ca`); defaults to the host of `server`.
+    pub server_name: Option<Spanned<String>>,
+    /// The identity to authenticate as.
+    pub identity: Option<Spanned<String>>,
+    /// The identity's token (or the environment variable `NCX_TOKEN`).
+    pub token: Option<Spanned<String>>,
+    /// Pinned SHA-256 fingerprint of the server's certificate.
+    pub server_fingerprint: Option<Spanned<String>>,
+    /// PEM file of the CA that signed the server's certificate.
+    pub ca: Option<Spanned<PathBuf>>,
+    /// Skip all verification of the server. Anyone on the path can impersonate it.
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// PEM client certificate (from `ncx certs client`), presented when the server asks for one.
+    pub cert: Option<Spanned<PathBuf>>,
+    /// PEM private key of `cert`.
+    pub key: Option<Spanned<PathBuf>>,
+    /// Seconds to wait for the TCP connection to the server.
+    pub connect_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds to wait for the TLS handshake, hello and authentication.
+    pub handshake_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds to wait for a local service to accept a connection.
+    pub local_connect_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds between pings to the server.
+    pub ping_interval_secs: Option<Spanned<u64>>,
+    /// Seconds without an answered ping after which the server is dead.
+    pub liveness_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds visitors may finish in on shutdown.
+    pub drain_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds before the first reconnect.
+    pub reconnect_initial_secs: Option<Spanned<u64>>,
+    /// Longest pause between reconnects, in seconds.
+    pub reconnect_max_secs: Option<Spanned<u64>>,
+    /// Services to expose.
+    #[serde(default)]
+    pub services: Vec<ServiceFile>,
+    /// Private services of other clients to reach through local listeners (`ncx visit`).
+    #[serde(default)]
+    pub visits: Vec<VisitFile>,
+}
+
+/// One `[[visits]]` entry: a local listener whose connections reach a private service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitFile {
+    /// `OWNER/SERVICE`: the identity that offers the private service, and the service's name.
+    pub service: Spanned<String>,
+    /// Local `IP:PORT` to listen on, e.g. `"127.0.0.1:13389"`.
+    pub listen: Spanned<String>,
+}
+
+/// One `[[services]]` entry of `client.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// The service's name.
+    pub name: Spanned<String>,
+    /// `HOST:PORT` of the local service, as seen from the client.
+    pub local: Spanned<String>,
+    /// Public port on the server; 0 lets the server pick.
+    #[serde(default)]
+    pub remote_port: u16,
+    /// Visitor address blocks allowed (absent or empty: all not denied), e.g.
+    /// `["203.0.113.0/24"]`.
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Visitor address blocks denied; deny wins over allow.
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Send the visitor's address to the local service first, as PROXY protocol `"v1"` or `"v2"`.
+    pub proxy_protocol: Option<Spanned<String>>,
+    /// No public port: only the identities in `visitors` reach it, with `ncx visit`.
+    pub private: Option<Spanned<bool>>,
+    /// Identities that may visit a private service.
+    pub visitors: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `--service NAME=HOST:PORT[@REMOTE_PORT]`.
+impl std::str::FromStr for ServiceSpec {
+    type Err = String;
+    /// `NAME=LOCAL_HOST:PORT@REMOTE_PORT`, e.g. `rdp=127.0.0.1:3389@3389` or `web=localhost:80@0`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "expected NAME=LOCAL_HOST:PORT@REMOTE_PORT, e.g. rdp=127.0.0.1:3389@13389";
+        let (name, rest) = s.split_once('=').ok_or(usage)?;
+        let (local, remote) = rest.rsplit_once('@').ok_or(usage)?;
+        let name = Name::new(name).map_err(|e| format!("service name {name:?}: {e}"))?;
+        check_host_port(local)?;
+        let remote_port = remote
+            .parse::<u16>()
+            .map_err(|_| format!("remote port {remote:?} is not a number from 0 to 65535"))?;
+        Ok(ServiceSpec {
+            name,
+            local: local.to_owned(),
+            remote_port,
+            access: ncx_proto::AccessRules::default(),
+            proxy_protocol: None,
+            visitors: None,
+        })
+    }
+}
+
+/// `OWNER/SERVICE` of a visit.
+pub(super) fn parse_visit_target(s: &str) -> Result<(Name, Name), String> {
+    let (owner, service) = s.split_once('/').ok_or_else(|| {
+        format!("{s:?}: expected OWNER/SERVICE, the identity that offers the private service and its name, e.g. office-pc/office-rdp")
+    })?;
+    let owner = Name::new(owner).map_err(|e| format!("owner {owner:?}: {e}"))?;
+    let service = Name::new(service).map_err(|e| format!("service {service:?}: {e}"))?;
+    Ok((owner, service))
+}
+
+pub(super) fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{s:?} has no valid port (1-65535)")),
+    }
+}
+
+/// Lays the values set in `extra` (flags) over `file`; services are added.
+pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if extra.$f.is_some() { file.$f = extra.$f; } )* };
+    }
+    take!(
+        server,
+        server_name,
+        identity,
+        token,
+        server_fingerprint,
+        ca,
+        insecure_skip_verify,
+        cert,
+        key,
+        connect_timeout_secs,
+        handshake_timeout_secs,
+        local_connect_timeout_secs,
+        ping_interval_secs,
+        liveness_timeout_secs,
+        drain_timeout_secs,
+        reconnect_initial_secs,
+        reconnect_max_secs
+    );
+    file.services.extend(extra.services);
+    file.visits.extend(extra.visits);
+}
