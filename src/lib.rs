@@ -4,19 +4,27 @@
 //! port of the server becomes a new yamux substream to that client, which splices it to a local
 //! service. There is never a second connection between client and server.
 //!
-//! Module map:
+//! Module map (ARCHITECTURE.md has the tree, the path of a visitor's bytes and the facts behind
+//! the constants):
+//! - [`server`], [`client`]: the two ends. `ncx visit` is the client's [`client`] `outbound` part.
+//! - [`mux`]: the task that drives one yamux connection, and the session state its streams read.
+//! - [`splice`]: copying both ways, keeping half-close and making resets visible.
+//! - [`framed`]: protocol messages ([`ncx_proto`]) on async streams.
+//! - One of each mechanism, shared by both ends: [`accept`] (the accept loop with back-off),
+//!   [`heartbeat`] (pings and liveness), [`drain`] (finishing visitors after a go-away),
+//!   [`refusal`] (a typed "no" and its wire messages), [`audit`] (the audit record),
+//!   [`timeouts`] (the visitor timeouts and their order), [`tasks`] (a token and its tasks).
 //! - [`config`]: TOML files and flags into validated settings.
 //! - [`tls`]: PEM loading, rustls configurations, fingerprints and pinning.
 //! - [`certs`]: `ncx certs` and the server's self-signed certificate.
 //! - [`auth`]: token proofs bound to the TLS connection.
-//! - [`session`]: the task that drives one yamux connection.
-//! - [`framed`]: protocol messages on async streams.
-//! - [`net`]: socket options for the tunnel connection.
-//! - [`ratelimit`]: warnings at a limited rate.
-//! - [`splice`]: TCP ↔ substream copying that keeps half-close and makes resets visible.
-//! - [`server`], [`client`]: the two ends.
+//! - [`net`]: socket options; [`ratelimit`]: warnings at a limited rate.
 //! - [`demo`]: everything on loopback in one process.
 //! - [`cli`]: the command line.
+//! - `fuzzing` (with the `fuzzing` feature only): the hooks the fuzz targets and the corpus replay
+//!   use.
+//!
+//! The benchmark is not here: it is the workspace member `bench/` (`ncx-bench`).
 //!
 //! Glossary: **session** (one TLS connection and its yamux session), **control stream** (the first
 //! substream, opened by the client), **service** (a named local TCP endpoint the client exposes),

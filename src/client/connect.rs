@@ -12,7 +12,8 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{info, warn, Instrument};
 
 use super::control::Connected;
-use super::{inbound, Client, ClientError, ServiceStatus};
+use super::error::{ClientError, ServiceStatus};
+use super::{inbound, Client};
 use crate::config::ServiceSpec;
 use crate::framed::{write_message, MessageReader, ReadError};
 use crate::mux;

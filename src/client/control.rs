@@ -11,7 +11,8 @@ use tokio_util::compat::Compat;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{outbound, ClientError, ServiceStatus};
+use super::error::{ClientError, ServiceStatus};
+use super::outbound;
 use crate::config::ClientSettings;
 use crate::drain::{Drain, DrainEnd};
 use crate::framed::{write_message, MessageReader};

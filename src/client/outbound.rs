@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use super::ClientError;
+use super::error::ClientError;
 use crate::accept::accept_until;
 use crate::config::ClientSettings;
 use crate::framed::{write_message, MessageReader};

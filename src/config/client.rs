@@ -1,5 +1,9 @@
 //! `client.toml` and `ncx client` flags, resolved into [`ClientSettings`]: what was written
 //! (the file types in `client_file.rs`) checked and turned into what the client runs on.
+//!
+//! A little over 400 lines, kept as one piece: most of it is the resolution of a file, field by
+//! field, each check naming its field's place in the file; split, the halves would pass the
+//! half-resolved settings between them.
 
 use super::client_file::{check_host_port, overlay, parse_visit_target};
 use super::*;

@@ -2,7 +2,7 @@
 //! in one [`Control`] whose [`Phase`] says what the session still does, until it ends with an
 //! [`Outcome`].
 //!
-//! Kept as one file of a little over 400 lines: the events, their handlers and the phase they
+//! Kept as one piece of a little over 400 lines: the events, their handlers and the phase they
 //! move between are one state machine, and every handler reads or changes the same phase.
 
 use std::sync::Arc;

@@ -2,15 +2,15 @@
 //!
 //! From the top down (each file imports only files below it):
 //! - `mod.rs`: [`Server`] and its accept loop; every connection's handshake runs in its own task.
-//! - [`session`]: one session from TLS to teardown: the hello, admission, the control loop.
-//! - [`control`]: the control loop of an admitted session, with its phase.
-//! - [`services`]: the services a session registered, public and private.
-//! - [`public`]: binding public ports and accepting their visitors.
-//! - [`private`]: bridging visits of `ncx visit` sessions to the owning client.
-//! - [`opener`]: the substream opener that public visitors and private visits share.
-//! - [`context`]: what the tasks of the server and of one session share.
-//! - [`admission`]: handshake and session slots, authentication, the failed-authentication guard.
-//! - [`registry`]: which session and which ports each identity holds; depends on nothing above.
+//! - `session.rs`: one session from TLS to teardown: the hello, admission, the control loop.
+//! - `control.rs`: the control loop of an admitted session, with its phase.
+//! - `services.rs`: the services a session registered, public and private.
+//! - `public.rs`: binding public ports and accepting their visitors.
+//! - `private.rs`: bridging visits of `ncx visit` sessions to the owning client.
+//! - `opener.rs`: the substream opener that public visitors and private visits share.
+//! - `context.rs`: what the tasks of the server and of one session share.
+//! - `admission.rs`: handshake and session slots, authentication, the failed-authentication guard.
+//! - `registry.rs`: which session and which ports each identity holds; depends on nothing above.
 
 mod admission;
 mod context;

@@ -1,5 +1,5 @@
 //! Public ports: binding one under the identity's policy, and accepting its visitors, each of
-//! which becomes a substream to the client through the [`opener`](super::opener).
+//! which becomes a substream to the client through the `opener.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

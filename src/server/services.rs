@@ -1,6 +1,6 @@
 //! The services one session registered: public ones (a port of the server, bound through
-//! [`public`](super::public)) and private ones (a name in the registry, reached through
-//! [`private`](super::private)). Each registration is answered with `Registered` or a refusal.
+//! `public.rs`) and private ones (a name in the registry, reached through
+//! `private.rs`). Each registration is answered with `Registered` or a refusal.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{load_certs, load_key, load_roots, provider, Fingerprint, TlsError};
+use super::material::{load_certs, load_key, load_roots, provider, Fingerprint, TlsError};
 
 /// How the client decides that it is talking to the right server.
 #[derive(Clone)]

@@ -1,0 +1,96 @@
+//! The flags of `ncx server`, `ncx client` and `ncx visit` as configuration files: each is laid
+//! over the file it names (or an empty one), so flags and files go through the same checks.
+
+use super::*;
+
+impl ServerArgs {
+    pub(super) fn settings(self) -> anyhow::Result<ServerSettings> {
+        let mut flags = ServerFile {
+            listen: self.listen.map(spanned),
+            handshake_timeout_secs: self.handshake_timeout_secs.map(spanned),
+            max_visitors_per_session: self.max_visitors_per_session.map(spanned),
+            ..Default::default()
+        };
+        if self.cert.is_some() || self.auto_cert_dir.is_some() {
+            flags.tls = Some(ServerTlsFile {
+                cert: self.cert.map(spanned),
+                key: self.key.map(spanned),
+                auto_cert_dir: self.auto_cert_dir,
+                client_ca: None,
+            });
+        }
+        if let (Some(name), Some(token)) = (self.identity, self.token) {
+            flags.identities.push(IdentityFile {
+                name: spanned(name),
+                token: Some(spanned(token)),
+                auth: None,
+                bind: self.bind.map(spanned),
+                ports: Some(spanned(self.ports.into_iter().map(spanned).collect())),
+            });
+        }
+        Ok(match self.config {
+            Some(path) => {
+                let src = Source::file(&path)?;
+                let mut file: ServerFile = src.parse()?;
+                file.listen = flags.listen.or(file.listen);
+                file.handshake_timeout_secs =
+                    flags.handshake_timeout_secs.or(file.handshake_timeout_secs);
+                file.max_visitors_per_session = flags
+                    .max_visitors_per_session
+                    .or(file.max_visitors_per_session);
+                // Certificate flags replace the file's certificate; its client CA stays.
+                let client_ca = file.tls.as_mut().and_then(|t| t.client_ca.take());
+                file.tls = flags.tls.or(file.tls);
+                if let Some(ca) = client_ca {
+                    file.tls.get_or_insert_with(Default::default).client_ca = Some(ca);
+                }
+                file.identities.extend(flags.identities);
+                ServerSettings::from_parsed(file, &src)?
+            }
+            None => ServerSettings::from_flags(flags)?,
+        })
+    }
+}
+
+impl ClientArgs {
+    pub(super) fn settings(self) -> anyhow::Result<ClientSettings> {
+        let flags = ClientFile {
+            local_connect_timeout_secs: self.local_connect_timeout_secs.map(spanned),
+            services: self
+                .services
+                .into_iter()
+                .map(|s| ServiceFile {
+                    name: spanned(s.name.to_string()),
+                    local: spanned(s.local),
+                    remote_port: s.remote_port,
+                    allow: None,
+                    deny: None,
+                    proxy_protocol: None,
+                    private: None,
+                    visitors: None,
+                })
+                .collect(),
+            ..self.connect.flags()
+        };
+        self.connect.settings(flags)
+    }
+}
+
+impl VisitArgs {
+    pub(super) fn settings(self) -> anyhow::Result<ClientSettings> {
+        let mut flags = self.connect.flags();
+        if let (Some(service), Some(listen)) = (self.service, self.listen) {
+            flags.visits.push(VisitFile {
+                service: spanned(service),
+                listen: spanned(listen),
+            });
+        }
+        let settings = self.connect.settings(flags)?;
+        if settings.visits.is_empty() {
+            anyhow::bail!(
+                "nothing to visit: give --service and --listen, or [[visits]] in --config"
+            );
+        }
+        Ok(settings)
+    }
+}

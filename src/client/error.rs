@@ -1,0 +1,90 @@
+//! Why a client could not connect or lost its session ([`ClientError`]), and what became of each
+//! service it registered ([`ServiceStatus`]).
+
+use std::time::Duration;
+
+use ncx_proto::{ErrorCode, Name};
+
+use crate::refusal::Refusal;
+use crate::tls::TlsError;
+
+/// Why the client could not connect, or why its session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection to the server failed.
+    #[error("connecting to the server at {addr}: {source}")]
+    Connect {
+        /// The server address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A deadline passed.
+    #[error("{stage} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        stage: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// TLS failed; the text names the cause in plain words.
+    #[error("{0}")]
+    Tls(String),
+    /// The server refused this client.
+    #[error("the server refused this client: {message} ({code})")]
+    Refused {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+    /// The server broke the protocol or the connection failed mid-exchange.
+    #[error("{0}")]
+    Protocol(String),
+    /// Every service was refused, so the session has nothing to do.
+    #[error("the server refused every service: {0}")]
+    NoServices(String),
+    /// The session ended after it was established.
+    #[error("the session ended: {0}")]
+    SessionLost(String),
+    /// The server sent go-away and closed the session.
+    #[error("the server closed the session: {message} ({code})")]
+    GoneAway {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+    /// Building the TLS configuration failed.
+    #[error(transparent)]
+    Config(#[from] TlsError),
+    /// A visit's local listener could not be bound.
+    #[error("listening on {addr} for a visit: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// Whether retrying cannot help until the configuration changes (bad token, unknown identity,
+    /// version mismatch, server certificate refused).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Refused { code, .. } => code.is_permanent(),
+            ClientError::Tls(_) | ClientError::Config(_) | ClientError::Listen { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The outcome of registering one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// The service.
+    pub name: Name,
+    /// The public port, or the refusal.
+    pub result: Result<u16, Refusal>,
+}
