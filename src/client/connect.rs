@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ncx_proto::{Message, Name, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{info, warn, Instrument};
 
@@ -26,53 +27,16 @@ impl Client {
     /// answer; visitors are served from then on, by tasks the returned [`Connected`] owns.
     pub async fn connect(&self) -> Result<Connected, ClientError> {
         let s = &self.settings;
-        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&s.server)).await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    addr: s.server.clone(),
-                    source,
-                })
-            }
-            Err(_) => {
-                return Err(ClientError::Timeout {
-                    stage: "connecting to the server",
-                    after: s.connect_timeout,
-                })
-            }
-        };
-        crate::net::tune_tunnel(&tcp);
-        if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
-            warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");
-        }
+        let tcp = self.dial().await?;
         let deadline = Instant::now() + s.handshake_timeout;
         let hs_timeout = || ClientError::Timeout {
             stage: "the handshake with the server",
             after: s.handshake_timeout,
         };
-        let tls = match tokio::time::timeout_at(
-            deadline,
-            self.connector.connect(s.server_name.clone(), tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                return Err(ClientError::Tls(crate::tls::explain_handshake_error(
-                    &e, &s.trust,
-                )))
-            }
+        let (tls, exported) = match tokio::time::timeout_at(deadline, self.tls(tcp)).await {
+            Ok(r) => r?,
             Err(_) => return Err(hs_timeout()),
         };
-        let (_, conn) = tls.get_ref();
-        if conn.alpn_protocol() != Some(ncx_proto::ALPN) {
-            return Err(ClientError::Tls(
-                "the server did not agree to protocol ncx/1 (protocol version mismatch: upgrade the older side)".into(),
-            ));
-        }
-        let exported = crate::auth::export(conn)
-            .map_err(|e| ClientError::Tls(format!("exporting TLS keying material: {e}")))?;
 
         let session_cancel = tokio_util::sync::CancellationToken::new();
         let visitors = TaskGroup::child_of(&session_cancel);
@@ -135,6 +99,54 @@ impl Client {
             }
         }
     }
+    /// The TCP connection to the server, tuned for the tunnel.
+    async fn dial(&self) -> Result<TcpStream, ClientError> {
+        let s = &self.settings;
+        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&s.server)).await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: s.server.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    stage: "connecting to the server",
+                    after: s.connect_timeout,
+                })
+            }
+        };
+        crate::net::tune_tunnel(&tcp);
+        Ok(tcp)
+    }
+
+    /// TLS over `tcp` with the configured trust, ALPN `ncx/1` agreed, and the keying material the
+    /// token proof is bound to.
+    async fn tls(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(TlsStream<TcpStream>, crate::auth::ExportedKey), ClientError> {
+        let s = &self.settings;
+        if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
+            warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");
+        }
+        let tls = self
+            .connector
+            .connect(s.server_name.clone(), tcp)
+            .await
+            .map_err(|e| ClientError::Tls(crate::tls::explain_handshake_error(&e, &s.trust)))?;
+        let (_, conn) = tls.get_ref();
+        if conn.alpn_protocol() != Some(ncx_proto::ALPN) {
+            return Err(ClientError::Tls(
+                "the server did not agree to protocol ncx/1 (protocol version mismatch: upgrade the older side)".into(),
+            ));
+        }
+        let exported = crate::auth::export(conn)
+            .map_err(|e| ClientError::Tls(format!("exporting TLS keying material: {e}")))?;
+        Ok((tls, exported))
+    }
 }
 
 /// Takes the substreams the server opens, one per visitor, while the session accepts visitors.
@@ -159,7 +171,7 @@ impl Inbound {
             peer = tracing::field::Empty
         );
         self.visitors.spawn(
-            inbound::serve(
+            inbound::serve_visitor(
                 stream,
                 state.clone(),
                 self.services.clone(),

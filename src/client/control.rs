@@ -21,7 +21,7 @@ use crate::mux::{self, SessionEnd};
 use crate::refusal::Refusal;
 use crate::tasks::TaskGroup;
 
-/// Why [`Connected::serve`] returned without an error.
+/// Why [`Connected::run_control`] returned without an error.
 pub(super) enum Served {
     /// Shutdown was asked for (and the drain is over).
     Shutdown,
@@ -78,14 +78,14 @@ impl Connected {
     /// `liveness_timeout`. On shutdown it sends go-away (the server releases the ports), refuses new
     /// visitors, and lets those in flight finish for up to `drain_timeout` before resetting them.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let result = self.serve(&shutdown, false).await.map(|_| ());
+        let result = self.run_control(&shutdown, false).await.map(|_| ());
         self.close().await;
         result
     }
 
     /// The body of [`Connected::run`]. With `retiring`, the session has handed over to a newer one:
     /// it goes on serving its visitors until the server closes it, and ignores further rotation.
-    pub(super) async fn serve(
+    pub(super) async fn run_control(
         &mut self,
         shutdown: &CancellationToken,
         retiring: bool,

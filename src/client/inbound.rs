@@ -21,7 +21,7 @@ use crate::timeouts::FIRST_MESSAGE;
 
 /// Serves one substream the server opened for a visitor of one of `services`; `local_timeout`
 /// bounds the connect to the local service, `cancel` resets the visitor.
-pub(super) async fn serve(
+pub(super) async fn serve_visitor(
     stream: yamux::Stream,
     state: Arc<SessionState>,
     services: Arc<HashMap<Name, ServiceSpec>>,

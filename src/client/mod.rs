@@ -106,7 +106,7 @@ async fn run_sessions(
                 Ok(mut connected) => {
                     info!("connected to the server");
                     targets.send_replace(Some(connected.visit_target()));
-                    let served = connected.serve(shutdown, false).await;
+                    let served = connected.run_control(shutdown, false).await;
                     targets.send_replace(None);
                     match served {
                         Ok(Served::Shutdown) => {
@@ -116,7 +116,7 @@ async fn run_sessions(
                         Ok(Served::Rotate) => {
                             let shutdown = shutdown.clone();
                             retiring.spawn(async move {
-                                if let Err(e) = connected.serve(&shutdown, true).await {
+                                if let Err(e) = connected.run_control(&shutdown, true).await {
                                     debug!(error = %e, "retired session ended");
                                 }
                                 connected.close().await;

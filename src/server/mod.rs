@@ -75,7 +75,7 @@ impl Server {
     {
         let slot = self.shared.admission.claim_handshake();
         let deadline = tokio::time::Instant::now() + self.shared.settings.handshake_timeout;
-        session::serve(
+        session::run_decrypted(
             self.shared.clone(),
             io,
             admission::PeerTls {

@@ -1,6 +1,6 @@
 //! One client session on the server, from the first TLS byte to the release of its last port: the
 //! TLS handshake ([`run`]); the mux and the hello under the same deadline, and admission
-//! ([`serve`]); then the [`Control`] loop; and finally the teardown of its ports and visitors.
+//! ([`run_decrypted`]); then the [`Control`] loop; and finally the teardown of its ports and visitors.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,13 +83,13 @@ pub(super) async fn run(
         cert_name: crate::tls::client_certificate_name(conn),
         local,
     };
-    serve(shared, tls, facts, peer, slot, deadline, cancel).await;
+    run_decrypted(shared, tls, facts, peer, slot, deadline, cancel).await;
 }
 
 /// Runs a session over `io`, the inside of a TLS connection that established `facts`, until its
 /// last port is released. Public to the crate so the session logic can be fed arbitrary bytes
 /// without TLS (the `fuzzing` feature's `Server::serve_decrypted`).
-pub(crate) async fn serve<T>(
+pub(crate) async fn run_decrypted<T>(
     shared: Arc<Shared>,
     io: T,
     facts: PeerTls,
