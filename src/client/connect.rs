@@ -136,7 +136,14 @@ impl Client {
             .connector
             .connect(s.server_name.clone(), tcp)
             .await
-            .map_err(|e| ClientError::Tls(crate::tls::explain_handshake_error(&e, &s.trust)))?;
+            .map_err(|e| {
+                let text = crate::tls::explain_handshake_error(&e, &s.trust);
+                if crate::tls::handshake_error_is_permanent(&e) {
+                    ClientError::Tls(text)
+                } else {
+                    ClientError::Handshake(text)
+                }
+            })?;
         let (_, conn) = tls.get_ref();
         if conn.alpn_protocol() != Some(ncx_proto::ALPN) {
             return Err(ClientError::Tls(
@@ -358,6 +365,6 @@ fn read_failure(stage: &str, e: ReadError, state: &mux::SessionState) -> ClientE
         ) => ClientError::Tls(format!(
             "the server rejected this client's certificate ({alert:?}): use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`"
         )),
-        other => ClientError::Tls(format!("the server ended TLS while {stage}: {other}")),
+        other => ClientError::Handshake(format!("the server ended TLS while {stage}: {other}")),
     }
 }

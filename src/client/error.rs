@@ -27,9 +27,16 @@ pub enum ClientError {
         /// The deadline.
         after: Duration,
     },
-    /// TLS failed; the text names the cause in plain words.
+    /// TLS failed in a way only a configuration change fixes (a server certificate this client
+    /// does not trust, a client certificate the server rejected, no common protocol version); the
+    /// text names the cause in plain words.
     #[error("{0}")]
     Tls(String),
+    /// The TLS handshake failed on the way (the connection closed or was reset, the peer sent
+    /// something that is not TLS): the network, a load balancer or a restarting server, so it is
+    /// retried.
+    #[error("{0}")]
+    Handshake(String),
     /// The server refused this client.
     #[error("the server refused this client: {message} ({code})")]
     Refused {

@@ -6,6 +6,7 @@
 //! - `connect.rs`: dialling, TLS, the hello and the registrations ([`Client::connect`]).
 //! - `control.rs`: a connected session's control stream, drain and close ([`Connected::run`]).
 //! - `inbound.rs`: one visitor substream the server opened, from header to splice.
+//! - `retry.rs`: when to try again: backoff, the quick retry after a session, the takeover pause.
 //! - `outbound.rs`: local listeners whose connections reach private services of other clients
 //!   (`ncx visit`), each through a visit substream this client opens.
 
@@ -14,9 +15,9 @@ mod control;
 mod error;
 mod inbound;
 mod outbound;
+mod retry;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ncx_proto::ErrorCode;
 use tokio::time::Instant;
@@ -27,12 +28,12 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::ClientSettings;
 use control::Served;
+use retry::{jitter, Retry};
 
 pub use control::Connected;
 pub use error::{ClientError, ServiceStatus};
 
-/// A session that lived this long resets the backoff to its initial value.
-pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+pub use retry::{BACKOFF_RESET_AFTER, QUICK_RETRY};
 
 /// A configured client.
 #[derive(Clone)]
@@ -95,19 +96,22 @@ async fn run_sessions(
     targets: &tokio::sync::watch::Sender<Option<outbound::Target>>,
     shutdown: &CancellationToken,
 ) -> Result<(), ClientError> {
-    let mut backoff = backoff_cfg.initial;
+    let mut retry = Retry::new(backoff_cfg);
     // Sessions that handed over to a newer one and serve their last visitors.
     let retiring = TaskTracker::new();
     let result = loop {
-        let started = Instant::now();
+        // How long the session was up, if one was.
+        let mut lived = None;
         let err = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             r = client.connect() => match r {
                 Ok(mut connected) => {
                     info!("connected to the server");
+                    let up = Instant::now();
                     targets.send_replace(Some(connected.visit_target()));
                     let served = connected.run_control(shutdown, false).await;
                     targets.send_replace(None);
+                    lived = Some(up.elapsed());
                     match served {
                         Ok(Served::Shutdown) => {
                             connected.close().await;
@@ -121,7 +125,7 @@ async fn run_sessions(
                                 }
                                 connected.close().await;
                             }.in_current_span());
-                            backoff = backoff_cfg.initial;
+                            retry.after_rotation();
                             continue;
                         }
                         Err(e) => {
@@ -136,36 +140,27 @@ async fn run_sessions(
         if err.is_permanent() {
             break Err(err);
         }
-        if started.elapsed() >= BACKOFF_RESET_AFTER {
-            backoff = backoff_cfg.initial;
-        }
-        if let ClientError::GoneAway {
+        let base = if let ClientError::GoneAway {
             code: ErrorCode::SessionReplaced,
             ..
         } = err
         {
-            // Another client with this identity took over. Coming back at once would take the
-            // services back and start a tug of war; come back slowly and say so.
-            backoff = backoff_cfg.max;
             warn!("another client with the same identity took over this client's services; two clients must not share an identity");
-        }
-        let pause = jitter(backoff);
+            retry.after_replaced()
+        } else {
+            match lived {
+                Some(lived) => retry.after_session(lived),
+                None => retry.after_failed_attempt(),
+            }
+        };
+        let pause = jitter(base);
         warn!(error = %err, retry_in = ?pause, "not connected; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(backoff_cfg.max);
     };
     retiring.close();
     retiring.wait().await;
     result
-}
-
-/// `base` ± 20%, so that many clients cut off together do not return together.
-fn jitter(base: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    let r = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX); // 0..=1
-    base.mul_f64(0.8 + 0.4 * r)
 }

@@ -210,6 +210,40 @@ impl ServerCertVerifier for FingerprintVerifier {
     }
 }
 
+/// Whether a failed TLS handshake needs a configuration change before a retry can succeed: the
+/// server's certificate is not trusted, the server refused this client's certificate, or the two
+/// sides share no protocol version or application protocol. Anything else (the connection closed
+/// or was reset, a peer that does not speak TLS, a damaged record) may pass on the next attempt: a
+/// load balancer in front of a restarting server accepts and closes, a middlebox resets.
+pub fn handshake_error_is_permanent(err: &std::io::Error) -> bool {
+    use rustls::AlertDescription as A;
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoApplicationProtocol
+            | rustls::Error::PeerIncompatible(_)
+            | rustls::Error::AlertReceived(
+                A::NoApplicationProtocol
+                    | A::ProtocolVersion
+                    | A::HandshakeFailure
+                    | A::BadCertificate
+                    | A::UnknownCA
+                    | A::CertificateExpired
+                    | A::CertificateRevoked
+                    | A::CertificateUnknown
+                    | A::UnsupportedCertificate
+                    | A::CertificateRequired
+                    | A::AccessDenied
+            )
+    )
+}
+
 /// Explains a TLS failure in plain words, naming what the user can change.
 pub fn explain_handshake_error(err: &std::io::Error, trust: &ServerTrust) -> String {
     let Some(tls) = err
