@@ -395,3 +395,49 @@ fn readme_toml_snippets_are_taken_from_the_example_files() {
     }
     assert!(checked >= 2, "found only {checked} toml snippets");
 }
+
+/// Every duration is range-checked: `u64::MAX` seconds used to overflow the first deadline or
+/// doubling it met and panic every connection task (hostile-peers issue, finding 10).
+#[test]
+fn every_duration_is_range_checked() {
+    let max = ncx::config::MAX_SECS;
+    for key in [
+        "handshake_timeout_secs",
+        "ping_interval_secs",
+        "liveness_timeout_secs",
+        "drain_timeout_secs",
+        "auth_block_secs",
+    ] {
+        for v in [u64::MAX, max + 1] {
+            let e = server_err(&format!("{key} = {v}\n{ID}"));
+            assert!(
+                e.starts_with("server.toml:1:") && e.contains(key) && e.contains("at most"),
+                "{key} = {v}: {e}"
+            );
+        }
+    }
+    let fp = format!("sha256:{}", "ab".repeat(32));
+    let base = format!("server = \"h:1\"\nidentity = \"a\"\ntoken = \"t\"\nserver_fingerprint = \"{fp}\"\n[[services]]\nname = \"s\"\nlocal = \"127.0.0.1:1\"\n");
+    for key in [
+        "connect_timeout_secs",
+        "handshake_timeout_secs",
+        "local_connect_timeout_secs",
+        "ping_interval_secs",
+        "liveness_timeout_secs",
+        "drain_timeout_secs",
+        "reconnect_initial_secs",
+        "reconnect_max_secs",
+    ] {
+        let e = client_err(&format!("{key} = {}\n{base}", u64::MAX));
+        assert!(
+            e.starts_with("client.toml:1:") && e.contains(key) && e.contains("at most"),
+            "{key}: {e}"
+        );
+    }
+    // A year is still accepted where nothing else forbids it.
+    ServerSettings::from_source(&Source::text(
+        "server.toml",
+        &format!("drain_timeout_secs = {max}\nauth_block_secs = {max}\n{ID}"),
+    ))
+    .expect("a year is in range");
+}

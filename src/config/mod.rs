@@ -277,7 +277,12 @@ pub(crate) fn timing(
     Ok(t)
 }
 
-/// A positive number of seconds, or the default.
+/// The longest duration any `_secs` key takes: a year. Every duration is added to a clock reading
+/// or doubled somewhere (a deadline, a backoff, the liveness check); a year leaves room for all of
+/// that, while `u64::MAX` seconds made the first such sum overflow and panic.
+pub const MAX_SECS: u64 = 365 * 24 * 3600;
+
+/// A positive number of seconds, at most [`MAX_SECS`], or the default.
 pub(crate) fn secs(
     src: &Source,
     v: &Option<Spanned<u64>>,
@@ -286,6 +291,11 @@ pub(crate) fn secs(
 ) -> Result<Duration, ConfigError> {
     match v {
         Some(s) if *s.get_ref() == 0 => Err(src.at(s.span(), Some(key), "must be at least 1")),
+        Some(s) if *s.get_ref() > MAX_SECS => Err(src.at(
+            s.span(),
+            Some(key),
+            format!("must be at most {MAX_SECS} (a year)"),
+        )),
         Some(s) => Ok(Duration::from_secs(*s.get_ref())),
         None => Ok(default),
     }
