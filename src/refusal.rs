@@ -24,9 +24,9 @@ impl Refusal {
         }
     }
 
-    /// As received from a peer.
+    /// As received from a peer, its text escaped (see [`Text`]'s `Display`): it reaches log lines.
     pub fn from_wire(code: ErrorCode, message: &Text) -> Self {
-        Refusal::new(code, message.as_str())
+        Refusal::new(code, message.to_string())
     }
 
     /// The session-ending `Error` message.

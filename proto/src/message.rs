@@ -102,10 +102,33 @@ impl Text {
     }
 }
 
+/// Shown escaped: the text comes from a peer, and a newline or an escape sequence in it must not
+/// reach a log line or a terminal as such (a forged log line, a recoloured screen). Control
+/// characters, the Unicode line and paragraph separators and the bidirectional overrides are
+/// written as `\n`, `\u{1b}` and so on; [`Text::as_str`] gives the text as received.
 impl fmt::Display for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        use fmt::Write;
+        for c in self.0.chars() {
+            if needs_escape(c) {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
+}
+
+/// Whether `c` must not be shown as is.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 impl fmt::Debug for Text {

@@ -302,3 +302,23 @@ fn too_many_rules_are_rejected() {
     b[..2].copy_from_slice(&len);
     assert_eq!(decode(&b), Err(DecodeError::TooManyRules(65)));
 }
+
+/// Text from a peer is shown escaped, so it can neither forge a log line nor drive a terminal; the
+/// bytes themselves are kept as received.
+#[test]
+fn text_is_displayed_with_control_characters_escaped() {
+    let raw = "nope\nINFO ncx::audit: forged\r\t\u{1b}[31mred\u{202e}txt\u{2028}ok";
+    let t = ncx_proto::Text::new(raw);
+    let shown = t.to_string();
+    assert_eq!(
+        shown,
+        "nope\\nINFO ncx::audit: forged\\r\\t\\u{1b}[31mred\\u{202e}txt\\u{2028}ok"
+    );
+    assert!(!shown.chars().any(|c| c.is_control()));
+    assert_eq!(t.as_str(), raw);
+    // Ordinary text, accents and all, is shown as it is.
+    assert_eq!(
+        ncx_proto::Text::new("port 7000 — déjà pris").to_string(),
+        "port 7000 — déjà pris"
+    );
+}

@@ -1,0 +1,184 @@
+//! Text a peer sends reaches the logs escaped: a client that answers a visitor with a refusal
+//! whose message holds a newline, a forged audit line and an escape sequence, and that goes away
+//! with such a reason, leaves the visitor's audit line with the reason escaped and no forged line
+//! (hostile-peers issue, finding 8).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use ncx_proto::{ErrorCode, Message, Text};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+/// What the server logs, kept in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const FORGED: &str =
+    "nope\n2026-01-01T00:00:00Z  INFO ncx::audit: visitor connection service=forged end=finished\u{1b}[2K";
+
+fn raw_tls_client(pki: &Pki) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(ncx::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ncx_proto::ALPN.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+// One thread, so the server's tasks log through the subscriber this test sets.
+#[tokio::test(flavor = "current_thread")]
+async fn peer_text_cannot_forge_log_lines() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    // A hand-made client: real TLS, a real hello, then hostile answers.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = raw_tls_client(&pki)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let exported = ncx::auth::export(tls.get_ref().1).unwrap();
+    let (inbound_tx, mut inbound) = tokio::sync::mpsc::channel(4);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (handle, driver) = ncx::mux::start(
+        tls,
+        yamux::Mode::Client,
+        Box::new(move |s, _| {
+            let _ = inbound_tx.try_send(s);
+        }),
+        cancel.clone(),
+    );
+    let driver = tokio::spawn(driver);
+    let mut ctrl = handle.open().await.unwrap().compat();
+    let mut reader = ncx::framed::MessageReader::new();
+    let id = name("a");
+    let hello = Message::Hello {
+        version: ncx_proto::PROTOCOL_VERSION,
+        identity: id.clone(),
+        proof: ncx::auth::prove(&ncx::auth::Token::new("t"), &exported, &id),
+    };
+    ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
+    assert!(matches!(
+        reader.read(&mut ctrl).await.unwrap(),
+        Message::Welcome { .. }
+    ));
+    let register = Message::Register {
+        service: name("s"),
+        remote_port: 0,
+        access: Default::default(),
+    };
+    ncx::framed::write_message(&mut ctrl, &register)
+        .await
+        .unwrap();
+    let port = match reader.read(&mut ctrl).await.unwrap() {
+        Message::Registered { remote_port, .. } => remote_port,
+        other => panic!("expected the service registered, got {other:?}"),
+    };
+
+    // A visitor arrives; the hostile client refuses it with a forged message.
+    let mut visitor = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let stream = tokio::time::timeout(WAIT, inbound.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut sub = stream.compat();
+    assert!(matches!(
+        ncx::framed::MessageReader::new()
+            .read(&mut sub)
+            .await
+            .unwrap(),
+        Message::VisitorHeader { .. }
+    ));
+    let refusal = Message::VisitorStatus {
+        refusal: Some((ErrorCode::LocalRefused, Text::new(FORGED))),
+    };
+    ncx::framed::write_message(&mut sub, &refusal)
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, visitor.read_to_end(&mut rest))
+        .await
+        .expect("the refused visitor is closed");
+    // And it goes away with a forged reason.
+    let bye = Message::GoAway {
+        code: ErrorCode::ShuttingDown,
+        message: Text::new(FORGED),
+    };
+    ncx::framed::write_message(&mut ctrl, &bye).await.unwrap();
+    // The server has read the go-away once it released the port.
+    wait_until_refused(std::net::SocketAddr::from(([127, 0, 0, 1], port)), WAIT).await;
+    let error = Message::Error {
+        code: ErrorCode::Internal,
+        message: Text::new(FORGED),
+    };
+    ncx::framed::write_message(&mut ctrl, &error).await.unwrap();
+    // The server ends the session on the error, which ends the connection here.
+    tokio::time::timeout(WAIT, driver)
+        .await
+        .expect("the server closes the session")
+        .unwrap();
+    cancel.cancel();
+    server.stop().await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // The real audit lines: the target comes before any of the peer's text.
+    let audit: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.find("ncx::audit:")
+                .is_some_and(|i| l.find("nope").is_none_or(|n| i < n))
+        })
+        .collect();
+    // The refused visitor's, and any of the probes that wait for the port to close.
+    assert!(
+        audit.iter().all(|l| l.contains("service=s ")),
+        "only visitors of s were audited:\n{text}"
+    );
+    assert!(
+        audit.iter().any(|l| l.contains("nope\\n")),
+        "the refused visitor's audit line carries the escaped reason:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .all(|l| !l.contains("service=forged") || l.contains("nope\\n")),
+        "a line was forged:\n{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "an escape sequence reached the log:\n{text}"
+    );
+    assert!(
+        text.contains("the client is going away") && text.contains("the client ended the session"),
+        "the forged reasons were logged (escaped):\n{text}"
+    );
+}
