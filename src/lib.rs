@@ -18,7 +18,8 @@
 //! - [`tls`]: PEM loading, rustls configurations, fingerprints and pinning.
 //! - [`certs`]: `ncx certs` and the server's self-signed certificate.
 //! - [`auth`]: token proofs bound to the TLS connection.
-//! - [`net`]: socket options; [`ratelimit`]: warnings at a limited rate.
+//! - [`net`]: socket options; [`fdlimit`]: the open-file limit; [`ratelimit`]: warnings at a
+//!   limited rate.
 //! - [`demo`]: everything on loopback in one process.
 //! - [`cli`]: the command line.
 //! - `fuzzing` (with the `fuzzing` feature only): the hooks the fuzz targets and the corpus replay
@@ -41,6 +42,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod fdlimit;
 pub mod framed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

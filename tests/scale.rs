@@ -343,3 +343,63 @@ async fn sigterm_drains_and_a_second_signal_exits_at_once() {
     client2.kill().await.unwrap();
     echo.kill().await.unwrap();
 }
+
+/// The soft open-file limit is raised to the hard limit at start, and a server whose limits do not
+/// fit in it says so with the numbers (hostile-peers issue, finding 7: 1,100 idle visitors made new
+/// sessions fail at the common soft limit of 1,024). Lowering limits needs no privilege, so the
+/// test runs the server under `ulimit -Sn 256; ulimit -Hn 2048`.
+#[tokio::test]
+async fn the_open_file_limit_is_raised_and_a_shortfall_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2048, or this process's own hard limit if that is lower (raising it needs privilege).
+    let own = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let own_hard = own
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|h| h.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let hard = own_hard.min(2048);
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_ncx"))
+        .args(["server", "--listen", "127.0.0.1:0", "--auto-cert-dir"])
+        .arg(dir.path())
+        .args([
+            "--identity",
+            "a",
+            "--ports",
+            "1024-65535",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .env_remove("RUST_LOG")
+        .env("NCX_TOKEN", "t")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = LogLines::new(&mut child);
+    let warning = lines.wait_for("open-file limit").await;
+    assert!(
+        warning.contains("WARN")
+            && warning.contains(&hard.to_string())
+            && warning.contains("10000"),
+        "{warning}"
+    );
+    lines.wait_for("server listening").await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a line for open files");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    let hard = hard.to_string();
+    assert_eq!(numbers, [hard.as_str(), hard.as_str()], "{open_files}");
+    child.kill().await.unwrap();
+}

@@ -258,17 +258,34 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("binding {}", settings.listen))?;
+            if let Some(limit) = crate::fdlimit::raise() {
+                tracing::debug!(?limit, "open-file limit");
+                let shortfall = crate::fdlimit::server_shortfall(
+                    limit,
+                    settings.max_visitors_per_session,
+                    settings.max_handshakes,
+                );
+                if let Some(warning) = shortfall {
+                    tracing::warn!("{warning}");
+                }
+            }
             let server = crate::server::Server::new(settings, identity)?;
             server.run(listener, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(args) => {
             let settings = args.settings()?;
+            if let Some(limit) = crate::fdlimit::raise() {
+                tracing::debug!(?limit, "open-file limit");
+            }
             crate::client::run(settings, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Visit(args) => {
             let settings = args.settings()?;
+            if let Some(limit) = crate::fdlimit::raise() {
+                tracing::debug!(?limit, "open-file limit");
+            }
             crate::client::run(settings, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
