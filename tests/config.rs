@@ -441,3 +441,26 @@ fn every_duration_is_range_checked() {
     ))
     .expect("a year is in range");
 }
+
+#[test]
+fn an_identity_share_larger_than_the_server_is_refused() {
+    let e = server_err(&format!(
+        "max_sessions = 10\nmax_sessions_per_identity = 11\n{ID}"
+    ));
+    assert!(
+        e.starts_with("server.toml:2:")
+            && e.contains("max_sessions_per_identity")
+            && e.contains("at most max_sessions (10)"),
+        "{e}"
+    );
+    let s = ServerSettings::from_source(&Source::text(
+        "server.toml",
+        &format!("max_sessions = 8\nmax_services_per_session = 5\n{ID}"),
+    ))
+    .unwrap();
+    // The default share never exceeds a smaller global cap.
+    assert_eq!(
+        (s.max_sessions_per_identity, s.max_services_per_session),
+        (8, 5)
+    );
+}

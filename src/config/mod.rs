@@ -36,6 +36,12 @@ pub const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = crate::timeouts::DEFAULT_LOC
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 /// Client sessions a server holds at once.
 pub const DEFAULT_MAX_SESSIONS: usize = 1024;
+/// Sessions one identity may hold at once: its client, a few `ncx visit` sessions and a session
+/// rotating, with room to spare, and far from [`DEFAULT_MAX_SESSIONS`], so one identity cannot
+/// take every session slot.
+pub const DEFAULT_MAX_SESSIONS_PER_IDENTITY: usize = 32;
+/// Services (public and private) one session may register.
+pub const DEFAULT_MAX_SERVICES_PER_SESSION: usize = 256;
 /// Concurrent visitors per service (within the session's limit).
 pub const DEFAULT_MAX_VISITORS_PER_SERVICE: usize = 10_000;
 /// Substreams opened whose client has not answered yet. yamux stalls every open beyond 256

@@ -102,6 +102,10 @@ pub struct ServerSettings {
     pub max_visitors_per_session: usize,
     /// Client sessions at once.
     pub max_sessions: usize,
+    /// Sessions of one identity at once (within `max_sessions`).
+    pub max_sessions_per_identity: usize,
+    /// Services, public and private, one session may register.
+    pub max_services_per_session: usize,
     /// Concurrent visitors per service.
     pub max_visitors_per_service: usize,
     /// Substreams awaiting the client's answer, per session.
@@ -129,6 +133,8 @@ impl ServerSettings {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_visitors_per_session: DEFAULT_MAX_VISITORS_PER_SESSION,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
+            max_services_per_session: DEFAULT_MAX_SERVICES_PER_SESSION,
             max_visitors_per_service: DEFAULT_MAX_VISITORS_PER_SERVICE,
             max_opens_in_flight: DEFAULT_MAX_OPENS_IN_FLIGHT,
             rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
@@ -200,6 +206,27 @@ impl ServerSettings {
             &file.max_sessions,
             "max_sessions",
             DEFAULT_MAX_SESSIONS,
+        )?;
+        let max_sessions_per_identity = count(
+            src,
+            &file.max_sessions_per_identity,
+            "max_sessions_per_identity",
+            DEFAULT_MAX_SESSIONS_PER_IDENTITY.min(max_sessions),
+        )?;
+        if let Some(v) = &file.max_sessions_per_identity {
+            if *v.get_ref() > max_sessions {
+                return Err(src.at(
+                    v.span(),
+                    Some("max_sessions_per_identity"),
+                    format!("at most max_sessions ({max_sessions})"),
+                ));
+            }
+        }
+        let max_services_per_session = count(
+            src,
+            &file.max_services_per_session,
+            "max_services_per_session",
+            DEFAULT_MAX_SERVICES_PER_SESSION,
         )?;
         let max_visitors_per_service = count(
             src,
@@ -344,6 +371,8 @@ impl ServerSettings {
             max_handshakes,
             max_visitors_per_session,
             max_sessions,
+            max_sessions_per_identity,
+            max_services_per_session,
             max_visitors_per_service,
             max_opens_in_flight,
             rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,

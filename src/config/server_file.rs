@@ -18,6 +18,10 @@ pub struct ServerFile {
     pub max_visitors_per_session: Option<Spanned<usize>>,
     /// Client sessions at once.
     pub max_sessions: Option<Spanned<usize>>,
+    /// Sessions of one identity at once.
+    pub max_sessions_per_identity: Option<Spanned<usize>>,
+    /// Services one session may register.
+    pub max_services_per_session: Option<Spanned<usize>>,
     /// Concurrent visitors per service.
     pub max_visitors_per_service: Option<Spanned<usize>>,
     /// Substreams awaiting the client's answer, per session.

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ncx_proto::{ErrorCode, Message, Name, Text};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_util::compat::Compat;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use super::admission::SessionSlot;
 use super::context::SessionCtx;
 use super::services::Services;
 use crate::drain::{Drain, DrainEnd};
@@ -117,7 +118,7 @@ pub(super) struct Control {
     /// The server's shutdown.
     shutdown: CancellationToken,
     /// The session's place among the server's sessions, held until the loop ends.
-    _slot: OwnedSemaphorePermit,
+    _slot: SessionSlot,
 }
 
 /// An authenticated session, as admission hands it to the control loop.
@@ -125,7 +126,7 @@ pub(super) struct Admitted {
     pub ctrl: ControlStream,
     pub reader: MessageReader,
     pub identity: Name,
-    pub slot: OwnedSemaphorePermit,
+    pub slot: SessionSlot,
 }
 
 impl Control {

@@ -9,12 +9,16 @@
 //! - `private.rs`: bridging visits of `ncx visit` sessions to the owning client.
 //! - `opener.rs`: the substream opener that public visitors and private visits share.
 //! - `context.rs`: what the tasks of the server and of one session share.
-//! - `admission.rs`: handshake and session slots, authentication, the failed-authentication guard.
+//! - `admission.rs`: handshake and session slots, authentication, the failed-authentication guard,
+//!   on `handshakes.rs` (slots where the oldest handshake gives way) and `auth_guard.rs`
+//!   (failures counted per address).
 //! - `registry.rs`: which session and which ports each identity holds; depends on nothing above.
 
 mod admission;
+mod auth_guard;
 mod context;
 mod control;
+mod handshakes;
 mod opener;
 mod private;
 mod public;

@@ -41,7 +41,7 @@ impl Services {
             warn!(%service, port, code = %r.code, reason = %r.message, "service refused");
             r.to_service_refused(service.clone())
         };
-        if let Err(r) = self.unique(&service) {
+        if let Err(r) = self.may_register(&service) {
             return refused(r);
         }
         let (listener, port) = match bind_port(&self.ctx, &self.identity, &self.policy, port) {
@@ -72,7 +72,7 @@ impl Services {
             warn!(%service, code = %r.code, reason = %r.message, "private service refused");
             r.to_service_refused(service.clone())
         };
-        if let Err(r) = self.unique(&service) {
+        if let Err(r) = self.may_register(&service) {
             return refused(r);
         }
         if visitors.is_empty() {
@@ -112,8 +112,16 @@ impl Services {
         }
     }
 
-    /// A service name is registered at most once per session, public or private.
-    fn unique(&self, service: &Name) -> Result<(), Refusal> {
+    /// A service name is registered at most once per session, public or private, and a session
+    /// registers at most `max_services_per_session` services.
+    fn may_register(&self, service: &Name) -> Result<(), Refusal> {
+        let max = self.ctx.shared.settings.max_services_per_session;
+        if self.names.len() >= max {
+            return Err(Refusal::new(
+                ErrorCode::LimitReached,
+                format!("this session registered its maximum of {max} services"),
+            ));
+        }
         if self.names.contains(service) {
             return Err(Refusal::new(
                 ErrorCode::DuplicateService,

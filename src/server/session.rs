@@ -14,9 +14,10 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::admission::{HandshakeSlot, PeerTls};
+use super::admission::PeerTls;
 use super::context::{SessionCtx, Shared};
 use super::control::{refuse, Admitted, Control, Outcome};
+use super::handshakes::HandshakeSlot;
 use crate::framed::{write_message, MessageReader};
 use crate::mux::{self, SessionEnd};
 
@@ -192,7 +193,7 @@ async fn admit(
         }
     };
     tracing::Span::current().record("client", identity.as_str());
-    let session_slot = match admission.session_slot() {
+    let session_slot = match admission.session_slot(&identity) {
         Ok(s) => s,
         Err(refusal) => {
             warn!(reason = %refusal.message, "client refused");

@@ -1,0 +1,108 @@
+//! One identity at its caps cannot stop another: sessions are capped per identity inside the
+//! server's global cap, and services per session (hostile-peers issue, findings 2 and 3).
+
+mod common;
+
+use common::*;
+use ncx::client::ClientError;
+use ncx_proto::ErrorCode;
+
+#[tokio::test]
+async fn one_identity_at_its_session_share_leaves_room_for_the_others() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("v", "t"), identity("a", "t")]);
+    ss.max_sessions = 4;
+    ss.max_sessions_per_identity = 2;
+    let server = TestServer::start(&pki, ss).await;
+    // Visit-only sessions (no services), as `ncx visit` opens them.
+    let visit_only = || client_settings(server.addr, pki.pinned(), "v", "t", vec![]);
+    let first = RunningClient::start(visit_only()).await;
+    let second = RunningClient::start(visit_only()).await;
+    let err = connect(visit_only())
+        .await
+        .err()
+        .expect("a third session of v is over its share");
+    match &err {
+        ClientError::Refused { code, message } => {
+            assert_eq!(*code, ErrorCode::LimitReached);
+            assert!(
+                message.contains("identity v holds its maximum of 2 sessions"),
+                "{message}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!err.is_permanent(), "a share frees up when a session ends");
+    // Another identity still gets in, with its service.
+    let echo = echo_service().await;
+    let a = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    ))
+    .await;
+    let port = a.port("e");
+    wait_for_tunnel(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    // A session of v that ends gives its place back, once the server has seen it end (polled,
+    // bounded by WAIT).
+    first.stop().await;
+    let started = tokio::time::Instant::now();
+    let again = loop {
+        match connect(visit_only()).await {
+            Ok(c) => break c,
+            Err(ClientError::Refused {
+                code: ErrorCode::LimitReached,
+                ..
+            }) if started.elapsed() < WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("the freed share is not given back: {e}"),
+        }
+    };
+    drop(again);
+    for c in [second, a] {
+        c.stop().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn services_beyond_the_session_cap_are_refused_and_others_unaffected() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t"), identity("b", "t")]);
+    ss.max_services_per_session = 3;
+    let server = TestServer::start(&pki, ss).await;
+    let echo = echo_service().await;
+    let many: Vec<_> = (0..4)
+        .map(|i| {
+            if i % 2 == 0 {
+                service(&format!("s{i}"), echo, 0)
+            } else {
+                private_service(&format!("s{i}"), echo, &["b"])
+            }
+        })
+        .collect();
+    let a = RunningClient::start(client_settings(server.addr, pki.pinned(), "a", "t", many)).await;
+    let refused: Vec<_> = a.ports.iter().filter(|(_, r)| r.is_err()).collect();
+    assert_eq!(refused.len(), 1, "{:?}", a.ports);
+    let (name, r) = refused[0];
+    assert_eq!(name, "s3");
+    let text = r.as_ref().unwrap_err();
+    assert!(text.contains("maximum of 3 services"), "{text}");
+    // The three that fit work, and another identity registers as many of its own.
+    wait_for_tunnel(std::net::SocketAddr::from(([127, 0, 0, 1], a.port("s0")))).await;
+    let b = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "b",
+        "t",
+        (0..3).map(|i| service(&format!("t{i}"), echo, 0)).collect(),
+    ))
+    .await;
+    assert!(b.ports.iter().all(|(_, r)| r.is_ok()), "{:?}", b.ports);
+    a.stop().await;
+    b.stop().await;
+    server.stop().await;
+}
