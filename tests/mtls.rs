@@ -217,7 +217,7 @@ async fn an_expired_certificate_is_reported_as_a_rejected_certificate() {
 }
 
 #[tokio::test]
-async fn rejected_certificates_count_as_failed_authentications() {
+async fn rejected_certificates_count_against_unknown_identities_only() {
     let pki = Pki::new();
     let stranger = Pki::new();
     let dir = tempfile::tempdir().unwrap();
@@ -241,8 +241,28 @@ async fn rejected_certificates_count_as_failed_authentications() {
         .await;
         assert_rejected_certificate(&err);
     }
-    // Blocked now, even with good credentials.
+    // No identity was known at the TLS layer, so the failures count against probes of unknown
+    // identities from this address: those are blocked now...
     match refusal(client_settings(
+        server.addr,
+        pki.pinned(),
+        "nobody",
+        "x",
+        vec![service("p", svc, 0)],
+    ))
+    .await
+    {
+        ClientError::Refused { code, message } => {
+            assert_eq!(code, ErrorCode::LimitReached);
+            assert!(
+                message.contains("too many failed authentications"),
+                "{message}"
+            );
+        }
+        other => panic!("expected unknown identities blocked, got {other:?}"),
+    }
+    // ...while an identity with good credentials behind the same address still gets in.
+    RunningClient::start(client_settings(
         server.addr,
         pki.pinned(),
         "token-only",
@@ -250,10 +270,8 @@ async fn rejected_certificates_count_as_failed_authentications() {
         vec![service("p", svc, 0)],
     ))
     .await
-    {
-        ClientError::Refused { code, .. } => assert_eq!(code, ErrorCode::LimitReached),
-        other => panic!("expected the address to be blocked, got {other:?}"),
-    }
+    .stop()
+    .await;
     server.stop().await;
 }
 

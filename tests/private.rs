@@ -156,7 +156,7 @@ async fn an_unlisted_identity_is_refused_and_nothing_reaches_the_owner() {
 }
 
 #[tokio::test]
-async fn refused_visits_count_as_failed_authentications() {
+async fn refused_visits_block_the_visiting_identity_but_not_its_neighbours() {
     let pki = Pki::new();
     let mut ss = server_settings(identities());
     ss.auth_failures_before_block = 3;
@@ -175,27 +175,40 @@ async fn refused_visits_count_as_failed_authentications() {
     for _ in 0..3 {
         assert_closed_without_data(bob.addr).await;
     }
-    // The address is now blocked: new sessions from it are refused with the reason...
+    // bob is now blocked from this address: new sessions of bob are refused with the reason...
     let err = connect(client_settings(
         server.addr,
         pki.pinned(),
-        "alice",
-        "alice-token",
+        "bob",
+        "bob-token",
         vec![private_service("other", svc, &["alice"])],
     ))
     .await
     .err()
-    .expect("a blocked address is refused");
+    .expect("a blocked identity is refused");
     match &err {
         ClientError::Refused { code, message } => {
             assert_eq!(*code, ErrorCode::LimitReached);
             assert!(message.contains("failed authentications"), "{message}");
+            assert!(message.contains("identity bob"), "{message}");
         }
         other => panic!("expected a limit refusal, got {other:?}"),
     }
-    // ...and so are further visits over the already open session, even of a listed service.
+    // ...and so are further visits over bob's already open session.
     assert_closed_without_data(bob.addr).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    // alice, behind the same address (an office NAT), did nothing wrong and still gets in.
+    let alice = Visitor::start(server.addr, &pki, "alice", "alice-token", "office/rdp").await;
+    let mut c = TcpStream::connect(alice.addr).await.unwrap();
+    c.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    tokio::time::timeout(WAIT, c.read_exact(&mut back))
+        .await
+        .expect("alice is served")
+        .unwrap();
+    assert_eq!(&back, b"hi");
+    drop(c);
+    alice.stop().await;
     bob.stop().await;
     owner.stop().await;
     server.stop().await;

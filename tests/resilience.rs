@@ -412,6 +412,56 @@ async fn permanent_refusal_ends_the_reconnect_loop() {
     server.stop().await;
 }
 
+/// Probes of names that are no identity have a budget of their own at each address: exhausting it
+/// blocks further probes, never a real identity behind the same address.
+#[tokio::test]
+async fn unknown_identity_probes_do_not_lock_out_a_real_identity() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.auth_failures_before_block = 3;
+    ss.auth_block = Duration::from_secs(60);
+    let server = TestServer::start(&pki, ss).await;
+    let echo = echo_service().await;
+    let probe = |who: &str| {
+        connect(client_settings(
+            server.addr,
+            pki.pinned(),
+            who,
+            "guess",
+            vec![service("e", echo, 0)],
+        ))
+    };
+    for n in 0..3 {
+        match probe(&format!("probe{n}")).await.err().unwrap() {
+            ClientError::Refused { code, .. } => {
+                assert_eq!(code, ncx_proto::ErrorCode::UnknownIdentity)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    match probe("probe9").await.err().unwrap() {
+        ClientError::Refused { code, message } => {
+            assert_eq!(code, ncx_proto::ErrorCode::LimitReached);
+            assert!(
+                message.contains("too many failed authentications"),
+                "{message}"
+            );
+        }
+        other => panic!("probes are blocked now, got {other:?}"),
+    }
+    let a = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    ))
+    .await;
+    a.stop().await;
+    server.stop().await;
+}
+
+/// Brute force against one identity is still slowed: its address is blocked for that identity.
 #[tokio::test]
 async fn repeated_failed_authentication_blocks_the_address_for_a_while() {
     let pki = Pki::new();

@@ -12,7 +12,7 @@ use ncx_proto::{ErrorCode, Message, Name, PROTOCOL_VERSION};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
-use super::auth_guard::{AuthGuard, FailureVerdict};
+use super::auth_guard::{AuthGuard, FailureVerdict, Who};
 use super::handshakes::{HandshakeSlot, HandshakeSlots};
 use crate::config::{IdentityPolicy, ServerSettings};
 use crate::ratelimit::LogLimiter;
@@ -123,25 +123,34 @@ impl Admission {
         })
     }
 
-    /// The refusal for an address that is blocked now, if `ip` is.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Refusal> {
-        self.guard.blocked_for(ip).map(|left| {
+    /// The refusal for `who` at `ip` while that pair is blocked.
+    pub fn blocked(&self, ip: IpAddr, who: &Who) -> Option<Refusal> {
+        self.guard.blocked_for(ip, who).map(|left| {
+            let whom = match who {
+                Who::Identity(name) => format!(" for identity {name}"),
+                Who::Unknown => String::new(),
+            };
             Refusal::new(
                 ErrorCode::LimitReached,
                 format!(
-                    "too many failed authentications from {ip}; try again in {} s",
+                    "too many failed authentications{whom} from {ip}; try again in {} s",
                     left.as_secs().max(1)
                 ),
             )
         })
     }
 
-    /// Records a failure from `ip` (`what` names the kind, as "failed authentications" or "refused
-    /// visits") and warns when it makes the address blocked.
-    pub fn record_failure(&self, ip: IpAddr, what: &str) {
-        if self.guard.record_failure(ip) == FailureVerdict::NowBlocked {
+    /// Records a failure of `who` from `ip` (`what` names the kind, as "failed authentications" or
+    /// "refused visits") and warns when it makes the pair blocked.
+    pub fn record_failure(&self, ip: IpAddr, who: Who, what: &str) {
+        let identity = match &who {
+            Who::Identity(name) => Some(name.clone()),
+            Who::Unknown => None,
+        };
+        if self.guard.record_failure(ip, who) == FailureVerdict::NowBlocked {
             warn!(
                 %ip,
+                identity = identity.as_ref().map(tracing::field::display),
                 block = ?self.block,
                 failures = self.failures_before_block,
                 "blocking an address after repeated {what}"
@@ -150,12 +159,12 @@ impl Admission {
     }
 
     /// A client certificate the client CA did not sign (or an expired one) is a failed
-    /// authentication like a wrong token.
+    /// authentication like a wrong token; no identity is known yet, so it counts as unknown.
     pub fn certificate_refused(&self, ip: IpAddr, error: &std::io::Error) {
         if let Some(held_back) = self.refusal_log.allow() {
             warn!(%error, held_back, "client certificate refused");
         }
-        self.record_failure(ip, "failed authentications");
+        self.record_failure(ip, Who::Unknown, "failed authentications");
     }
 
     /// Checks a client's first message: a hello of this protocol version, for an identity of
@@ -190,7 +199,14 @@ impl Admission {
                 ),
             ));
         }
-        if let Some(refusal) = self.blocked(peer.ip()) {
+        // A name that is no identity is counted apart, so probes never lock out a real identity
+        // behind the same address.
+        let who = if identities.contains_key(&identity) {
+            Who::Identity(identity.clone())
+        } else {
+            Who::Unknown
+        };
+        if let Some(refusal) = self.blocked(peer.ip(), &who) {
             return Err(refusal);
         }
         let result = match identities.get(&identity) {
@@ -201,8 +217,8 @@ impl Admission {
             Some(policy) => check_credentials(policy, facts, &identity, &proof).map(|()| identity),
         };
         match &result {
-            Ok(_) => self.guard.record_success(peer.ip()),
-            Err(_) => self.record_failure(peer.ip(), "failed authentications"),
+            Ok(identity) => self.guard.record_success(peer.ip(), identity),
+            Err(_) => self.record_failure(peer.ip(), who, "failed authentications"),
         }
         result
     }

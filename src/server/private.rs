@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
+use super::auth_guard::Who;
 use super::context::SessionCtx;
 use super::opener::{end_text, open_to_client};
 use crate::audit::{AuditRecord, VisitorEnd};
@@ -124,7 +125,8 @@ fn check(
 ) -> Result<Checked, Refusal> {
     let shared = &ctx.shared;
     let peer = ctx.peer;
-    if let Some(refusal) = shared.admission.blocked(peer.ip()) {
+    let who = Who::Identity(identity.clone());
+    if let Some(refusal) = shared.admission.blocked(peer.ip(), &who) {
         return Err(refusal);
     }
     let offline = || {
@@ -140,7 +142,9 @@ fn check(
         if let Some(held_back) = shared.admission.refusal_log.allow() {
             warn!(%owner_name, %service, %identity, %peer, held_back, "visit refused: the identity is not on the service's visitor list");
         }
-        shared.admission.record_failure(peer.ip(), "refused visits");
+        shared
+            .admission
+            .record_failure(peer.ip(), who, "refused visits");
         return Err(Refusal::new(
             ErrorCode::NotAllowed,
             format!("identity {identity} may not visit {owner_name}/{service}"),
