@@ -162,6 +162,9 @@ impl Connected {
                         Ok(SessionEnd::PeerClosed) => "the server closed the connection".into(),
                         Ok(SessionEnd::Failed(e)) => format!("the connection failed: {e}"),
                         Ok(SessionEnd::Closed) => "closed".into(),
+                        Ok(SessionEnd::ProtocolViolation(code)) => format!(
+                            "the server broke the multiplexing protocol (yamux GoAway code {code} sent), so the connection was closed"
+                        ),
                         Err(e) => format!("the session task failed: {e}"),
                     }));
                 }

@@ -144,6 +144,12 @@ pub(crate) async fn run_decrypted<T>(
     driver_cancel.cancel();
     match driver.await {
         Ok(SessionEnd::Failed(e)) => debug!(error = %e, "connection ended with an error"),
+        Ok(SessionEnd::ProtocolViolation(code)) => {
+            debug!(
+                code,
+                "the client broke the multiplexing protocol; connection closed"
+            )
+        }
         Ok(_) => {}
         Err(e) => warn!(error = %e, "the session driver task failed"),
     }

@@ -8,16 +8,23 @@
 //! peer finished" from "the session died", the socket under yamux is wrapped in [`WatchedIo`], which
 //! marks the session dead *before* yamux sees the failure and wakes the streams; the driver marks it
 //! dead too whenever it stops. See [`SessionState::is_dead`].
+//!
+//! yamux answers a peer's protocol violation (a frame for a stream that cannot exist, a stream id
+//! of the wrong parity, a window overflow) by sending a GoAway with an error code and then goes on
+//! serving. A malformed frame must end that session, so [`WatchedIo`] also follows the frames
+//! yamux writes ([`FrameWatch`]); once one is a GoAway with an error code, the driver closes the
+//! connection ([`SessionEnd::ProtocolViolation`]).
+
+mod state;
 
 use std::future::Future;
-use std::io;
-use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+pub use state::{FrameWatch, SessionState, WatchedIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
@@ -66,130 +73,6 @@ pub fn yamux_config() -> yamux::Config {
     cfg
 }
 
-/// What every task working on one session can see of it.
-#[derive(Debug, Default)]
-pub struct SessionState {
-    dead: AtomicBool,
-    /// Cancelled when the driver has stopped.
-    ended: CancellationToken,
-    /// The TLS error that ended the session, if one did. yamux turns a failed socket into a plain
-    /// end of every stream; this keeps the reason (for example the server's alert refusing a client
-    /// certificate, which TLS 1.3 only delivers at the first read).
-    tls_failure: std::sync::Mutex<Option<rustls::Error>>,
-}
-
-impl SessionState {
-    /// Whether the session ended in a way that may have cut streams short: the socket failed or
-    /// reached EOF, the driver stopped, or the session was closed locally. Set before any stream can
-    /// observe the EOF that results, so a stream that reads EOF and then finds this `false` was
-    /// finished cleanly by its peer.
-    pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::SeqCst)
-    }
-
-    fn mark_dead(&self) {
-        self.dead.store(true, Ordering::SeqCst);
-    }
-
-    /// The TLS error that ended the session, if one did.
-    pub fn tls_failure(&self) -> Option<rustls::Error> {
-        self.tls_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn record(&self, e: &io::Error) {
-        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            self.tls_failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| tls.clone());
-        }
-        self.mark_dead();
-    }
-
-    /// Completes once the driver has stopped (for any reason). Can be awaited any number of times.
-    pub async fn ended(&self) {
-        self.ended.cancelled().await
-    }
-}
-
-/// The socket under yamux, watched: EOF or an error in either direction marks the session dead
-/// before yamux (and through it, any stream) learns of it.
-pub struct WatchedIo<T> {
-    inner: T,
-    state: Arc<SessionState>,
-}
-
-impl<T> WatchedIo<T> {
-    fn new(inner: T, state: Arc<SessionState>) -> Self {
-        WatchedIo { inner, state }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &res {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                self.state.mark_dead()
-            }
-            Poll::Ready(Err(e)) => self.state.record(e),
-            _ => {}
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Err(_)) = &res {
-            self.state.mark_dead();
-        }
-        res
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.inner).poll_flush(cx);
-        if let Poll::Ready(Err(_)) = &res {
-            self.state.mark_dead();
-        }
-        res
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.state.mark_dead();
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Err(_)) = &res {
-            self.state.mark_dead();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 /// The session is gone; no stream can be opened on it.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the session is closed")]
@@ -204,6 +87,8 @@ pub enum SessionEnd {
     PeerClosed,
     /// The connection failed.
     Failed(yamux::ConnectionError),
+    /// The peer broke the yamux protocol; this side sent GoAway with this error code and closed.
+    ProtocolViolation(u32),
 }
 
 /// A cheap handle to a running session: opens streams and reads its state.
@@ -316,6 +201,10 @@ where
                 Poll::Ready(None) => return Poll::Ready(Some(SessionEnd::PeerClosed)),
                 Poll::Pending => {}
             }
+            // yamux has told the peer it broke the protocol, and would go on serving it.
+            if let Some(code) = state.violation() {
+                return Poll::Ready(Some(SessionEnd::ProtocolViolation(code)));
+            }
             if !progressed {
                 return Poll::Pending;
             }
@@ -328,17 +217,28 @@ where
     state.mark_dead();
     open_rx.close();
     let end = match end {
+        Some(SessionEnd::ProtocolViolation(code)) => {
+            close(&mut conn).await;
+            SessionEnd::ProtocolViolation(code)
+        }
         Some(end) => end,
         None => {
-            // Closing locally: send yamux's GoAway and close the socket, bounded in time.
-            let _ = tokio::time::timeout(
-                CLOSE_TIMEOUT,
-                std::future::poll_fn(|cx| conn.poll_close(cx)),
-            )
-            .await;
+            close(&mut conn).await;
             SessionEnd::Closed
         }
     };
     state.ended.cancel();
     end
+}
+
+/// Sends yamux's GoAway and closes the socket, bounded in time.
+async fn close<T>(conn: &mut yamux::Connection<T>)
+where
+    T: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(
+        CLOSE_TIMEOUT,
+        std::future::poll_fn(|cx| conn.poll_close(cx)),
+    )
+    .await;
 }

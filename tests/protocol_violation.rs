@@ -1,0 +1,121 @@
+//! A malformed yamux frame ends that session: yamux 0.14 answers a protocol violation with a
+//! GoAway and goes on serving, so the server must close the connection itself (hostile-peers
+//! issue, finding 10). The session is fed raw yamux frames, as they would come out of TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ncx_proto::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SYN: u16 = 1;
+const DATA: u8 = 0;
+const WINDOW_UPDATE: u8 = 1;
+const GO_AWAY: u8 = 3;
+
+fn frame(kind: u8, flags: u16, stream: u32, body: &[u8], length: Option<u32>) -> Vec<u8> {
+    let mut f = vec![0, kind];
+    f.extend_from_slice(&flags.to_be_bytes());
+    f.extend_from_slice(&stream.to_be_bytes());
+    let len = length.unwrap_or(u32::try_from(body.len()).unwrap());
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// The error codes of the GoAway frames in a yamux byte stream.
+fn go_away_codes(mut bytes: &[u8]) -> Vec<u32> {
+    let mut codes = Vec::new();
+    while bytes.len() >= 12 {
+        let len = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
+        match bytes[1] {
+            DATA => {
+                let end = (12 + len as usize).min(bytes.len());
+                bytes = &bytes[end..];
+                continue;
+            }
+            GO_AWAY => codes.push(len),
+            _ => {}
+        }
+        bytes = &bytes[12..];
+    }
+    codes
+}
+
+#[tokio::test]
+async fn a_protocol_violation_closes_the_authenticated_session() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    // Long enough that only the violation can end the session within the test's wait.
+    ss.handshake_timeout = Duration::from_secs(120);
+    ss.timing.liveness_timeout = Duration::from_secs(600);
+    ss.timing.ping_interval = Duration::from_secs(300);
+    let server = ncx::server::Server::new(ss, pki.server_identity()).unwrap();
+    let exported = [0x42u8; 32];
+    let (server_io, mut raw) = tokio::io::duplex(64 * 1024);
+    let peer = "192.0.2.9:40000".parse().unwrap();
+    let session = tokio::spawn({
+        let server = server.clone();
+        async move {
+            server
+                .serve_decrypted(
+                    server_io,
+                    peer,
+                    exported,
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .await
+        }
+    });
+    // The control stream (odd id: the client's), a valid hello on it.
+    let id = name("a");
+    let hello = ncx_proto::encode_to_vec(&Message::Hello {
+        version: ncx_proto::PROTOCOL_VERSION,
+        identity: id.clone(),
+        proof: ncx::auth::prove(
+            &ncx::auth::Token::new("t"),
+            &ncx::auth::ExportedKey(exported),
+            &id,
+        ),
+    });
+    raw.write_all(&frame(WINDOW_UPDATE, SYN, 1, &[], Some(0)))
+        .await
+        .unwrap();
+    raw.write_all(&frame(DATA, 0, 1, &hello, None))
+        .await
+        .unwrap();
+    // Wait for the welcome to come back before breaking the rules.
+    let mut seen = Vec::new();
+    let welcome = ncx_proto::encode_to_vec(&Message::Welcome {
+        version: ncx_proto::PROTOCOL_VERSION,
+    });
+    tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        while !seen.windows(welcome.len()).any(|w| w == welcome.as_slice()) {
+            let n = raw.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed before its welcome");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the server welcomes the client");
+    // A client may only open odd stream ids: an even one is a protocol violation.
+    raw.write_all(&frame(WINDOW_UPDATE, SYN, 2, &[], Some(0)))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection after the violation")
+        .unwrap();
+    assert!(
+        go_away_codes(&rest).contains(&1),
+        "yamux told the peer why (GoAway, protocol error)"
+    );
+    tokio::time::timeout(WAIT, session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+}
