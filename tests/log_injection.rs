@@ -182,3 +182,121 @@ async fn peer_text_cannot_forge_log_lines() {
         "the forged reasons were logged (escaped):\n{text}"
     );
 }
+
+/// What a hostile peer can make the server log is bounded: connections that never authenticate,
+/// and a session that sends thousands of refused registrations, get a rate-limited line each kind,
+/// with a count of what was held back (hostile-peers issue, finding 8).
+#[tokio::test(flavor = "current_thread")]
+async fn floods_of_bad_connections_and_refused_registrations_are_rate_limited() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let started = tokio::time::Instant::now();
+    let pki = Pki::new();
+    let server = ncx::server::Server::new(
+        server_settings(vec![identity("a", "t")]),
+        pki.server_identity(),
+    )
+    .unwrap();
+    let exported = [0x42u8; 32];
+    let peer: std::net::SocketAddr = "192.0.2.10:40000".parse().unwrap();
+    // 50 connections that send garbage instead of yamux and a hello.
+    for _ in 0..50 {
+        let (server_io, mut raw) = tokio::io::duplex(4096);
+        let session = server.serve_decrypted(
+            server_io,
+            peer,
+            exported,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let garbage = async move {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET / HTTP/1.1\r\n\r\n").await;
+            let mut sink = Vec::new();
+            let _ = raw.read_to_end(&mut sink).await;
+        };
+        tokio::time::timeout(WAIT, futures::future::join(session, garbage))
+            .await
+            .expect("a garbage session ends");
+    }
+    // One authenticated session that sends 200 registrations the server refuses.
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let session = tokio::spawn({
+        let server = server.clone();
+        async move {
+            server
+                .serve_decrypted(
+                    server_io,
+                    peer,
+                    exported,
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .await
+        }
+    });
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (handle, driver) = ncx::mux::start(
+        client_io,
+        yamux::Mode::Client,
+        Box::new(|_, _| {}),
+        cancel.clone(),
+    );
+    let driver = tokio::spawn(driver);
+    let mut ctrl = handle.open().await.unwrap().compat();
+    let mut reader = ncx::framed::MessageReader::new();
+    let id = name("a");
+    let hello = Message::Hello {
+        version: ncx_proto::PROTOCOL_VERSION,
+        identity: id.clone(),
+        proof: ncx::auth::prove(
+            &ncx::auth::Token::new("t"),
+            &ncx::auth::ExportedKey(exported),
+            &id,
+        ),
+    };
+    ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
+    assert!(matches!(
+        reader.read(&mut ctrl).await.unwrap(),
+        Message::Welcome { .. }
+    ));
+    for i in 0..200 {
+        // A private service that lists nobody is always refused.
+        let reg = Message::RegisterPrivate {
+            service: name(&format!("p{i}")),
+            visitors: vec![],
+        };
+        ncx::framed::write_message(&mut ctrl, &reg).await.unwrap();
+        assert!(matches!(
+            reader.read(&mut ctrl).await.unwrap(),
+            Message::ServiceRefused { .. }
+        ));
+    }
+    cancel.cancel();
+    let _ = driver.await;
+    tokio::time::timeout(WAIT, session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    // One line per kind per interval of the limiter (a slow machine may see a second interval).
+    let intervals =
+        1 + (started.elapsed().as_secs() / ncx::ratelimit::DEFAULT_LOG_INTERVAL.as_secs());
+    for kind in [
+        "session ended before authentication",
+        "private service refused",
+    ] {
+        let n = count(kind) as u64;
+        assert!(
+            (1..=intervals).contains(&n),
+            "{n} lines of {kind:?}:\n{text}"
+        );
+    }
+}

@@ -48,6 +48,8 @@ pub(super) struct Admission {
     failures_before_block: u32,
     /// Limits warnings about refused clients and visits.
     pub refusal_log: LogLimiter,
+    /// Limits the log lines of connections that never authenticated (one per connection, else).
+    pub unauthenticated_log: LogLimiter,
     /// Limits warnings about evicted handshakes.
     eviction_log: LogLimiter,
 }
@@ -72,6 +74,7 @@ impl Admission {
             block: settings.auth_block,
             failures_before_block: settings.auth_failures_before_block,
             refusal_log: LogLimiter::default(),
+            unauthenticated_log: LogLimiter::default(),
             eviction_log: LogLimiter::default(),
         }
     }

@@ -14,6 +14,7 @@ use super::context::SessionCtx;
 use super::public::{accept_visitors, bind_port};
 use super::registry::PrivateService;
 use crate::config::IdentityPolicy;
+use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
 
 /// The services of one session.
@@ -23,6 +24,8 @@ pub(super) struct Services {
     policy: IdentityPolicy,
     /// Every service name of the session, public and private.
     names: HashSet<Name>,
+    /// Limits warnings about refused registrations: a client may send thousands.
+    refusal_log: LogLimiter,
 }
 
 impl Services {
@@ -32,13 +35,17 @@ impl Services {
             identity,
             policy,
             names: HashSet::new(),
+            refusal_log: LogLimiter::default(),
         }
     }
 
     /// Handles one `Register`: binds the port and starts serving it, or says why not.
     pub fn register(&mut self, service: Name, port: u16, access: AccessRules) -> Message {
+        let log = &self.refusal_log;
         let refused = |r: Refusal| {
-            warn!(%service, port, code = %r.code, reason = %r.message, "service refused");
+            if let Some(held_back) = log.allow() {
+                warn!(%service, port, code = %r.code, reason = %r.message, held_back, "service refused");
+            }
             r.to_service_refused(service.clone())
         };
         if let Err(r) = self.may_register(&service) {
@@ -68,8 +75,11 @@ impl Services {
 
     /// Handles one `RegisterPrivate`: records the service and who may visit it, or says why not.
     pub fn register_private(&mut self, service: Name, visitors: Vec<Name>) -> Message {
+        let log = &self.refusal_log;
         let refused = |r: Refusal| {
-            warn!(%service, code = %r.code, reason = %r.message, "private service refused");
+            if let Some(held_back) = log.allow() {
+                warn!(%service, code = %r.code, reason = %r.message, held_back, "private service refused");
+            }
             r.to_service_refused(service.clone())
         };
         if let Err(r) = self.may_register(&service) {

@@ -69,7 +69,12 @@ pub(super) async fn run(
     };
     let (_, conn) = tls.get_ref();
     if conn.alpn_protocol() != Some(ncx_proto::ALPN) {
-        info!("refused a client that does not offer ALPN ncx/1 (not ncx, or a version before 1)");
+        if let Some(held_back) = shared.admission.unauthenticated_log.allow() {
+            info!(
+                held_back,
+                "refused a client that does not offer ALPN ncx/1 (not ncx, or a version before 1)"
+            );
+        }
         return;
     }
     let exported = match crate::auth::export(conn) {
@@ -130,6 +135,13 @@ pub(crate) async fn run_decrypted<T>(
             // Keep the connection up so the refusal is delivered; the client closes once it has
             // read it.
             let _ = tokio::time::timeout(REFUSAL_LINGER, ctx.mux.state().ended()).await;
+        }
+        // A connection that never authenticated gets no line of its own: a flood of them would
+        // be a flood of lines.
+        Outcome::Abort(reason) if identity.is_none() => {
+            if let Some(held_back) = shared.admission.unauthenticated_log.allow() {
+                info!(%reason, held_back, "session ended before authentication");
+            }
         }
         Outcome::Abort(reason) => info!(%reason, "session ended"),
         Outcome::Drain(reason) => info!(%reason, "session ended after its visitors finished"),
