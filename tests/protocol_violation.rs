@@ -119,3 +119,76 @@ async fn a_protocol_violation_closes_the_authenticated_session() {
         .expect("the session ends")
         .unwrap();
 }
+
+/// The frames (type, flags, stream id) in a yamux byte stream.
+fn frames(mut bytes: &[u8]) -> Vec<(u8, u16, u32)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 12 {
+        let flags = u16::from_be_bytes(bytes[2..4].try_into().unwrap());
+        let stream = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
+        let len = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        out.push((bytes[1], flags, stream));
+        let body = if bytes[1] == DATA { len } else { 0 };
+        bytes = &bytes[(12 + body).min(bytes.len())..];
+    }
+    out
+}
+
+/// Before the hello is verified the client may open the control stream and nothing else: any
+/// further stream is reset at once, instead of waiting in a queue (and holding whatever the peer
+/// sends on it) until the handshake deadline (hostile-peers issue, finding 1).
+#[tokio::test]
+async fn streams_opened_before_admission_are_reset_at_once() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.handshake_timeout = Duration::from_secs(120);
+    let server = ncx::server::Server::new(ss, pki.server_identity()).unwrap();
+    let (server_io, mut raw) = tokio::io::duplex(64 * 1024);
+    let session = tokio::spawn({
+        let server = server.clone();
+        async move {
+            server
+                .serve_decrypted(
+                    server_io,
+                    "192.0.2.9:40001".parse().unwrap(),
+                    [0x42; 32],
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .await
+        }
+    });
+    raw.write_all(&frame(WINDOW_UPDATE, SYN, 1, &[], Some(0)))
+        .await
+        .unwrap();
+    raw.write_all(&frame(WINDOW_UPDATE, SYN, 3, &[], Some(0)))
+        .await
+        .unwrap();
+    raw.write_all(&frame(DATA, 0, 3, &[7; 100], None))
+        .await
+        .unwrap();
+    const RST: u16 = 8;
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        while !frames(&seen)
+            .iter()
+            .any(|&(_, flags, stream)| stream == 3 && flags & RST != 0)
+        {
+            let n = raw.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed instead of resetting the stream");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the second stream is reset long before the handshake deadline");
+    // The control stream itself is still open: the session waits for its hello.
+    assert!(!session.is_finished());
+    assert!(frames(&seen)
+        .iter()
+        .all(|&(_, flags, stream)| stream != 1 || flags & RST == 0));
+    drop(raw);
+    tokio::time::timeout(WAIT, session)
+        .await
+        .expect("the session ends with its connection")
+        .unwrap();
+}

@@ -3,6 +3,7 @@
 //! ([`run_decrypted`]); then the [`Control`] loop; and finally the teardown of its ports and visitors.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,9 +108,20 @@ pub(crate) async fn run_decrypted<T>(
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (inbound_tx, mut inbound) = mpsc::channel(INBOUND_QUEUE);
-    let on_inbound = Box::new(move |stream: yamux::Stream, _: &Arc<mux::SessionState>| {
-        if inbound_tx.try_send(stream).is_err() {
-            debug!("dropped a stream the client opened beyond the control stream");
+    // Before the client is admitted it may open the control stream and nothing else: any other
+    // stream is reset at once, so an unauthenticated peer cannot park data in streams that nobody
+    // reads (yamux keeps every frame of a stream until it is read).
+    let gate = Arc::new(InboundGate::default());
+    let on_inbound = Box::new({
+        let gate = gate.clone();
+        move |stream: yamux::Stream, _: &Arc<mux::SessionState>| {
+            if !gate.lets_in() {
+                debug!("reset a stream the client opened before it was admitted");
+                return;
+            }
+            if inbound_tx.try_send(stream).is_err() {
+                debug!("dropped a stream the client opened beyond the control stream");
+            }
         }
     });
     // The driver has its own token, cancelled only after the control loop has said goodbye and the
@@ -120,7 +132,7 @@ pub(crate) async fn run_decrypted<T>(
     let ctx = Arc::new(SessionCtx::new(shared.clone(), handle, peer, facts.local));
 
     let mut identity = None;
-    let outcome = match admit(&ctx, &mut inbound, &facts, slot, deadline, &cancel).await {
+    let outcome = match admit(&ctx, &mut inbound, &gate, &facts, slot, deadline, &cancel).await {
         Ok(admitted) => {
             identity = Some(admitted.identity.clone());
             info!("client authenticated");
@@ -167,11 +179,32 @@ pub(crate) async fn run_decrypted<T>(
     }
 }
 
+/// Which streams the client may open: the control stream first, and others only once it is
+/// admitted.
+#[derive(Default)]
+struct InboundGate {
+    control_taken: AtomicBool,
+    admitted: AtomicBool,
+}
+
+impl InboundGate {
+    /// Whether a stream the client just opened may be taken.
+    fn lets_in(&self) -> bool {
+        self.admitted.load(Ordering::SeqCst) || !self.control_taken.swap(true, Ordering::SeqCst)
+    }
+
+    /// The client is admitted: its visit substreams are taken from now on.
+    fn admit(&self) {
+        self.admitted.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Reads the hello on the control stream before `deadline` and lets admission judge it; answers
 /// with a welcome, or with the refusal.
 async fn admit(
     ctx: &SessionCtx,
     inbound: &mut mpsc::Receiver<yamux::Stream>,
+    gate: &InboundGate,
     facts: &PeerTls,
     slot: HandshakeSlot,
     deadline: Instant,
@@ -219,6 +252,8 @@ async fn admit(
             return Err(Outcome::Refused);
         }
     };
+    // Open before the welcome leaves: a client may open a visit the moment it reads it.
+    gate.admit();
     let welcome = Message::Welcome {
         version: PROTOCOL_VERSION,
     };
