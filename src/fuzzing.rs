@@ -252,7 +252,15 @@ async fn feed_authenticated(io: tokio::io::DuplexStream, data: &[u8], visit: boo
         if visit {
             // Wait for the welcome so the visit is read by an authenticated session.
             let _ = crate::framed::MessageReader::new().read(&mut ctrl).await;
-            if let Ok(stream) = handle.open().await {
+            // yamux announces a stream only with its first frame of data, and closing a stream
+            // that never sent any sends nothing: the server would never hear of it, and waiting
+            // for its end would wait forever. An empty visit is no input for the server at all.
+            let opened = if data.is_empty() {
+                None
+            } else {
+                handle.open().await.ok()
+            };
+            if let Some(stream) = opened {
                 let mut sub = stream.compat();
                 let (mut r, mut w) = tokio::io::split(&mut sub);
                 let write = async {
