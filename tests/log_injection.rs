@@ -27,6 +27,9 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Visitors the hostile client refuses.
+const VISITORS: usize = 20;
+
 const FORGED: &str =
     "nope\n2026-01-01T00:00:00Z  INFO ncx::audit: visitor connection service=forged end=finished\u{1b}[2K";
 
@@ -105,30 +108,35 @@ async fn peer_text_cannot_forge_log_lines() {
         other => panic!("expected the service registered, got {other:?}"),
     };
 
-    // A visitor arrives; the hostile client refuses it with a forged message.
-    let mut visitor = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let stream = tokio::time::timeout(WAIT, inbound.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut sub = stream.compat();
-    assert!(matches!(
-        ncx::framed::MessageReader::new()
-            .read(&mut sub)
+    // Visitors arrive; the hostile client refuses each with a forged message.
+    let started = tokio::time::Instant::now();
+    for _ in 0..VISITORS {
+        let mut visitor = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let stream = tokio::time::timeout(WAIT, inbound.recv())
             .await
-            .unwrap(),
-        Message::VisitorHeader { .. }
-    ));
-    let refusal = Message::VisitorStatus {
-        refusal: Some((ErrorCode::LocalRefused, Text::new(FORGED))),
-    };
-    ncx::framed::write_message(&mut sub, &refusal)
-        .await
-        .unwrap();
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(WAIT, visitor.read_to_end(&mut rest))
-        .await
-        .expect("the refused visitor is closed");
+            .unwrap()
+            .unwrap();
+        let mut sub = stream.compat();
+        assert!(matches!(
+            ncx::framed::MessageReader::new()
+                .read(&mut sub)
+                .await
+                .unwrap(),
+            Message::VisitorHeader { .. }
+        ));
+        let refusal = Message::VisitorStatus {
+            refusal: Some((ErrorCode::LocalRefused, Text::new(FORGED))),
+        };
+        ncx::framed::write_message(&mut sub, &refusal)
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, visitor.read_to_end(&mut rest))
+            .await
+            .expect("the refused visitor is closed");
+    }
+    let intervals =
+        1 + started.elapsed().as_secs() / ncx::ratelimit::DEFAULT_LOG_INTERVAL.as_secs();
     // And it goes away with a forged reason.
     let bye = Message::GoAway {
         code: ErrorCode::ShuttingDown,
@@ -165,8 +173,17 @@ async fn peer_text_cannot_forge_log_lines() {
         "only visitors of s were audited:\n{text}"
     );
     assert!(
-        audit.iter().any(|l| l.contains("nope\\n")),
-        "the refused visitor's audit line carries the escaped reason:\n{text}"
+        audit.iter().filter(|l| l.contains("nope\\n")).count() >= VISITORS,
+        "every refused visitor's audit line carries the escaped reason:\n{text}"
+    );
+    // The warnings about the client's answers are rate-limited; the audit has every visitor.
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("the client could not reach the local service"))
+        .count() as u64;
+    assert!(
+        (1..=intervals).contains(&warnings),
+        "{warnings} warnings for {VISITORS} refused visitors:\n{text}"
     );
     assert!(
         text.lines()

@@ -90,6 +90,9 @@ pub(super) struct VisitorLimits {
     pub opens_in_flight: Arc<Semaphore>,
     /// Limits warnings about visitors refused at a limit.
     pub log: LogLimiter,
+    /// Limits warnings about what the client answered for its visitors (one per visitor, else:
+    /// the audit line has every one).
+    pub answers_log: LogLimiter,
 }
 
 /// Counts the substreams a session opened, and says when to ask for a fresh one before yamux
@@ -155,6 +158,7 @@ impl SessionCtx {
                 visitors: Arc::new(Semaphore::new(settings.max_visitors_per_session)),
                 opens_in_flight: Arc::new(Semaphore::new(settings.max_opens_in_flight)),
                 log: LogLimiter::default(),
+                answers_log: LogLimiter::default(),
             },
             rotation: Rotation::new(settings.rotate_after_opens),
             takeover: Takeover::default(),

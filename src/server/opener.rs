@@ -153,7 +153,9 @@ pub(super) async fn open_to_client(
         Ok(Ok(Message::VisitorStatus {
             refusal: Some((code, message)),
         })) => {
-            warn!(%code, reason = %message, "the client could not reach the local service; visitor closed");
+            if let Some(held_back) = ctx.limits.answers_log.allow() {
+                warn!(%code, reason = %message, held_back, "the client could not reach the local service; visitor closed");
+            }
             Err(OpenFailure::new(
                 code,
                 message.as_str(),
@@ -161,15 +163,23 @@ pub(super) async fn open_to_client(
             ))
         }
         Ok(Ok(other)) => {
-            warn!(
-                "the client answered a visitor header with message type 0x{:02x}",
-                other.type_byte()
-            );
+            if let Some(held_back) = ctx.limits.answers_log.allow() {
+                warn!(
+                    held_back,
+                    "the client answered a visitor header with message type 0x{:02x}",
+                    other.type_byte()
+                );
+            }
             Err(broken("reset: protocol violation by the client".into()))
         }
         Ok(Err(e)) => Err(broken(format!("reset: {e}"))),
         Err(_) => {
-            warn!("the client did not answer the visitor header within {CLIENT_ANSWER:?}");
+            if let Some(held_back) = ctx.limits.answers_log.allow() {
+                warn!(
+                    held_back,
+                    "the client did not answer the visitor header within {CLIENT_ANSWER:?}"
+                );
+            }
             Err(OpenFailure::new(
                 ErrorCode::LocalTimeout,
                 "the service's client did not answer in time",

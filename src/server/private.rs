@@ -40,10 +40,13 @@ pub(super) async fn visit(
     let (owner, service) = match request {
         Ok(Ok(Message::Visit { owner, service })) => (owner, service),
         Ok(Ok(other)) => {
-            warn!(
-                "a substream from the client began with message type 0x{:02x} instead of a visit",
-                other.type_byte()
-            );
+            if let Some(held_back) = ctx.limits.answers_log.allow() {
+                warn!(
+                    held_back,
+                    "a substream from the client began with message type 0x{:02x} instead of a visit",
+                    other.type_byte()
+                );
+            }
             return;
         }
         Ok(Err(e)) => {
