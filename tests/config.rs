@@ -464,3 +464,16 @@ fn an_identity_share_larger_than_the_server_is_refused() {
         (8, 5)
     );
 }
+
+#[test]
+fn the_client_visitor_cap_is_range_checked() {
+    let fp = format!("sha256:{}", "ab".repeat(32));
+    let base = format!("server = \"h:1\"\nidentity = \"a\"\ntoken = \"t\"\nserver_fingerprint = \"{fp}\"\n[[services]]\nname = \"s\"\nlocal = \"127.0.0.1:1\"\n");
+    for v in ["0", "15361"] {
+        let e = client_err(&format!("max_visitors = {v}\n{base}"));
+        assert!(
+            e.starts_with("client.toml:1:") && e.contains("max_visitors"),
+            "{v}: {e}"
+        );
+    }
+}

@@ -106,3 +106,60 @@ async fn services_beyond_the_session_cap_are_refused_and_others_unaffected() {
     b.stop().await;
     server.stop().await;
 }
+
+/// The client bounds what a server can make it hold: visitors beyond `max_visitors` are reset
+/// (hostile-peers issue, finding 10), and a place that frees up is used again.
+#[tokio::test]
+async fn the_client_caps_the_visitors_a_server_may_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
+    let echo = echo_service().await;
+    let mut cs = client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    );
+    cs.max_visitors = 2;
+    let client = RunningClient::start(cs).await;
+    let public = std::net::SocketAddr::from(([127, 0, 0, 1], client.port("e")));
+    let served = |mut c: tokio::net::TcpStream| async move {
+        c.write_all(b"x").await.ok()?;
+        let mut b = [0u8; 1];
+        tokio::time::timeout(WAIT, c.read_exact(&mut b))
+            .await
+            .ok()?
+            .ok()?;
+        Some(c)
+    };
+    let first = served(tokio::net::TcpStream::connect(public).await.unwrap())
+        .await
+        .expect("the first visitor is served");
+    let second = served(tokio::net::TcpStream::connect(public).await.unwrap())
+        .await
+        .expect("the second visitor is served");
+    let third = served(tokio::net::TcpStream::connect(public).await.unwrap()).await;
+    assert!(
+        third.is_none(),
+        "the third visitor is over the client's cap"
+    );
+    drop(first);
+    // The freed place is used again (polled: the client sees the first visitor end a moment
+    // after it closes, bounded by WAIT).
+    let started = tokio::time::Instant::now();
+    let again = loop {
+        if let Some(c) = served(tokio::net::TcpStream::connect(public).await.unwrap()).await {
+            break c;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the freed place is not given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    drop((second, again));
+    client.stop().await;
+    server.stop().await;
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ncx_proto::{Message, Name, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -18,6 +19,7 @@ use super::{inbound, Client};
 use crate::config::ServiceSpec;
 use crate::framed::{write_message, MessageReader, ReadError};
 use crate::mux;
+use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
 use crate::tasks::TaskGroup;
 use crate::tls::ServerTrust;
@@ -51,6 +53,9 @@ impl Client {
                     .collect(),
             ),
             local_timeout: s.local_connect_timeout,
+            permits: Arc::new(Semaphore::new(s.max_visitors)),
+            limit: s.max_visitors,
+            limit_log: LogLimiter::default(),
         };
         let (handle, driver) = mux::start(
             tls,
@@ -163,6 +168,10 @@ struct Inbound {
     visitors: TaskGroup,
     services: Arc<HashMap<Name, ServiceSpec>>,
     local_timeout: std::time::Duration,
+    /// Caps the visitors the server may have open through this client.
+    permits: Arc<Semaphore>,
+    limit: usize,
+    limit_log: LogLimiter,
 }
 
 impl Inbound {
@@ -172,6 +181,16 @@ impl Inbound {
             // Draining: dropping the stream resets it, and the server resets the visitor.
             return;
         }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            if let Some(held_back) = self.limit_log.allow() {
+                warn!(
+                    limit = self.limit,
+                    held_back,
+                    "the server opened more visitors than max_visitors; reset the newest"
+                );
+            }
+            return;
+        };
         let span = tracing::info_span!(
             "visitor",
             service = tracing::field::Empty,
@@ -184,6 +203,7 @@ impl Inbound {
                 self.services.clone(),
                 self.local_timeout,
                 self.visitors.token().clone(),
+                permit,
             )
             .instrument(span),
         );

@@ -20,13 +20,15 @@ use crate::splice::{splice, SpliceEnd, Substream};
 use crate::timeouts::FIRST_MESSAGE;
 
 /// Serves one substream the server opened for a visitor of one of `services`; `local_timeout`
-/// bounds the connect to the local service, `cancel` resets the visitor.
+/// bounds the connect to the local service, `cancel` resets the visitor, and the permit holds the
+/// visitor's place under `max_visitors` until it ends.
 pub(super) async fn serve_visitor(
     stream: yamux::Stream,
     state: Arc<SessionState>,
     services: Arc<HashMap<Name, ServiceSpec>>,
     local_timeout: Duration,
     cancel: CancellationToken,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut sub = Substream::new(stream, state);
     let mut reader = MessageReader::new();

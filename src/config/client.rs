@@ -57,6 +57,9 @@ pub struct ClientSettings {
     pub handshake_timeout: Duration,
     /// Deadline for connecting to a local service.
     pub local_connect_timeout: Duration,
+    /// Visitor substreams the server may have open at once; more are reset. Caps what a
+    /// misbehaving server can make this client hold.
+    pub max_visitors: usize,
     /// Liveness and drain timing.
     pub timing: Timing,
     /// Reconnect backoff.
@@ -105,6 +108,7 @@ impl ClientSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
+            max_visitors: MAX_VISITORS_PER_SESSION,
             timing: Timing::default(),
             reconnect: Backoff::default(),
             services,
@@ -225,6 +229,23 @@ impl ClientSettings {
             "local_connect_timeout_secs",
             DEFAULT_LOCAL_CONNECT_TIMEOUT,
         )?;
+        let max_visitors = count(
+            src,
+            &file.max_visitors,
+            "max_visitors",
+            MAX_VISITORS_PER_SESSION,
+        )?;
+        if let Some(v) = &file.max_visitors {
+            if *v.get_ref() > MAX_VISITORS_PER_SESSION {
+                return Err(src.at(
+                    v.span(),
+                    Some("max_visitors"),
+                    format!(
+                        "at most {MAX_VISITORS_PER_SESSION} (yamux's stream limit minus headroom)"
+                    ),
+                ));
+            }
+        }
         let timing = timing(
             src,
             &file.ping_interval_secs,
@@ -407,6 +428,7 @@ impl ClientSettings {
             connect_timeout,
             handshake_timeout,
             local_connect_timeout,
+            max_visitors,
             timing,
             reconnect,
             services,

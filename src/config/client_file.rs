@@ -31,6 +31,8 @@ pub struct ClientFile {
     pub handshake_timeout_secs: Option<Spanned<u64>>,
     /// Seconds to wait for a local service to accept a connection.
     pub local_connect_timeout_secs: Option<Spanned<u64>>,
+    /// Visitors the server may have open through this client at once.
+    pub max_visitors: Option<Spanned<usize>>,
     /// Seconds between pings to the server.
     pub ping_interval_secs: Option<Spanned<u64>>,
     /// Seconds without an answered ping after which the server is dead.
@@ -148,6 +150,7 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
         connect_timeout_secs,
         handshake_timeout_secs,
         local_connect_timeout_secs,
+        max_visitors,
         ping_interval_secs,
         liveness_timeout_secs,
         drain_timeout_secs,
