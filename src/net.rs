@@ -42,10 +42,28 @@ pub fn local_or_unspecified(tcp: &TcpStream) -> std::net::SocketAddr {
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-/// Sets TCP_NODELAY on a visitor or local connection, where a keystroke must not wait for Nagle.
-/// Failure only loses a hint.
-pub fn no_delay(tcp: &TcpStream) {
+/// Idle time before TCP keepalive probes start on a visitor or local-service connection.
+pub const VISITOR_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Interval between those probes.
+pub const VISITOR_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the connection is given up: a visitor whose network vanished
+/// (no FIN, no RST ever arrives) frees its slot about a minute after it went quiet, instead of
+/// holding it forever.
+pub const VISITOR_KEEPALIVE_PROBES: u32 = 3;
+
+/// Tunes a visitor's connection (on the server) or a local-service connection (on the client):
+/// TCP_NODELAY, where a keystroke must not wait for Nagle, and keepalive, so a peer that vanished
+/// is noticed. Failure only loses a hint, so it is logged at debug level.
+pub fn tune_visitor(tcp: &TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+    }
+    let ka = TcpKeepalive::new()
+        .with_time(VISITOR_KEEPALIVE_IDLE)
+        .with_interval(VISITOR_KEEPALIVE_INTERVAL);
+    #[cfg(unix)]
+    let ka = ka.with_retries(VISITOR_KEEPALIVE_PROBES);
+    if let Err(e) = SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "setting TCP keepalive failed");
     }
 }

@@ -96,7 +96,7 @@ pub(super) async fn serve_visitor(
             return;
         }
     };
-    crate::net::no_delay(&tcp);
+    crate::net::tune_visitor(&tcp);
     if let Some(version) = spec.proxy_protocol {
         // The service learns the visitor's real address before any of the visitor's bytes.
         let header = ncx_proto::proxy_header(version, visitor, public);

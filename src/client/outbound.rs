@@ -120,7 +120,7 @@ async fn carry(
     cancel: CancellationToken,
     refusal_log: Arc<LogLimiter>,
 ) {
-    crate::net::no_delay(&tcp);
+    crate::net::tune_visitor(&tcp);
     let ready = |t: &Option<Target>| {
         t.as_ref()
             .is_some_and(|t| t.accepting.load(Ordering::SeqCst))

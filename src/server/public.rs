@@ -236,7 +236,7 @@ async fn connect_visitor(
     peer: SocketAddr,
     service: &Name,
 ) -> VisitorEnd {
-    crate::net::no_delay(&tcp);
+    crate::net::tune_visitor(&tcp);
     // The address the visitor connected to, for the PROXY protocol's destination.
     let public = crate::net::local_or_unspecified(&tcp);
     let (sub, early) = match open_to_client(ctx, service, peer, public, Some(&mut tcp)).await {

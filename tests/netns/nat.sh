@@ -6,7 +6,8 @@
 #
 # Shows: (a) a visitor reaches the service in the lan through the client; (b) the tunnel recovers
 # after the router drops all traffic for longer than the liveness timeout; (c) it recovers after the
-# server is killed with SIGKILL and restarted. Every address is inside namespaces this script
+# server is killed with SIGKILL and restarted; (d) a visitor whose network vanishes is given up by
+# TCP keepalive. Every address is inside namespaces this script
 # creates, and everything it creates is removed on exit.
 #
 # Usage: tests/netns/nat.sh PATH_TO_NCX_BINARY
@@ -149,4 +150,34 @@ t=$(wait_roundtrip 30) || fail "(c) the tunnel did not recover after the server 
 [ "$(grep -c 'server listening' "$TMP/server.log")" = 2 ] || fail "(c) the restarted server is not the one serving"
 grep -q "not connected; retrying" "$TMP/client.log" || fail "(c) the client never noticed the server's death"
 echo "ok (c): recovered ${t}s after SIGKILL and restart of the server"
-echo "netns: 3 passed, 0 failed"
+
+# (d) A visitor whose network vanishes (no FIN, no RST ever arrives) frees its place: TCP
+# keepalive on visitor connections (30 s idle, 3 probes 10 s apart) gives it up after about a
+# minute, and the server's audit line records the reset.
+x visitor python3 -c "
+import socket, time
+s = socket.create_connection(('10.77.3.1', 20000), timeout=5)
+f = s.makefile('rb')
+assert f.readline().startswith(b'hello from the ncx demo service')
+s.sendall(b'held\\n'); assert f.readline() == b'held\\n'
+print('HELD-OK', flush=True)
+time.sleep(600)
+" >"$TMP/held.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q HELD-OK "$TMP/held.log" && break; sleep 0.1; done
+grep -q HELD-OK "$TMP/held.log" || fail "(d) the held visitor was not served"
+before=$(grep -c 'ncx::audit.*visitor=10.77.3.2' "$TMP/server.log" || true)
+x visitor iptables -A INPUT -j DROP
+x visitor iptables -A OUTPUT -j DROP
+start=$(date +%s)
+gone=""
+for _ in $(seq 240); do   # at most 120 s
+  now=$(grep -c 'ncx::audit.*visitor=10.77.3.2.*end=reset' "$TMP/server.log" || true)
+  if [ "$now" -gt 0 ] && [ "$(grep -c 'ncx::audit.*visitor=10.77.3.2' "$TMP/server.log")" -gt "$before" ]; then
+    gone=yes; break
+  fi
+  sleep 0.5
+done
+[ -n "$gone" ] || fail "(d) the vanished visitor still holds its place after 120 s"
+echo "ok (d): a vanished visitor was given up after $(( $(date +%s) - start ))s (keepalive)"
+echo "netns: 4 passed, 0 failed"
