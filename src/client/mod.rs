@@ -6,6 +6,7 @@
 //! - `connect.rs`: dialling, TLS, the hello and the registrations ([`Client::connect`]).
 //! - `control.rs`: a connected session's control stream, drain and close ([`Connected::run`]).
 //! - `inbound.rs`: one visitor substream the server opened, from header to splice.
+//! - `retiring.rs`: sessions that rotated and serve their last visitors, at most two at once.
 //! - `retry.rs`: when to try again: backoff, the quick retry after a session, the takeover pause.
 //! - `outbound.rs`: local listeners whose connections reach private services of other clients
 //!   (`ncx visit`), each through a visit substream this client opens.
@@ -15,6 +16,7 @@ mod control;
 mod error;
 mod inbound;
 mod outbound;
+mod retiring;
 mod retry;
 
 use std::sync::Arc;
@@ -23,11 +25,11 @@ use ncx_proto::ErrorCode;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::ClientSettings;
 use control::Served;
+use retiring::{Retiring, MAX_RETIRING};
 use retry::{jitter, Retry};
 
 pub use control::Connected;
@@ -98,7 +100,7 @@ async fn run_sessions(
 ) -> Result<(), ClientError> {
     let mut retry = Retry::new(backoff_cfg);
     // Sessions that handed over to a newer one and serve their last visitors.
-    let retiring = TaskTracker::new();
+    let mut retiring = Retiring::new(MAX_RETIRING);
     let result = loop {
         // How long the session was up, if one was.
         let mut lived = None;
@@ -118,9 +120,8 @@ async fn run_sessions(
                             break Ok(());
                         }
                         Ok(Served::Rotate) => {
-                            let shutdown = shutdown.clone();
-                            retiring.spawn(async move {
-                                if let Err(e) = connected.run_control(&shutdown, true).await {
+                            retiring.retire(shutdown, |stop| async move {
+                                if let Err(e) = connected.run_control(&stop, true).await {
                                     debug!(error = %e, "retired session ended");
                                 }
                                 connected.close().await;
@@ -160,7 +161,6 @@ async fn run_sessions(
             _ = tokio::time::sleep(pause) => {}
         }
     };
-    retiring.close();
     retiring.wait().await;
     result
 }
