@@ -163,3 +163,56 @@ async fn the_client_caps_the_visitors_a_server_may_open() {
     client.stop().await;
     server.stop().await;
 }
+
+/// An identity's visitors are capped over all its services and sessions, and one identity at its
+/// cap leaves another's visitors alone.
+#[tokio::test]
+async fn an_identity_at_its_visitor_share_does_not_stop_another_identitys_visitors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t"), identity("b", "t")]);
+    ss.max_visitors_per_identity = 2;
+    let server = TestServer::start(&pki, ss).await;
+    let echo = echo_service().await;
+    let start = |who: &'static str| {
+        RunningClient::start(client_settings(
+            server.addr,
+            pki.pinned(),
+            who,
+            "t",
+            vec![service("one", echo, 0), service("two", echo, 0)],
+        ))
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    let public =
+        |c: &RunningClient, s: &str| std::net::SocketAddr::from(([127, 0, 0, 1], c.port(s)));
+    let served = |addr: std::net::SocketAddr| async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+        c.write_all(b"x").await.ok()?;
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, c.read_exact(&mut byte))
+            .await
+            .ok()?
+            .ok()?;
+        Some(c)
+    };
+    // a's two places, one on each of its services.
+    let held = (
+        served(public(&a, "one")).await.expect("a's first visitor"),
+        served(public(&a, "two")).await.expect("a's second visitor"),
+    );
+    assert!(
+        served(public(&a, "one")).await.is_none(),
+        "a third visitor of a is over a's share"
+    );
+    // b is not affected.
+    let b_held = (
+        served(public(&b, "one")).await.expect("b's first visitor"),
+        served(public(&b, "two")).await.expect("b's second visitor"),
+    );
+    drop((held, b_held));
+    a.stop().await;
+    b.stop().await;
+    server.stop().await;
+}

@@ -40,6 +40,9 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1024;
 /// rotating, with room to spare, and far from [`DEFAULT_MAX_SESSIONS`], so one identity cannot
 /// take every session slot.
 pub const DEFAULT_MAX_SESSIONS_PER_IDENTITY: usize = 32;
+/// Visitors of one identity's services at once, over all its sessions: as many as one session
+/// takes by default, so an identity's sessions share that rather than multiply it.
+pub const DEFAULT_MAX_VISITORS_PER_IDENTITY: usize = 10_000;
 /// Services (public and private) one session may register.
 pub const DEFAULT_MAX_SERVICES_PER_SESSION: usize = 256;
 /// Concurrent visitors per service (within the session's limit).
@@ -323,10 +326,12 @@ pub(crate) fn count(
 
 mod client;
 mod client_file;
+mod identity;
 mod server;
 mod server_file;
 
 pub use client::*;
 pub use client_file::*;
+pub use identity::*;
 pub use server::*;
 pub use server_file::*;

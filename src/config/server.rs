@@ -3,32 +3,6 @@
 
 use super::*;
 
-/// What an identity must present to authenticate.
-#[derive(Debug, Clone)]
-pub enum ClientAuth {
-    /// A proof of the token (HMAC over the TLS exporter value).
-    Token(Token),
-    /// A client certificate from the client CA whose common name is the identity.
-    Certificate,
-    /// Both.
-    Both(Token),
-}
-
-impl ClientAuth {
-    /// The token to check, if any.
-    pub fn token(&self) -> Option<&Token> {
-        match self {
-            ClientAuth::Token(t) | ClientAuth::Both(t) => Some(t),
-            ClientAuth::Certificate => None,
-        }
-    }
-
-    /// Whether a client certificate naming the identity is required.
-    pub fn needs_certificate(&self) -> bool {
-        matches!(self, ClientAuth::Certificate | ClientAuth::Both(_))
-    }
-}
-
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone)]
 pub enum ServerCert {
@@ -41,48 +15,6 @@ pub enum ServerCert {
     },
     /// A self-signed certificate kept in this directory, created on first start.
     Auto(PathBuf),
-}
-
-/// What one identity may do.
-#[derive(Debug, Clone)]
-pub struct IdentityPolicy {
-    /// The identity.
-    pub name: Name,
-    /// What it must present.
-    pub auth: ClientAuth,
-    /// Address its public ports are bound on.
-    pub bind: IpAddr,
-    /// Ports it may bind (empty: none).
-    pub ports: Vec<PortRange>,
-}
-
-impl IdentityPolicy {
-    /// An identity authenticated by `token` that may bind `ports` on every address.
-    pub fn with_token(name: Name, token: Token, ports: Vec<PortRange>) -> Self {
-        IdentityPolicy {
-            name,
-            auth: ClientAuth::Token(token),
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            ports,
-        }
-    }
-
-    /// Whether `port` is inside one of the allowed ranges.
-    pub fn allows(&self, port: u16) -> bool {
-        self.ports.iter().any(|r| r.0.contains(&port))
-    }
-
-    /// The allowed ranges, for messages: `"3389, 20000-20100"`.
-    pub fn ports_text(&self) -> String {
-        if self.ports.is_empty() {
-            return "none".into();
-        }
-        self.ports
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 /// Validated server settings.
@@ -106,6 +38,8 @@ pub struct ServerSettings {
     pub max_sessions_per_identity: usize,
     /// Services, public and private, one session may register.
     pub max_services_per_session: usize,
+    /// Visitors of one identity's services at once, over all its sessions.
+    pub max_visitors_per_identity: usize,
     /// Concurrent visitors per service.
     pub max_visitors_per_service: usize,
     /// Substreams awaiting the client's answer, per session.
@@ -135,6 +69,7 @@ impl ServerSettings {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
             max_services_per_session: DEFAULT_MAX_SERVICES_PER_SESSION,
+            max_visitors_per_identity: DEFAULT_MAX_VISITORS_PER_IDENTITY,
             max_visitors_per_service: DEFAULT_MAX_VISITORS_PER_SERVICE,
             max_opens_in_flight: DEFAULT_MAX_OPENS_IN_FLIGHT,
             rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
@@ -227,6 +162,12 @@ impl ServerSettings {
             &file.max_services_per_session,
             "max_services_per_session",
             DEFAULT_MAX_SERVICES_PER_SESSION,
+        )?;
+        let max_visitors_per_identity = count(
+            src,
+            &file.max_visitors_per_identity,
+            "max_visitors_per_identity",
+            DEFAULT_MAX_VISITORS_PER_IDENTITY,
         )?;
         let max_visitors_per_service = count(
             src,
@@ -373,6 +314,7 @@ impl ServerSettings {
             max_sessions,
             max_sessions_per_identity,
             max_services_per_session,
+            max_visitors_per_identity,
             max_visitors_per_service,
             max_opens_in_flight,
             rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,

@@ -20,6 +20,8 @@ pub struct ServerFile {
     pub max_sessions: Option<Spanned<usize>>,
     /// Sessions of one identity at once.
     pub max_sessions_per_identity: Option<Spanned<usize>>,
+    /// Visitors of one identity's services at once.
+    pub max_visitors_per_identity: Option<Spanned<usize>>,
     /// Services one session may register.
     pub max_services_per_session: Option<Spanned<usize>>,
     /// Concurrent visitors per service.

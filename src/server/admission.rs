@@ -43,6 +43,8 @@ pub(super) struct Admission {
     /// Each identity's share of the sessions, so one identity cannot take them all.
     sessions_per_identity: HashMap<Name, Arc<Semaphore>>,
     max_sessions_per_identity: usize,
+    /// Each identity's share of visitors, over all its sessions.
+    visitors_per_identity: HashMap<Name, Arc<Semaphore>>,
     guard: AuthGuard,
     block: Duration,
     failures_before_block: u32,
@@ -70,6 +72,14 @@ impl Admission {
                 })
                 .collect(),
             max_sessions_per_identity: settings.max_sessions_per_identity,
+            visitors_per_identity: settings
+                .identities
+                .iter()
+                .map(|p| {
+                    let share = Semaphore::new(settings.max_visitors_per_identity);
+                    (p.name.clone(), Arc::new(share))
+                })
+                .collect(),
             guard: AuthGuard::new(settings.auth_failures_before_block, settings.auth_block),
             block: settings.auth_block,
             failures_before_block: settings.auth_failures_before_block,
@@ -124,6 +134,14 @@ impl Admission {
             _own: own,
             _global: global,
         })
+    }
+
+    /// `identity`'s share of visitors: every visitor of its services holds a place of it.
+    pub fn identity_visitors(&self, identity: &Name) -> Arc<Semaphore> {
+        self.visitors_per_identity
+            .get(identity)
+            .expect("only configured identities have sessions")
+            .clone()
     }
 
     /// The refusal for `who` at `ip` while that pair is blocked.

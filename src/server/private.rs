@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 use super::auth_guard::Who;
 use super::context::SessionCtx;
 use super::opener::{end_text, open_to_client};
+use super::public::Places;
 use crate::audit::{AuditRecord, VisitorEnd};
 use crate::framed::{write_message, MessageReader};
 use crate::refusal::Refusal;
@@ -113,11 +114,9 @@ async fn bridge(
     }
 }
 
-/// The owner's session and the visitor's places in its limits (the session's and the service's).
-type Checked = (
-    Arc<SessionCtx>,
-    (OwnedSemaphorePermit, OwnedSemaphorePermit),
-);
+/// The owner's session and the visitor's places in its limits (the owner identity's, the
+/// session's and the service's).
+type Checked = (Arc<SessionCtx>, Places);
 
 /// Everything that may refuse a visit before the owner hears of it.
 fn check(
@@ -159,18 +158,29 @@ fn check(
     if owner.services_stopped() {
         return Err(offline());
     }
+    let own = shared
+        .admission
+        .identity_visitors(owner_name)
+        .try_acquire_owned();
     let session = owner.limits.visitors.clone().try_acquire_owned();
     let service_permit = target.permits.clone().try_acquire_owned();
-    match (session, service_permit) {
-        (Ok(a), Ok(b)) => Ok((owner, (a, b))),
-        (Err(_), _) => Err(Refusal::new(
+    match (own, session, service_permit) {
+        (Ok(i), Ok(a), Ok(b)) => Ok((owner, (i, a, b))),
+        (Err(_), _, _) => Err(Refusal::new(
+            ErrorCode::LimitReached,
+            format!(
+                "{owner_name} has reached its limit of {} visitors",
+                shared.settings.max_visitors_per_identity
+            ),
+        )),
+        (_, Err(_), _) => Err(Refusal::new(
             ErrorCode::LimitReached,
             format!(
                 "the session offering {service} has reached its limit of {} visitors",
                 shared.settings.max_visitors_per_session
             ),
         )),
-        (_, Err(_)) => Err(Refusal::new(
+        (_, _, Err(_)) => Err(Refusal::new(
             ErrorCode::LimitReached,
             format!(
                 "service {service} has reached its limit of {} visitors",

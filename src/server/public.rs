@@ -155,6 +155,7 @@ pub(super) async fn accept_visitors(
     service: Name,
     port: u16,
     access: AccessRules,
+    identity_permits: Arc<Semaphore>,
 ) {
     let service_permits = Arc::new(Semaphore::new(ctx.shared.settings.max_visitors_per_service));
     let denied_log = LogLimiter::default();
@@ -175,17 +176,23 @@ pub(super) async fn accept_visitors(
                 return;
             }
             let settings = &ctx.shared.settings;
-            let permits = ctx
-                .limits
-                .visitors
+            let permits = identity_permits
                 .clone()
                 .try_acquire_owned()
-                .map_err(|_| ("session", settings.max_visitors_per_session))
-                .and_then(|s| {
+                .map_err(|_| ("identity", settings.max_visitors_per_identity))
+                .and_then(|i| {
+                    ctx.limits
+                        .visitors
+                        .clone()
+                        .try_acquire_owned()
+                        .map(|s| (i, s))
+                        .map_err(|_| ("session", settings.max_visitors_per_session))
+                })
+                .and_then(|(i, s)| {
                     service_permits
                         .clone()
                         .try_acquire_owned()
-                        .map(|v| (s, v))
+                        .map(|v| (i, s, v))
                         .map_err(|_| ("service", settings.max_visitors_per_service))
                 });
             let permits = match permits {
@@ -210,13 +217,21 @@ pub(super) async fn accept_visitors(
     debug!("port released");
 }
 
+/// A visitor's places under its identity's, its session's and its service's limits; dropping
+/// them frees the places.
+pub(super) type Places = (
+    OwnedSemaphorePermit,
+    OwnedSemaphorePermit,
+    OwnedSemaphorePermit,
+);
+
 /// One public visitor, from its arrival to the audit line.
 async fn visitor(
     ctx: Arc<SessionCtx>,
     tcp: TcpStream,
     peer: SocketAddr,
     service: Name,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _permits: Places,
 ) {
     let record = AuditRecord {
         service: &service,

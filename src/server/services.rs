@@ -64,8 +64,15 @@ impl Services {
         }
         let span = tracing::info_span!("service", %service, port);
         self.ctx.listeners.spawn(
-            accept_visitors(self.ctx.clone(), listener, service.clone(), port, access)
-                .instrument(span),
+            accept_visitors(
+                self.ctx.clone(),
+                listener,
+                service.clone(),
+                port,
+                access,
+                self.ctx.shared.admission.identity_visitors(&self.identity),
+            )
+            .instrument(span),
         );
         Message::Registered {
             service,

@@ -1,0 +1,71 @@
+//! What one identity of the server must present ([`ClientAuth`]) and may do ([`IdentityPolicy`]).
+
+use super::*;
+
+/// What an identity must present to authenticate.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// A proof of the token (HMAC over the TLS exporter value).
+    Token(Token),
+    /// A client certificate from the client CA whose common name is the identity.
+    Certificate,
+    /// Both.
+    Both(Token),
+}
+
+impl ClientAuth {
+    /// The token to check, if any.
+    pub fn token(&self) -> Option<&Token> {
+        match self {
+            ClientAuth::Token(t) | ClientAuth::Both(t) => Some(t),
+            ClientAuth::Certificate => None,
+        }
+    }
+
+    /// Whether a client certificate naming the identity is required.
+    pub fn needs_certificate(&self) -> bool {
+        matches!(self, ClientAuth::Certificate | ClientAuth::Both(_))
+    }
+}
+
+/// What one identity may do.
+#[derive(Debug, Clone)]
+pub struct IdentityPolicy {
+    /// The identity.
+    pub name: Name,
+    /// What it must present.
+    pub auth: ClientAuth,
+    /// Address its public ports are bound on.
+    pub bind: IpAddr,
+    /// Ports it may bind (empty: none).
+    pub ports: Vec<PortRange>,
+}
+
+impl IdentityPolicy {
+    /// An identity authenticated by `token` that may bind `ports` on every address.
+    pub fn with_token(name: Name, token: Token, ports: Vec<PortRange>) -> Self {
+        IdentityPolicy {
+            name,
+            auth: ClientAuth::Token(token),
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ports,
+        }
+    }
+
+    /// Whether `port` is inside one of the allowed ranges.
+    pub fn allows(&self, port: u16) -> bool {
+        self.ports.iter().any(|r| r.0.contains(&port))
+    }
+
+    /// The allowed ranges, for messages: `"3389, 20000-20100"`.
+    pub fn ports_text(&self) -> String {
+        if self.ports.is_empty() {
+            return "none".into();
+        }
+        self.ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
