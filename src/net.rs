@@ -52,8 +52,8 @@ pub const VISITOR_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const VISITOR_KEEPALIVE_PROBES: u32 = 3;
 
 /// Tunes a visitor's connection (on the server) or a local-service connection (on the client):
-/// TCP_NODELAY, where a keystroke must not wait for Nagle, and keepalive, so a peer that vanished
-/// is noticed. Failure only loses a hint, so it is logged at debug level.
+/// TCP_NODELAY, where a keystroke must not wait for Nagle, and keepalive with a user timeout, so a
+/// peer that vanished is noticed, idle or not. Failure only loses a hint, so it is logged at debug level.
 pub fn tune_visitor(tcp: &TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "setting TCP_NODELAY failed");
@@ -63,7 +63,22 @@ pub fn tune_visitor(tcp: &TcpStream) {
         .with_interval(VISITOR_KEEPALIVE_INTERVAL);
     #[cfg(unix)]
     let ka = ka.with_retries(VISITOR_KEEPALIVE_PROBES);
-    if let Err(e) = SockRef::from(tcp).set_tcp_keepalive(&ka) {
+    let sock = SockRef::from(tcp);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "setting TCP keepalive failed");
     }
+    // Keepalive only probes an idle connection. One whose last bytes were never acknowledged (the
+    // network vanished right after a reply was sent) is retransmitted instead, for about 15
+    // minutes by Linux's default; the user timeout gives it up after as long as the probes take.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(VISITOR_GIVE_UP)) {
+        tracing::debug!(error = %e, "setting TCP_USER_TIMEOUT failed");
+    }
 }
+
+/// How long a visitor or local connection may go without an answer (to keepalive probes, or for
+/// bytes sent) before it is given up: the idle time plus every probe.
+pub const VISITOR_GIVE_UP: Duration = Duration::from_secs(
+    VISITOR_KEEPALIVE_IDLE.as_secs()
+        + VISITOR_KEEPALIVE_INTERVAL.as_secs() * VISITOR_KEEPALIVE_PROBES as u64,
+);
