@@ -372,19 +372,14 @@ fn read_failure(stage: &str, e: ReadError, state: &mux::SessionState) -> ClientE
         return ClientError::Protocol(format!("{stage}: {e}"));
     };
     match tls {
-        rustls::Error::AlertReceived(
-            alert @ (A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateExpired
-            | A::CertificateRevoked
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::CertificateRequired
-            | A::AccessDenied
-            | A::DecryptError),
-        ) => ClientError::Tls(format!(
+        // After the handshake, a DecryptError alert is how some timings show the same refusal.
+        rustls::Error::AlertReceived(alert)
+            if crate::tls::refuses_certificate(alert) || alert == A::DecryptError =>
+        {
+            ClientError::Tls(format!(
             "the server rejected this client's certificate ({alert:?}): use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`"
-        )),
+        ))
+        }
         other => ClientError::Handshake(format!("the server ended TLS while {stage}: {other}")),
     }
 }

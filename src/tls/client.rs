@@ -223,24 +223,32 @@ pub fn handshake_error_is_permanent(err: &std::io::Error) -> bool {
     else {
         return false;
     };
-    matches!(
-        tls,
+    match tls {
         rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoApplicationProtocol
-            | rustls::Error::PeerIncompatible(_)
-            | rustls::Error::AlertReceived(
-                A::NoApplicationProtocol
-                    | A::ProtocolVersion
-                    | A::HandshakeFailure
-                    | A::BadCertificate
-                    | A::UnknownCA
-                    | A::CertificateExpired
-                    | A::CertificateRevoked
-                    | A::CertificateUnknown
-                    | A::UnsupportedCertificate
-                    | A::CertificateRequired
-                    | A::AccessDenied
-            )
+        | rustls::Error::NoApplicationProtocol
+        | rustls::Error::PeerIncompatible(_) => true,
+        rustls::Error::AlertReceived(
+            A::NoApplicationProtocol | A::ProtocolVersion | A::HandshakeFailure,
+        ) => true,
+        rustls::Error::AlertReceived(alert) => refuses_certificate(*alert),
+        _ => false,
+    }
+}
+
+/// Whether a TLS alert from the server says it refused this client's certificate (untrusted,
+/// expired, revoked, missing, or not for this use).
+pub fn refuses_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateRequired
+            | A::AccessDenied
     )
 }
 
