@@ -7,7 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::access::{AccessRules, Cidr, MAX_RULES};
-use crate::message::{ErrorCode, Message, Name, NameError, Text};
+use crate::message::{ErrorCode, Message};
+use crate::strings::{Name, NameError, Text};
 use crate::{AUTH_PROOF_LEN, MAX_FRAME_LEN, MAX_TEXT_LEN};
 
 /// Bytes of the length prefix.

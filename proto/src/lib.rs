@@ -22,11 +22,13 @@ pub mod check;
 mod codec;
 mod message;
 mod proxy;
+mod strings;
 
 pub use access::{canonical, AccessRules, Cidr, CidrError, MAX_RULES};
 pub use codec::{decode, encode, encode_to_vec, DecodeError, FrameDecoder};
-pub use message::{ErrorCode, Message, Name, NameError, Text};
+pub use message::{ErrorCode, Message};
 pub use proxy::{proxy_header, ProxyVersion, PROXY_V2_SIGNATURE};
+pub use strings::{Name, NameError, Text};
 
 /// The protocol version this crate speaks. Sent in [`Message::Hello`] and [`Message::Welcome`].
 pub const PROTOCOL_VERSION: u16 = 1;
