@@ -30,6 +30,21 @@ impl std::io::Write for Captured {
 /// Visitors the hostile client refuses.
 const VISITORS: usize = 20;
 
+/// Sets a subscriber for this thread (the test's one-thread runtime and every task on it) that
+/// keeps what is logged at `level` and above.
+fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(level)
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
 const FORGED: &str =
     "nope\n2026-01-01T00:00:00Z  INFO ncx::audit: visitor connection service=forged end=finished\u{1b}[2K";
 
@@ -48,16 +63,7 @@ fn raw_tls_client(pki: &Pki) -> tokio_rustls::TlsConnector {
 // One thread, so the server's tasks log through the subscriber this test sets.
 #[tokio::test(flavor = "current_thread")]
 async fn peer_text_cannot_forge_log_lines() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let c = captured.clone();
-            move || c.clone()
-        })
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::DEBUG);
 
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
@@ -84,13 +90,9 @@ async fn peer_text_cannot_forge_log_lines() {
     let driver = tokio::spawn(driver);
     let mut ctrl = handle.open().await.unwrap().compat();
     let mut reader = ncx::framed::MessageReader::new();
-    let id = name("a");
-    let hello = Message::Hello {
-        version: ncx_proto::PROTOCOL_VERSION,
-        identity: id.clone(),
-        proof: ncx::auth::prove(&ncx::auth::Token::new("t"), &exported, &id),
-    };
-    ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
+    ncx::framed::write_message(&mut ctrl, &hello("a", "t", &exported))
+        .await
+        .unwrap();
     assert!(matches!(
         reader.read(&mut ctrl).await.unwrap(),
         Message::Welcome { .. }
@@ -205,16 +207,7 @@ async fn peer_text_cannot_forge_log_lines() {
 /// with a count of what was held back (hostile-peers issue, finding 8).
 #[tokio::test(flavor = "current_thread")]
 async fn floods_of_bad_connections_and_refused_registrations_are_rate_limited() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let c = captured.clone();
-            move || c.clone()
-        })
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::INFO);
     let started = tokio::time::Instant::now();
     let pki = Pki::new();
     let server = ncx::server::Server::new(
@@ -267,16 +260,7 @@ async fn floods_of_bad_connections_and_refused_registrations_are_rate_limited() 
     let driver = tokio::spawn(driver);
     let mut ctrl = handle.open().await.unwrap().compat();
     let mut reader = ncx::framed::MessageReader::new();
-    let id = name("a");
-    let hello = Message::Hello {
-        version: ncx_proto::PROTOCOL_VERSION,
-        identity: id.clone(),
-        proof: ncx::auth::prove(
-            &ncx::auth::Token::new("t"),
-            &ncx::auth::ExportedKey(exported),
-            &id,
-        ),
-    };
+    let hello = hello("a", "t", &ncx::auth::ExportedKey(exported));
     ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
     assert!(matches!(
         reader.read(&mut ctrl).await.unwrap(),

@@ -70,16 +70,7 @@ async fn a_protocol_violation_closes_the_authenticated_session() {
         }
     });
     // The control stream (odd id: the client's), a valid hello on it.
-    let id = name("a");
-    let hello = ncx_proto::encode_to_vec(&Message::Hello {
-        version: ncx_proto::PROTOCOL_VERSION,
-        identity: id.clone(),
-        proof: ncx::auth::prove(
-            &ncx::auth::Token::new("t"),
-            &ncx::auth::ExportedKey(exported),
-            &id,
-        ),
-    });
+    let hello = ncx_proto::encode_to_vec(&hello("a", "t", &ncx::auth::ExportedKey(exported)));
     raw.write_all(&frame(WINDOW_UPDATE, SYN, 1, &[], Some(0)))
         .await
         .unwrap();

@@ -111,13 +111,9 @@ async fn frozen_client(server: SocketAddr, pki: &Pki, port: u16) -> tokio::task:
     let driver = tokio::spawn(driver);
     let mut ctrl =
         tokio_util::compat::FuturesAsyncReadCompatExt::compat(handle.open().await.unwrap());
-    let id = name("a");
-    let hello = ncx_proto::Message::Hello {
-        version: ncx_proto::PROTOCOL_VERSION,
-        identity: id.clone(),
-        proof: ncx::auth::prove(&ncx::auth::Token::new("t"), &exported, &id),
-    };
-    ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
+    ncx::framed::write_message(&mut ctrl, &hello("a", "t", &exported))
+        .await
+        .unwrap();
     let mut reader = ncx::framed::MessageReader::new();
     assert!(matches!(
         reader.read(&mut ctrl).await.unwrap(),

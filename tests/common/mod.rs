@@ -118,6 +118,17 @@ impl Pki {
     }
 }
 
+/// A hello of this protocol version for `identity`, proving `token` over `exported`, as a client
+/// sends it first on its control stream.
+pub fn hello(identity: &str, token: &str, exported: &ncx::auth::ExportedKey) -> ncx_proto::Message {
+    let id = name(identity);
+    ncx_proto::Message::Hello {
+        version: ncx_proto::PROTOCOL_VERSION,
+        proof: ncx::auth::prove(&Token::new(token), exported, &id),
+        identity: id,
+    }
+}
+
 pub fn name(s: &str) -> Name {
     Name::new(s).unwrap()
 }
