@@ -6,24 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw_yamux::{frame, DATA, GO_AWAY, RST, SYN, WINDOW_UPDATE};
 use common::*;
 use ncx_proto::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const SYN: u16 = 1;
-const DATA: u8 = 0;
-const WINDOW_UPDATE: u8 = 1;
-const GO_AWAY: u8 = 3;
-
-fn frame(kind: u8, flags: u16, stream: u32, body: &[u8], length: Option<u32>) -> Vec<u8> {
-    let mut f = vec![0, kind];
-    f.extend_from_slice(&flags.to_be_bytes());
-    f.extend_from_slice(&stream.to_be_bytes());
-    let len = length.unwrap_or(u32::try_from(body.len()).unwrap());
-    f.extend_from_slice(&len.to_be_bytes());
-    f.extend_from_slice(body);
-    f
-}
 
 /// The error codes of the GoAway frames in a yamux byte stream.
 fn go_away_codes(mut bytes: &[u8]) -> Vec<u32> {
@@ -157,7 +143,6 @@ async fn streams_opened_before_admission_are_reset_at_once() {
     raw.write_all(&frame(DATA, 0, 3, &[7; 100], None))
         .await
         .unwrap();
-    const RST: u16 = 8;
     let mut seen = Vec::new();
     tokio::time::timeout(WAIT, async {
         let mut buf = [0u8; 4096];

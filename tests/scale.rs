@@ -12,64 +12,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use tokio::time::Instant;
 
-/// Starts `ncx server` on `listen` (port 0: any) with one identity `a`/`t`; returns the process and
-/// the address it listens on.
-async fn server_process(dir: &std::path::Path, listen: SocketAddr) -> (Child, SocketAddr) {
-    let mut child = ncx_process()
-        .args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
-        .arg(dir)
-        .args([
-            "--identity",
-            "a",
-            "--ports",
-            "1024-65535",
-            "--bind",
-            "127.0.0.1",
-        ])
-        .env("NCX_TOKEN", "t")
-        .spawn()
-        .unwrap();
-    let line = wait_for_line(&mut child, "server listening").await;
-    (child, log_field(&line, "addr").parse().unwrap())
-}
-
-fn fingerprint(dir: &std::path::Path) -> String {
-    ncx::certs::load_or_create_self_signed(dir)
-        .unwrap()
-        .0
-        .fingerprint()
-        .to_string()
-}
-
-async fn client_process(server: SocketAddr, fp: &str, services: &[String]) -> (Child, String) {
-    let mut c = ncx_process();
-    c.args([
-        "client",
-        "--server",
-        &server.to_string(),
-        "--identity",
-        "a",
-        "--server-fingerprint",
-        fp,
-    ])
-    .env("NCX_TOKEN", "t");
-    for s in services {
-        c.args(["--service", s]);
-    }
-    let mut child = c.spawn().unwrap();
-    let line = wait_for_line(&mut child, "service available").await;
-    (child, log_field(&line, "public"))
-}
-
-async fn echo_process() -> (Child, SocketAddr) {
-    let mut child = ncx_process()
-        .args(["echo", "--listen", "127.0.0.1:0"])
-        .spawn()
-        .unwrap();
-    let line = wait_for_line(&mut child, "echo service listening on").await;
-    (child, line.rsplit(' ').next().unwrap().parse().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_visitors_on_one_session_are_all_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,8 @@
 //! 127.0.0.1 with OS-assigned ports, and small local services.
 #![allow(dead_code)]
 
+pub mod raw_yamux;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -580,4 +582,69 @@ pub async fn wait_for_tunnel(public: SocketAddr) -> Duration {
         assert!(start.elapsed() < WAIT, "the tunnel did not come back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts `ncx server` on `listen` (port 0: any) with one identity `a`/`t`; returns the process and
+/// the address it listens on.
+pub async fn server_process(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+) -> (tokio::process::Child, SocketAddr) {
+    let mut child = ncx_process()
+        .args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
+        .arg(dir)
+        .args([
+            "--identity",
+            "a",
+            "--ports",
+            "1024-65535",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .env("NCX_TOKEN", "t")
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut child, "server listening").await;
+    (child, log_field(&line, "addr").parse().unwrap())
+}
+
+pub fn fingerprint(dir: &std::path::Path) -> String {
+    ncx::certs::load_or_create_self_signed(dir)
+        .unwrap()
+        .0
+        .fingerprint()
+        .to_string()
+}
+
+pub async fn client_process(
+    server: SocketAddr,
+    fp: &str,
+    services: &[String],
+) -> (tokio::process::Child, String) {
+    let mut c = ncx_process();
+    c.args([
+        "client",
+        "--server",
+        &server.to_string(),
+        "--identity",
+        "a",
+        "--server-fingerprint",
+        fp,
+    ])
+    .env("NCX_TOKEN", "t");
+    for s in services {
+        c.args(["--service", s]);
+    }
+    let mut child = c.spawn().unwrap();
+    let line = wait_for_line(&mut child, "service available").await;
+    (child, log_field(&line, "public"))
+}
+
+pub async fn echo_process() -> (tokio::process::Child, SocketAddr) {
+    let mut child = ncx_process()
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut child, "echo service listening on").await;
+    (child, line.rsplit(' ').next().unwrap().parse().unwrap())
 }
