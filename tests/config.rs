@@ -477,3 +477,25 @@ fn the_client_visitor_cap_is_range_checked() {
         );
     }
 }
+
+#[test]
+fn a_handshake_share_larger_than_the_server_is_refused() {
+    let e = server_err(&format!(
+        "max_handshakes = 8\nmax_handshakes_per_source = 9\n{ID}"
+    ));
+    assert!(
+        e.starts_with("server.toml:2:")
+            && e.contains("max_handshakes_per_source")
+            && e.contains("at most max_handshakes (8)"),
+        "{e}"
+    );
+    let s = ServerSettings::from_source(&Source::text(
+        "server.toml",
+        &format!("max_handshakes = 4\n{ID}"),
+    ))
+    .unwrap();
+    // The default share never exceeds a smaller global cap.
+    assert_eq!((s.max_handshakes, s.max_handshakes_per_source), (4, 4));
+    let s = ServerSettings::from_source(&Source::text("server.toml", ID)).unwrap();
+    assert_eq!((s.max_handshakes, s.max_handshakes_per_source), (64, 16));
+}

@@ -31,9 +31,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client gives up connecting to a local service after this long, and refuses the visitor.
 pub const DEFAULT_LOCAL_CONNECT_TIMEOUT: Duration = crate::timeouts::DEFAULT_LOCAL_CONNECT;
-/// Handshakes in progress at once on a server; when all are taken, the oldest is dropped for a new
-/// connection, so idle connections cannot starve real clients.
+/// Handshakes in progress at once on a server; a new connection always gets a slot, and what gives
+/// way for it is an older handshake of the source holding the most (`server::handshakes`).
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// Handshakes in progress from one source (an IPv4 address or an IPv6 /64): a quarter of the slots,
+/// so one address churning connections only ever evicts its own, while a NAT with a few clients
+/// reconnecting at once still fits.
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 /// Client sessions a server holds at once.
 pub const DEFAULT_MAX_SESSIONS: usize = 1024;
 /// Sessions one identity may hold at once: its client, a few `ncx visit` sessions and a session

@@ -30,6 +30,8 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once.
     pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source (an IPv4 address or an IPv6 /64).
+    pub max_handshakes_per_source: usize,
     /// Concurrent visitors per session.
     pub max_visitors_per_session: usize,
     /// Client sessions at once.
@@ -65,6 +67,7 @@ impl ServerSettings {
             client_ca: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             max_visitors_per_session: DEFAULT_MAX_VISITORS_PER_SESSION,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
@@ -130,6 +133,21 @@ impl ServerSettings {
             "max_handshakes",
             DEFAULT_MAX_HANDSHAKES,
         )?;
+        let max_handshakes_per_source = count(
+            src,
+            &file.max_handshakes_per_source,
+            "max_handshakes_per_source",
+            DEFAULT_MAX_HANDSHAKES_PER_SOURCE.min(max_handshakes),
+        )?;
+        if let Some(v) = &file.max_handshakes_per_source {
+            if *v.get_ref() > max_handshakes {
+                return Err(src.at(
+                    v.span(),
+                    Some("max_handshakes_per_source"),
+                    format!("at most max_handshakes ({max_handshakes})"),
+                ));
+            }
+        }
         let max_visitors_per_session = count(
             src,
             &file.max_visitors_per_session,
@@ -310,6 +328,7 @@ impl ServerSettings {
             client_ca: client_ca.map(Spanned::into_inner),
             handshake_timeout,
             max_handshakes,
+            max_handshakes_per_source,
             max_visitors_per_session,
             max_sessions,
             max_sessions_per_identity,

@@ -14,6 +14,8 @@ pub struct ServerFile {
     pub handshake_timeout_secs: Option<Spanned<u64>>,
     /// Handshakes in progress at once.
     pub max_handshakes: Option<Spanned<usize>>,
+    /// Handshakes in progress at once from one source address (IPv6: one /64).
+    pub max_handshakes_per_source: Option<Spanned<usize>>,
     /// Concurrent visitors per client session.
     pub max_visitors_per_session: Option<Spanned<usize>>,
     /// Client sessions at once.

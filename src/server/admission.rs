@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
 use super::auth_guard::{AuthGuard, FailureVerdict, Who};
-use super::handshakes::{HandshakeSlot, HandshakeSlots};
+use super::handshakes::{Evicted, HandshakeSlot, HandshakeSlots};
 use crate::config::{IdentityPolicy, ServerSettings};
 use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
@@ -38,6 +38,7 @@ pub(super) struct SessionSlot {
 pub(super) struct Admission {
     handshakes: Arc<HandshakeSlots>,
     max_handshakes: usize,
+    max_handshakes_per_source: usize,
     sessions: Arc<Semaphore>,
     max_sessions: usize,
     /// Each identity's share of the sessions, so one identity cannot take them all.
@@ -59,8 +60,12 @@ pub(super) struct Admission {
 impl Admission {
     pub fn new(settings: &ServerSettings) -> Self {
         Admission {
-            handshakes: HandshakeSlots::new(settings.max_handshakes),
+            handshakes: HandshakeSlots::new(
+                settings.max_handshakes,
+                settings.max_handshakes_per_source,
+            ),
             max_handshakes: settings.max_handshakes,
+            max_handshakes_per_source: settings.max_handshakes_per_source,
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
             max_sessions: settings.max_sessions,
             sessions_per_identity: settings
@@ -89,17 +94,24 @@ impl Admission {
         }
     }
 
-    /// A handshake slot for a new connection; when all are taken the oldest handshake is evicted
-    /// for it, and that is worth a (rate-limited) warning.
-    pub fn claim_handshake(&self) -> HandshakeSlot {
-        let (slot, evicted) = self.handshakes.claim();
-        if evicted {
-            if let Some(held_back) = self.eviction_log.allow() {
-                warn!(
-                    limit = self.max_handshakes,
-                    held_back, "all handshake slots taken; dropped the oldest pending handshake"
-                );
-            }
+    /// A handshake slot for a new connection from `ip`. When its source is at its share, its own
+    /// oldest handshake is evicted for it; when all slots are taken, the oldest of the source
+    /// holding the most. Either is worth a (rate-limited) warning naming the source that gave way.
+    pub fn claim_handshake(&self, ip: IpAddr) -> HandshakeSlot {
+        let (slot, evicted) = self.handshakes.claim(ip);
+        let (why, from) = match evicted {
+            Evicted::None => return slot,
+            Evicted::SameSource(s) => ("this address is at its share of handshake slots", s),
+            Evicted::LargestSource(s) => ("all handshake slots are taken", s),
+        };
+        if let Some(held_back) = self.eviction_log.allow() {
+            warn!(
+                limit = self.max_handshakes,
+                per_source = self.max_handshakes_per_source,
+                evicted_from = %from,
+                held_back,
+                "{why}; dropped the oldest pending handshake from `evicted_from`"
+            );
         }
         slot
     }

@@ -77,7 +77,7 @@ impl Server {
     ) where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let slot = self.shared.admission.claim_handshake();
+        let slot = self.shared.admission.claim_handshake(peer.ip());
         let deadline = tokio::time::Instant::now() + self.shared.settings.handshake_timeout;
         session::run_decrypted(
             self.shared.clone(),
@@ -110,7 +110,7 @@ impl Server {
         }
         accept_until(&listener, &shutdown, "a client", |tcp, peer| {
             crate::net::tune_tunnel(&tcp);
-            let slot = self.shared.admission.claim_handshake();
+            let slot = self.shared.admission.claim_handshake(peer.ip());
             let span = tracing::info_span!("session", %peer, client = tracing::field::Empty);
             sessions.spawn(
                 session::run(self.shared.clone(), tcp, peer, slot, shutdown.child_token())
