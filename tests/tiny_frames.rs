@@ -362,6 +362,9 @@ async fn one_byte_frames_from_a_hostile_server_stay_bounded_in_the_client() {
     }
     assert!(held <= baseline + BOUND_KIB, "held {held} KiB");
     peer.close_and_wait(WAIT).await;
+    let after = settles_within(cid, baseline + AFTER_KIB).await;
+    println!("client RSS after the session ended: {after} KiB");
+    assert!(after <= baseline + AFTER_KIB, "after {after} KiB");
     client.kill().await.unwrap();
     accepting.abort();
 }
