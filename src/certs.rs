@@ -37,8 +37,8 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> TlsError {
     move |source| TlsError::Io { context, source }
 }
 
-/// Writes `contents` to `path`; keys get mode 0600 at creation. Refuses to replace an existing file
-/// unless `force`.
+/// Writes `contents` to `path`; keys get mode 0600 at creation (on Unix). Refuses to replace an
+/// existing file unless `force`.
 fn write_file(path: &Path, contents: &str, private: bool, force: bool) -> Result<(), TlsError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -55,6 +55,10 @@ fn write_file(path: &Path, contents: &str, private: bool, force: bool) -> Result
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
+    // Windows has no mode bits: a key file takes the ACL its directory passes on, so keep keys in
+    // a directory only their user can read (README, "Windows").
+    #[cfg(not(unix))]
+    let _ = private;
     let mut f = opts.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             TlsError::Io {

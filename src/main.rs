@@ -87,18 +87,21 @@ fn keep_freed_buffers() {
 }
 
 /// The first SIGINT or SIGTERM asks for a graceful shutdown; a second one exits at once.
+///
+/// On Windows the same holds for Ctrl-C and Ctrl-Break (the console's two interrupts; a service
+/// stop comes through the service manager instead).
 async fn signals(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let mut other = match OtherStop::new() {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            tracing::warn!(error = %e, "cannot watch {}", OtherStop::NAME);
             return;
         }
     };
     for n in 0..2 {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = other.recv() => {}
         }
         if n == 0 {
             tracing::info!("shutting down (signal again to exit at once)");
@@ -106,5 +109,35 @@ async fn signals(shutdown: CancellationToken) {
         } else {
             std::process::exit(130);
         }
+    }
+}
+
+/// The stop request beside Ctrl-C: SIGTERM on Unix, Ctrl-Break on Windows.
+#[cfg(unix)]
+struct OtherStop(tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl OtherStop {
+    const NAME: &'static str = "SIGTERM";
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::terminate()).map(OtherStop)
+    }
+    async fn recv(&mut self) {
+        self.0.recv().await;
+    }
+}
+
+#[cfg(windows)]
+struct OtherStop(tokio::signal::windows::CtrlBreak);
+
+#[cfg(windows)]
+impl OtherStop {
+    const NAME: &'static str = "Ctrl-Break";
+    fn new() -> std::io::Result<Self> {
+        tokio::signal::windows::ctrl_break().map(OtherStop)
+    }
+    async fn recv(&mut self) {
+        self.0.recv().await;
     }
 }

@@ -31,9 +31,14 @@ pub fn tune_tunnel(tcp: &TcpStream) {
     if let Err(e) = sock.set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "setting TCP keepalive failed");
     }
+    // Linux and Android only (socket2 offers it nowhere else); elsewhere the kernel's own queue
+    // limit applies.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = sock.set_tcp_notsent_lowat(TUNNEL_NOTSENT_LOWAT) {
         tracing::debug!(error = %e, "setting TCP_NOTSENT_LOWAT failed");
     }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    tracing::debug!("TCP_NOTSENT_LOWAT is not available on this platform; skipped");
 }
 
 /// The local address of a socket, or the unspecified address in the rare case it cannot be read.
@@ -74,6 +79,8 @@ pub fn tune_visitor(tcp: &TcpStream) {
     if let Err(e) = sock.set_tcp_user_timeout(Some(VISITOR_GIVE_UP)) {
         tracing::debug!(error = %e, "setting TCP_USER_TIMEOUT failed");
     }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    tracing::debug!("TCP_USER_TIMEOUT is not available on this platform; skipped");
 }
 
 /// How long a visitor or local connection may go without an answer (to keepalive probes, or for
