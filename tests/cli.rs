@@ -348,3 +348,21 @@ async fn ncx_visit_with_flags_reaches_a_private_service_and_logs_a_refusal() {
     owner.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn version_names_the_git_revision_it_was_built_from() {
+    let out = ncx().arg("--version").output().await.unwrap();
+    let stdout = succeeded(&out, "ncx --version");
+    let expected_rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let want = match expected_rev {
+        Some(r) => format!("ncx {} ({r})", env!("CARGO_PKG_VERSION")),
+        None => format!("ncx {} (revision unknown)", env!("CARGO_PKG_VERSION")),
+    };
+    assert_eq!(stdout.trim(), want);
+}

@@ -20,7 +20,7 @@ use crate::config::{
 /// ncx: a reverse tunnel. A client behind NAT dials the server once (TLS 1.3, one TCP connection,
 /// yamux on top); every visitor at a public port of the server becomes a substream to that client.
 #[derive(Debug, Parser)]
-#[command(name = "ncx", version)]
+#[command(name = "ncx", version = env!("NCX_VERSION"))]
 pub struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter such as `ncx=debug`.
     /// Without it, RUST_LOG is used, and then `info`.
