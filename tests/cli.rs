@@ -63,10 +63,113 @@ async fn refused_client_exits_nonzero_with_the_reason() {
     );
     assert!(stderr.contains("bad token"), "{stderr}");
     assert!(
+        stderr.contains("the token came from the environment variable NCX_TOKEN"),
+        "{stderr}"
+    );
+    assert!(
         !stderr.contains("hunter2"),
         "the token must never be logged: {stderr}"
     );
     server.stop().await;
+}
+
+/// A client configuration for the server at `addr` with `token` in it.
+fn client_toml(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    fp: &str,
+    token: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("client.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "server = \"{addr}\"\nidentity = \"office\"\ntoken = \"{token}\"\nserver_fingerprint = \"{fp}\"\n\n[[services]]\nname = \"web\"\nlocal = \"127.0.0.1:9\"\nremote_port = 0\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_token_in_the_file_wins_over_a_stale_ncx_token_and_a_refusal_names_the_file() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("office", "right")])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fp = pki.server.fingerprint().to_string();
+    // The file's token is right; a stale NCX_TOKEN beside it must not replace it.
+    let good = client_toml(dir.path(), server.addr, &fp, "right");
+    let mut client = ncx()
+        .args(["client", "--config"])
+        .arg(&good)
+        .env("NCX_TOKEN", "stale")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut client, "connected to the server").await;
+    client.kill().await.unwrap();
+    // The file's token is wrong: the error says so and names the file.
+    let bad = client_toml(dir.path(), server.addr, &fp, "wrong");
+    let out = tokio::time::timeout(WAIT, ncx().args(["client", "--config"]).arg(&bad).output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the token came from `token` in {}", bad.display())),
+        "{stderr}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_starts_from_a_config_file_with_ncx_token_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\n\n[tls]\nauto_cert_dir = \"{}\"\n\n[[identities]]\nname = \"office\"\ntoken = \"t\"\nports = [\"20000-20010\"]\n",
+            dir.path().join("certs").display()
+        ),
+    )
+    .unwrap();
+    // At 8354efb, NCX_TOKEN (as the README has users export) made clap demand --identity and
+    // --ports beside --config, exit 2.
+    let mut server = ncx()
+        .args(["server", "--config"])
+        .arg(&cfg)
+        .env("NCX_TOKEN", "something")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut server, "server listening").await;
+    server.kill().await.unwrap();
+    // --identity still takes its token from NCX_TOKEN, and says so when there is none.
+    let out = ncx()
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--identity",
+            "a",
+            "--ports",
+            "20000",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--identity a needs a token: pass --token or set the environment variable NCX_TOKEN"
+        ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

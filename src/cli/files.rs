@@ -19,7 +19,12 @@ impl ServerArgs {
                 client_ca: None,
             });
         }
-        if let (Some(name), Some(token)) = (self.identity, self.token) {
+        if let Some(name) = self.identity {
+            let Some(token) = self.token.or_else(env_token).filter(|t| !t.is_empty()) else {
+                anyhow::bail!(
+                    "--identity {name} needs a token: pass --token or set the environment variable NCX_TOKEN"
+                );
+            };
             flags.identities.push(IdentityFile {
                 name: spanned(name),
                 token: Some(spanned(token)),

@@ -83,11 +83,13 @@ pub struct ServerArgs {
     /// Concurrent visitors per client session [default: 10000].
     #[arg(long)]
     pub max_visitors_per_session: Option<usize>,
-    /// Add an identity (a client name) with --token and --ports; more need a config file.
-    #[arg(long, requires_all = ["token", "ports"])]
+    /// Add an identity (a client name) with --token (or NCX_TOKEN) and --ports; more need a
+    /// config file.
+    #[arg(long, requires = "ports")]
     pub identity: Option<String>,
-    /// The identity's token.
-    #[arg(long, env = "NCX_TOKEN", hide_env_values = true, requires = "identity")]
+    /// The token of --identity [default: the environment variable NCX_TOKEN]. Only --identity
+    /// reads NCX_TOKEN, so it does not get in the way of a configuration file.
+    #[arg(long, requires = "identity")]
     pub token: Option<String>,
     /// Public ports the identity may use, e.g. `3389,20000-20100`.
     #[arg(long, value_delimiter = ',', requires = "identity")]
@@ -112,8 +114,9 @@ pub struct ConnectArgs {
     /// The identity to authenticate as.
     #[arg(long)]
     pub identity: Option<String>,
-    /// The identity's token.
-    #[arg(long, env = "NCX_TOKEN", hide_env_values = true)]
+    /// The identity's token [default: the configuration file's `token`, then the environment
+    /// variable NCX_TOKEN].
+    #[arg(long)]
     pub token: Option<String>,
     /// SHA-256 fingerprint of the server's certificate, as the server prints it at start.
     #[arg(long)]
@@ -151,8 +154,8 @@ impl ConnectArgs {
 
     fn settings(&self, flags: ClientFile) -> anyhow::Result<ClientSettings> {
         Ok(match &self.config {
-            Some(path) => ClientSettings::from_source(&Source::file(path)?, flags, None)?,
-            None => ClientSettings::from_flags(flags, None)?,
+            Some(path) => ClientSettings::from_source(&Source::file(path)?, flags, env_token())?,
+            None => ClientSettings::from_flags(flags, env_token())?,
         })
     }
 }
@@ -329,4 +332,9 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The environment variable NCX_TOKEN, the token used when neither a flag nor a file names one.
+pub(crate) fn env_token() -> Option<String> {
+    std::env::var("NCX_TOKEN").ok()
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use ncx_proto::{Message, Name, PROTOCOL_VERSION};
+use ncx_proto::{ErrorCode, Message, Name, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -232,10 +232,16 @@ impl Connected {
             .map_err(|e| ClientError::Protocol(format!("sending the hello: {e}")))?;
         match self.reader.read(&mut self.ctrl).await {
             Ok(Message::Welcome { .. }) => Ok(()),
-            Ok(Message::Error { code, message }) => Err(ClientError::Refused {
-                code,
-                message: message.to_string(),
-            }),
+            Ok(Message::Error { code, message }) => {
+                let mut message = message.to_string();
+                // Which token was wrong is the first thing to check.
+                if code == ErrorCode::BadToken {
+                    if let Some(from) = &self.settings.token_source {
+                        message.push_str(&format!("; the token came from {from}"));
+                    }
+                }
+                Err(ClientError::Refused { code, message })
+            }
             Ok(other) => Err(ClientError::Protocol(format!(
                 "the server answered the hello with message type 0x{:02x}",
                 other.type_byte()

@@ -49,6 +49,9 @@ pub struct ClientSettings {
     pub identity: Name,
     /// Our secret (absent when the identity authenticates by certificate alone).
     pub token: Option<Token>,
+    /// Where the token came from (`--token`, a file's `token`, `NCX_TOKEN`), for the error when the
+    /// server refuses it.
+    pub token_source: Option<String>,
     /// Our client certificate, if the server asks for one.
     pub client_cert: Option<crate::tls::ClientCertificate>,
     /// Deadline for the TCP connect to the server.
@@ -104,6 +107,7 @@ impl ClientSettings {
             trust,
             identity,
             token: Some(token),
+            token_source: None,
             client_cert: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -123,19 +127,28 @@ impl ClientSettings {
         env_token: Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut file: ClientFile = src.parse()?;
+        let token_from = if extra.token.is_some() {
+            "--token".to_owned()
+        } else {
+            format!("`token` in {}", src.origin)
+        };
         overlay(&mut file, extra);
-        Self::from_file(file, src, env_token)
+        Self::from_file(file, src, env_token, token_from)
     }
 
     /// Validates flags gathered into a [`ClientFile`].
     pub fn from_flags(file: ClientFile, env_token: Option<String>) -> Result<Self, ConfigError> {
-        Self::from_file(file, &Source::command_line(), env_token)
+        Self::from_file(file, &Source::command_line(), env_token, "--token".into())
     }
 
+    /// `token_from` names where `file.token` came from. A token in the file or the flags wins over
+    /// `env_token` (the environment variable), so a stale `NCX_TOKEN` cannot silently replace the
+    /// token a configuration names.
     fn from_file(
         file: ClientFile,
         src: &Source,
         env_token: Option<String>,
+        token_from: String,
     ) -> Result<Self, ConfigError> {
         let server = file
             .server
@@ -173,14 +186,17 @@ impl ClientSettings {
             (Some(c), None) => return Err(src.at(c.span(), Some("cert"), "given without key")),
             (None, Some(k)) => return Err(src.at(k.span(), Some("key"), "given without cert")),
         };
-        let token = match (file.token, env_token) {
+        let (token, token_source) = match (file.token, env_token) {
             (Some(t), _) if t.get_ref().is_empty() => {
                 return Err(src.at(t.span(), Some("token"), "must not be empty"))
             }
-            (Some(t), _) => Some(Token::new(t.into_inner())),
-            (None, Some(t)) if !t.is_empty() => Some(Token::new(t)),
+            (Some(t), _) => (Some(Token::new(t.into_inner())), Some(token_from)),
+            (None, Some(t)) if !t.is_empty() => (
+                Some(Token::new(t)),
+                Some("the environment variable NCX_TOKEN".to_owned()),
+            ),
             // An identity may authenticate by certificate alone.
-            _ if client_cert.is_some() => None,
+            _ if client_cert.is_some() => (None, None),
             _ => {
                 return Err(src.general(
                     "no token: set `token`, --token or the environment variable NCX_TOKEN (or a client certificate with `cert` and `key`)",
@@ -424,6 +440,7 @@ impl ClientSettings {
             trust,
             identity,
             token,
+            token_source,
             client_cert,
             connect_timeout,
             handshake_timeout,

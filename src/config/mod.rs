@@ -116,7 +116,7 @@ pub enum ConfigError {
 /// Where a configuration came from, to locate its mistakes.
 #[derive(Debug, Clone)]
 pub struct Source {
-    origin: String,
+    pub(crate) origin: String,
     text: String,
 }
 
