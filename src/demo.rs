@@ -130,13 +130,13 @@ async fn run_inner(
     let reply = tokio::time::timeout(ROUND_TRIP_TIMEOUT, round_trip(public))
         .await
         .context("the round trip through the tunnel timed out")??;
-    println!("ncx demo: server {server_addr} (fingerprint {fingerprint}), client connected once over TLS 1.3 + yamux");
-    println!("ncx demo: service {service_addr} is exposed at {public}");
-    println!("ncx demo: round trip through the tunnel ok: sent \"ping\", got {reply:?} back");
+    crate::say!("ncx demo: server {server_addr} (fingerprint {fingerprint}), client connected once over TLS 1.3 + yamux");
+    crate::say!("ncx demo: service {service_addr} is exposed at {public}");
+    crate::say!("ncx demo: round trip through the tunnel ok: sent \"ping\", got {reply:?} back");
     if check {
         return Ok(());
     }
-    println!(
+    crate::say!(
         "ncx demo: try it: nc {} {}   (Ctrl-C to stop)",
         public.ip(),
         public.port()

@@ -33,6 +33,17 @@
 //! visitor), **local service** (what the client connects a visitor to).
 #![forbid(unsafe_code)]
 
+/// Prints a line on stdout like `println!`, but never panics: stdout may be a pipe whose reader
+/// has gone (`ncx client | head -1`), and a tunnel must not die of it (at 8354efb it exited with
+/// status 101 on the next line). Lines that cannot be written are dropped.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod accept;
 pub mod audit;
 pub mod auth;

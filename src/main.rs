@@ -9,6 +9,14 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Prints an error line on stderr like `eprintln!`, but never panics when stderr is gone.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     keep_freed_buffers();
     let cli = ncx::cli::Cli::parse();
@@ -29,7 +37,7 @@ fn main() -> ExitCode {
         }
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: invalid log level: {e}");
+            complain!("error: invalid log level: {e}");
             return ExitCode::from(2);
         }
     };
@@ -37,6 +45,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr is a pipe whose reader went away) is dropped;
+        // by default tracing-subscriber reports that with `eprintln!`, which panics on the same
+        // closed stderr and took the whole tunnel down (exit 101).
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -44,7 +56,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
+            complain!("error: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -54,7 +66,7 @@ fn main() -> ExitCode {
         match ncx::cli::execute(cli.command, shutdown).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                complain!("error: {e:#}");
                 ExitCode::FAILURE
             }
         }

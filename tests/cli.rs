@@ -469,3 +469,47 @@ async fn version_names_the_git_revision_it_was_built_from() {
     };
     assert_eq!(stdout.trim(), want);
 }
+
+#[tokio::test]
+async fn a_closed_stdout_and_stderr_do_not_stop_the_tunnel() {
+    use tokio::io::AsyncBufReadExt;
+    // As `ncx demo 2>&1 | head -1` leaves it: at 8354efb the next log line panicked (exit 101).
+    let mut demo = ncx()
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let public: std::net::SocketAddr = tokio::time::timeout(WAIT, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if let Some(addr) = l.split(" is exposed at ").nth(1) {
+                return addr.trim().parse().unwrap();
+            }
+        }
+        panic!("the demo ended before naming its public address")
+    })
+    .await
+    .unwrap();
+    // Both readers go away.
+    drop(lines);
+    drop(demo.stderr.take());
+    // Visitors make the demo log; the tunnel keeps working.
+    for _ in 0..3 {
+        let reply = tokio::time::timeout(WAIT, ncx::demo::round_trip(public))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, "ping");
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &demo.id().unwrap().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(WAIT, demo.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

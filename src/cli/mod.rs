@@ -247,7 +247,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 ServerCert::Auto(dir) => {
                     let (identity, created) = crate::certs::load_or_create_self_signed(dir)?;
                     if created {
-                        println!(
+                        crate::say!(
                             "created a self-signed server certificate in {} (key mode 0600)",
                             dir.display()
                         );
@@ -256,8 +256,8 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 }
             };
             let fingerprint = identity.fingerprint();
-            println!("server certificate fingerprint: {fingerprint}");
-            println!("clients pin it with: --server-fingerprint {fingerprint}");
+            crate::say!("server certificate fingerprint: {fingerprint}");
+            crate::say!("clients pin it with: --server-fingerprint {fingerprint}");
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("binding {}", settings.listen))?;
@@ -314,9 +314,9 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                     )?
                 }
             };
-            println!("wrote {}", written.cert.display());
-            println!("wrote {} (mode 0600)", written.key.display());
-            println!("fingerprint: {}", written.fingerprint);
+            crate::say!("wrote {}", written.cert.display());
+            crate::say!("wrote {} (mode 0600)", written.key.display());
+            crate::say!("fingerprint: {}", written.fingerprint);
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
@@ -327,7 +327,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             let listener = TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("binding {}", args.listen))?;
-            println!("echo service listening on {}", listener.local_addr()?);
+            crate::say!("echo service listening on {}", listener.local_addr()?);
             crate::demo::serve_echo(listener, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
