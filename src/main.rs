@@ -98,7 +98,9 @@ fn keep_freed_buffers() {
     drop(probe);
 }
 
-/// The first SIGINT or SIGTERM asks for a graceful shutdown; a second one exits at once.
+/// The first SIGINT, SIGTERM or SIGHUP asks for a graceful shutdown; a second one exits at once.
+/// SIGHUP (the terminal went away) used to kill the process without a line or a drain (exit 129);
+/// ncx does not reload its configuration on it.
 ///
 /// On Windows the same holds for Ctrl-C and Ctrl-Break (the console's two interrupts; a service
 /// stop comes through the service manager instead).
@@ -124,19 +126,28 @@ async fn signals(shutdown: CancellationToken) {
     }
 }
 
-/// The stop request beside Ctrl-C: SIGTERM on Unix, Ctrl-Break on Windows.
+/// The stop requests beside Ctrl-C: SIGTERM and SIGHUP on Unix, Ctrl-Break on Windows.
 #[cfg(unix)]
-struct OtherStop(tokio::signal::unix::Signal);
+struct OtherStop {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
 
 #[cfg(unix)]
 impl OtherStop {
-    const NAME: &'static str = "SIGTERM";
+    const NAME: &'static str = "SIGTERM and SIGHUP";
     fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        signal(SignalKind::terminate()).map(OtherStop)
+        Ok(OtherStop {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
     async fn recv(&mut self) {
-        self.0.recv().await;
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => tracing::info!("SIGHUP: stopping as for SIGTERM (ncx does not reload its configuration)"),
+        }
     }
 }
 

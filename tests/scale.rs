@@ -345,3 +345,36 @@ async fn the_open_file_limit_is_raised_and_a_shortfall_is_warned_about() {
     assert_eq!(numbers, [hard.as_str(), hard.as_str()], "{open_files}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_drains_like_sigterm() {
+    // At 8354efb SIGHUP (a closed terminal) killed the process at once: exit 129, no drain.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let (mut echo, echo_addr) = echo_process().await;
+    let (mut client, public) = client_process(
+        addr,
+        &fingerprint(dir.path()),
+        &[format!("e={echo_addr}@0")],
+    )
+    .await;
+    let public: SocketAddr = public.parse().unwrap();
+    let banner = ncx::demo::BANNER.len();
+    let mut v = TcpStream::connect(public).await.unwrap();
+    let mut b = vec![0u8; banner];
+    v.read_exact(&mut b).await.unwrap();
+    signal(&client, "-HUP");
+    wait_until_refused(public, Duration::from_secs(2)).await;
+    v.write_all(b"drain").await.unwrap();
+    let mut b = [0u8; 5];
+    v.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"drain", "the visitor in flight keeps working");
+    drop(v);
+    let status = tokio::time::timeout(WAIT, client.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    server.kill().await.unwrap();
+    echo.kill().await.unwrap();
+}
