@@ -34,7 +34,10 @@ pub struct Written {
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> TlsError {
-    move |source| TlsError::Io { context, source }
+    move |source| TlsError::Io {
+        context,
+        cause: source,
+    }
 }
 
 /// Writes `contents` to `path`; keys get mode 0600 at creation (on Unix). Refuses to replace an
@@ -63,12 +66,12 @@ fn write_file(path: &Path, contents: &str, private: bool, force: bool) -> Result
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             TlsError::Io {
                 context: format!("{} exists; pass --force to overwrite it", path.display()),
-                source: e,
+                cause: e,
             }
         } else {
             TlsError::Io {
                 context: format!("writing {}", path.display()),
-                source: e,
+                cause: e,
             }
         }
     })?;

@@ -17,10 +17,24 @@ pub enum ReadError {
     Truncated,
     /// The bytes are not a valid frame.
     #[error("malformed frame: {0}")]
-    Invalid(#[from] DecodeError),
+    Invalid(DecodeError),
     /// The transport failed.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// The cause is part of the message and deliberately not `source()`: errors are printed with their
+// chain, and a cause in both was printed twice ("x: x").
+impl From<DecodeError> for ReadError {
+    fn from(e: DecodeError) -> Self {
+        ReadError::Invalid(e)
+    }
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
 }
 
 /// Reads messages from one stream.

@@ -513,3 +513,33 @@ async fn a_closed_stdout_and_stderr_do_not_stop_the_tunnel() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn an_error_names_its_cause_once() {
+    // At 8354efb the cause was both in the message and in the error chain, so it printed twice:
+    // "... pass --force to overwrite it: File exists (os error 17): File exists (os error 17)".
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut c = ncx();
+        c.args(args).current_dir(dir.path());
+        c
+    };
+    succeeded(
+        &run(&["certs", "ca"]).output().await.unwrap(),
+        "ncx certs ca",
+    );
+    let out = run(&["certs", "ca"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pass --force to overwrite it"), "{stderr}");
+    assert_eq!(stderr.matches("os error 17").count(), 1, "{stderr}");
+
+    let out = run(&["server", "--config", "no-such-server.toml"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reading no-such-server.toml"), "{stderr}");
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+}

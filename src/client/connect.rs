@@ -113,7 +113,7 @@ impl Client {
             Ok(Err(source)) => {
                 return Err(ClientError::Connect {
                     addr: s.server.clone(),
-                    source,
+                    cause: source,
                 })
             }
             Err(_) => {

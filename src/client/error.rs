@@ -8,16 +8,17 @@ use ncx_proto::{ErrorCode, Name};
 use crate::refusal::Refusal;
 use crate::tls::TlsError;
 
-/// Why the client could not connect, or why its session ended.
+/// Why the client could not connect, or why its session ended. A cause is part of the message,
+/// not `source()`, so printing the chain does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The TCP connection to the server failed.
-    #[error("connecting to the server at {addr}: {source}")]
+    #[error("connecting to the server at {addr}: {cause}")]
     Connect {
         /// The server address.
         addr: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A deadline passed.
     #[error("{stage} timed out after {after:?}")]
@@ -66,12 +67,12 @@ pub enum ClientError {
     #[error(transparent)]
     Config(#[from] TlsError),
     /// A visit's local listener could not be bound.
-    #[error("listening on {addr} for a visit: {source}")]
+    #[error("listening on {addr} for a visit: {cause}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 

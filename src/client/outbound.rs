@@ -46,7 +46,7 @@ pub async fn bind(settings: &ClientSettings) -> Result<Vec<TcpListener>, ClientE
             .await
             .map_err(|source| ClientError::Listen {
                 addr: v.listen,
-                source,
+                cause: source,
             })?;
         bound.push(listener);
     }

@@ -78,16 +78,17 @@ pub const DEFAULT_MAX_VISITORS_PER_SESSION: usize = 10_000;
 /// headroom for the control stream and for substreams the client has not dropped yet.
 pub const MAX_VISITORS_PER_SESSION: usize = crate::mux::MAX_YAMUX_STREAMS - 1024;
 
-/// A configuration mistake, located as precisely as the source allows.
+/// A configuration mistake, located as precisely as the source allows. A cause is part of the
+/// message, not `source()`, so printing the chain does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A field is wrong at a known place.
     #[error("{origin}:{line}:{column}: {key}: {message}")]
@@ -125,7 +126,7 @@ impl Source {
     pub fn file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         Ok(Source {
             origin: path.display().to_string(),

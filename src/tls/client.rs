@@ -98,7 +98,7 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {
             context: "choosing TLS 1.3".into(),
-            source,
+            cause: source,
         })?;
     let builder = match trust {
         ServerTrust::Ca { roots, .. } => builder.with_root_certificates(roots.clone()),
@@ -123,7 +123,7 @@ pub fn client_config(
             .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
             .map_err(|source| TlsError::Rustls {
                 context: "using the client certificate and key".into(),
-                source,
+                cause: source,
             })?,
     };
     config.alpn_protocols = vec![ncx_proto::ALPN.to_vec()];

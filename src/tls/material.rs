@@ -11,17 +11,21 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
 /// Errors while loading certificates or building TLS configurations.
+///
+/// Each cause is part of the message (`cause`, not `source`): errors are printed with their chain,
+/// and a cause that was both was printed twice ("File exists (os error 17): File exists (os error
+/// 17)").
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or parsed.
-    #[error("reading {what} from {path}: {source}")]
+    #[error("reading {what} from {path}: {cause}")]
     Pem {
         /// What the file should hold.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why it failed.
-        source: rustls::pki_types::pem::Error,
+        cause: rustls::pki_types::pem::Error,
     },
     /// A PEM file held no certificate.
     #[error("{path} holds no certificate")]
@@ -30,24 +34,24 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// rustls refused the certificates or key.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Rustls {
         /// What was being done.
         context: String,
         /// Why it failed.
-        source: rustls::Error,
+        cause: rustls::Error,
     },
     /// Filesystem error outside PEM parsing.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
         /// Why it failed.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Certificate generation failed.
     #[error("generating a certificate: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     /// A fingerprint string is not 32 bytes of hex.
     #[error("a fingerprint is `sha256:` followed by 64 hex digits (colons allowed), got {0:?}")]
     BadFingerprint(String),
@@ -120,7 +124,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .map_err(|source| TlsError::Pem {
             what: "certificates",
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -135,7 +139,7 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem {
         what: "a private key",
         path: path.to_owned(),
-        source,
+        cause: source,
     })
 }
 
@@ -145,8 +149,14 @@ pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     for cert in load_certs(path)? {
         roots.add(cert).map_err(|source| TlsError::Rustls {
             context: format!("adding a CA certificate from {}", path.display()),
-            source,
+            cause: source,
         })?;
     }
     Ok(Arc::new(roots))
+}
+
+impl From<rcgen::Error> for TlsError {
+    fn from(e: rcgen::Error) -> Self {
+        TlsError::Generate(e)
+    }
 }

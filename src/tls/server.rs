@@ -55,7 +55,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {
             context: "choosing TLS 1.3".into(),
-            source,
+            cause: source,
         })?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
@@ -68,7 +68,7 @@ pub fn server_config(
             .build()
             .map_err(|e| TlsError::Rustls {
                 context: format!("using the client CA in {}", path.display()),
-                source: rustls::Error::General(e.to_string()),
+                cause: rustls::Error::General(e.to_string()),
             })?;
             builder.with_client_cert_verifier(verifier)
         }
@@ -77,7 +77,7 @@ pub fn server_config(
         .with_single_cert(identity.chain, identity.key)
         .map_err(|source| TlsError::Rustls {
             context: "using the server certificate and key".into(),
-            source,
+            cause: source,
         })?;
     config.alpn_protocols = vec![ncx_proto::ALPN.to_vec()];
     Ok(config)
@@ -107,7 +107,7 @@ pub fn self_signed(names: &[String]) -> Result<(ServerIdentity, String, String),
         chain: vec![cert.der().clone()],
         key: PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Rustls {
             context: "encoding the generated key".into(),
-            source: rustls::Error::General(e.into()),
+            cause: rustls::Error::General(e.into()),
         })?,
     };
     Ok((identity, cert_pem, key_pem))
