@@ -58,6 +58,7 @@ pub mod framed;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod heartbeat;
+pub mod human;
 pub mod mux;
 pub mod net;
 pub mod ratelimit;

@@ -24,15 +24,17 @@ impl LogLimiter {
         }
     }
 
-    /// `Some(n)` if this event may be logged, `n` being how many were held back since the last one;
-    /// `None` if it must be held back.
-    pub fn allow(&self) -> Option<u64> {
+    /// `Some(held_back)` if this event may be logged, `None` if it must be held back. `held_back`
+    /// is how many were held back since the last one, or `None` for none: logged as a field, an
+    /// `Option` appears only when it is `Some`, so lines do not carry a useless `held_back=0`.
+    pub fn allow(&self) -> Option<Option<u64>> {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (last, suppressed) = &mut *state;
         if last.is_none_or(|l| now.duration_since(l) >= self.interval) {
             *last = Some(now);
-            Some(std::mem::take(suppressed))
+            let n = std::mem::take(suppressed);
+            Some((n > 0).then_some(n))
         } else {
             *suppressed += 1;
             None
@@ -53,11 +55,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_event_per_interval_with_a_count_of_the_rest() {
         let l = LogLimiter::new(Duration::from_secs(10));
-        assert_eq!(l.allow(), Some(0));
+        assert_eq!(l.allow(), Some(None));
         assert_eq!(l.allow(), None);
         assert_eq!(l.allow(), None);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(l.allow(), Some(2));
+        assert_eq!(l.allow(), Some(Some(2)));
         assert_eq!(l.allow(), None);
     }
 }

@@ -543,3 +543,58 @@ async fn an_error_names_its_cause_once() {
     assert!(stderr.contains("reading no-such-server.toml"), "{stderr}");
     assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn log_lines_carry_human_durations_and_no_empty_counts() {
+    // At 8354efb: `retry_in=1.187090867s` and `held_back=0` on every rate-limited line.
+    let port = free_port();
+    let mut client = ncx()
+        .args(["client", "--server", &format!("127.0.0.1:{port}")])
+        .args(["--identity", "a", "--token", "t", "--insecure-skip-verify"])
+        .args(["--service", "web=127.0.0.1:9@0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut client, "not connected; retrying").await;
+    let retry_in = log_field(&line, "retry_in");
+    let human = |s: &str| {
+        s.strip_suffix("ms")
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+            || s.strip_suffix('s').is_some_and(|n| {
+                n.parse::<u32>().is_ok()
+                    || n.split_once('.').is_some_and(|(a, b)| {
+                        a.parse::<u32>().is_ok() && b.len() == 1 && b.parse::<u32>().is_ok()
+                    })
+            })
+    };
+    assert!(human(&retry_in), "{line}");
+    client.kill().await.unwrap();
+
+    // A server logs a connection that never authenticated (rate-limited): no held_back=0.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ncx_process()
+        .args(["server", "--listen", "127.0.0.1:0", "--auto-cert-dir"])
+        .arg(dir.path())
+        .args(["--identity", "a", "--token", "t", "--ports", "20000"])
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut server);
+    let addr: std::net::SocketAddr = log_field(&log.wait_for("server listening").await, "addr")
+        .parse()
+        .unwrap();
+    let trust = ncx::tls::ServerTrust::Pinned(fingerprint(dir.path()).parse().unwrap());
+    let cfg = ncx::tls::client_config(&trust, None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    drop(tls);
+    let line = log.wait_for("session ended before authentication").await;
+    assert!(!line.contains("held_back"), "{line}");
+    server.kill().await.unwrap();
+}

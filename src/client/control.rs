@@ -171,7 +171,7 @@ impl Connected {
                 beat = heartbeat.due() => match beat {
                     Beat::Silent(silent) => {
                         return Err(ClientError::SessionLost(format!(
-                            "the server answered no ping for {silent:?}"
+                            "the server answered no ping for {}", crate::human::Human(silent)
                         )));
                     }
                     Beat::Ping(seq) => {

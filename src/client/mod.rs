@@ -155,7 +155,7 @@ async fn run_sessions(
             }
         };
         let pause = jitter(base);
-        warn!(error = %err, retry_in = ?pause, "not connected; retrying");
+        warn!(error = %err, retry_in = %crate::human::Human(pause), "not connected; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(pause) => {}

@@ -255,7 +255,7 @@ impl Control {
                 })
             }
             Event::Beat(Beat::Silent(silent)) => {
-                warn!(silent_for = ?silent, "the client answered no ping in time; closing its session");
+                warn!(silent_for = %crate::human::Human(silent), "the client answered no ping in time; closing its session");
                 Some(Outcome::Abort("the client stopped answering pings".into()))
             }
             Event::Beat(Beat::Ping(seq)) => {
