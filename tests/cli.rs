@@ -598,3 +598,61 @@ async fn log_lines_carry_human_durations_and_no_empty_counts() {
     assert!(!line.contains("held_back"), "{line}");
     server.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_server_keeps_its_identity_whatever_directory_it_starts_from() {
+    // At 8354efb the self-signed certificate went to ./certs of the working directory: started
+    // from elsewhere, the server made a new identity and every pinned client failed.
+    let conf = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cfg = conf.path().join("server.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\n\n[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [\"20000\"]\n",
+    )
+    .unwrap();
+    let start = |cwd: &std::path::Path, state: Option<&std::path::Path>| {
+        let mut c = ncx();
+        c.args(["server", "--config"])
+            .arg(&cfg)
+            .current_dir(cwd)
+            .env_remove("STATE_DIRECTORY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(s) = state {
+            c.env("STATE_DIRECTORY", s);
+        }
+        c.spawn().unwrap()
+    };
+    let mut first = start(elsewhere.path(), None);
+    let mut log = LogLines::new(&mut first);
+    let line = log
+        .wait_for("created a self-signed server certificate in")
+        .await;
+    let fp1 = log.wait_for("clients pin it with").await;
+    first.kill().await.unwrap();
+    let certs = conf.path().join("certs");
+    assert!(line.contains(&certs.display().to_string()), "{line}");
+    assert!(certs.join("ncx-server.crt").is_file());
+    assert!(!elsewhere.path().join("certs").exists());
+    // From yet another directory: the same identity.
+    let other = tempfile::tempdir().unwrap();
+    let mut second = start(other.path(), None);
+    let mut log = LogLines::new(&mut second);
+    log.wait_for("using the self-signed server certificate in")
+        .await;
+    assert_eq!(log.wait_for("clients pin it with").await, fp1);
+    second.kill().await.unwrap();
+    // Under systemd, StateDirectory= wins.
+    let state = tempfile::tempdir().unwrap();
+    let mut third = start(other.path(), Some(state.path()));
+    let mut log = LogLines::new(&mut third);
+    let line = log
+        .wait_for("created a self-signed server certificate in")
+        .await;
+    assert!(
+        line.contains(&state.path().join("certs").display().to_string()),
+        "{line}"
+    );
+    third.kill().await.unwrap();
+}

@@ -499,3 +499,53 @@ fn a_handshake_share_larger_than_the_server_is_refused() {
     let s = ServerSettings::from_source(&Source::text("server.toml", ID)).unwrap();
     assert_eq!((s.max_handshakes, s.max_handshakes_per_source), (64, 16));
 }
+
+#[test]
+fn paths_in_a_client_file_are_relative_to_the_file() {
+    // At 8354efb they were relative to the working directory: `ncx visit --config /tmp/x/alice.toml`
+    // read `certs/client-alice.crt` from wherever it was started.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ncx::certs::create_ca(&certs, "test CA", false).unwrap();
+    ncx::certs::create_leaf(
+        &certs,
+        ncx::certs::LeafKind::Client,
+        &["alice".into()],
+        "client-alice",
+        false,
+    )
+    .unwrap();
+    let path = dir.path().join("alice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "server = \"127.0.0.1:7835\"\nidentity = \"alice\"\nserver_fingerprint = \"sha256:{}\"\ncert = \"certs/client-alice.crt\"\nkey = \"certs/client-alice.key\"\n\n[[visits]]\nservice = \"office/rdp\"\nlisten = \"127.0.0.1:0\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    // The tests run from the package directory, which has no certs/client-alice.crt.
+    assert!(!std::path::Path::new("certs/client-alice.crt").exists());
+    let s = ClientSettings::from_source(&Source::file(&path).unwrap(), Default::default(), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(s.client_cert.is_some());
+}
+
+#[test]
+fn the_self_signed_certificate_lives_beside_the_server_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.toml");
+    std::fs::write(&path, ID).unwrap();
+    let s = ServerSettings::from_source(&Source::file(&path).unwrap()).unwrap();
+    match s.cert {
+        ncx::config::ServerCert::Auto(d) => assert_eq!(d, dir.path().join("certs")),
+        other => panic!("{other:?}"),
+    }
+    // A relative auto_cert_dir is relative to the file too.
+    std::fs::write(&path, format!("[tls]\nauto_cert_dir = \"state/tls\"\n{ID}")).unwrap();
+    let s = ServerSettings::from_source(&Source::file(&path).unwrap()).unwrap();
+    match s.cert {
+        ncx::config::ServerCert::Auto(d) => assert_eq!(d, dir.path().join("state/tls")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -37,6 +37,7 @@ impl ServerArgs {
             Some(path) => {
                 let src = Source::file(&path)?;
                 let mut file: ServerFile = src.parse()?;
+                file.resolve_paths(&src);
                 file.listen = flags.listen.or(file.listen);
                 file.handshake_timeout_secs =
                     flags.handshake_timeout_secs.or(file.handshake_timeout_secs);

@@ -246,21 +246,31 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 }
                 ServerCert::Auto(dir) => {
                     let (identity, created) = crate::certs::load_or_create_self_signed(dir)?;
+                    // The absolute path, so an operator sees which identity this server uses.
+                    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
                     if created {
                         crate::say!(
                             "created a self-signed server certificate in {} (key mode 0600)",
-                            dir.display()
+                            shown.display()
+                        );
+                    } else {
+                        crate::say!(
+                            "using the self-signed server certificate in {}",
+                            shown.display()
                         );
                     }
                     identity
                 }
             };
             let fingerprint = identity.fingerprint();
-            crate::say!("server certificate fingerprint: {fingerprint}");
-            crate::say!("clients pin it with: --server-fingerprint {fingerprint}");
+            // Everything that can refuse the certificate or the settings runs before the
+            // fingerprint is printed: a fingerprint followed by an error is a server that never ran.
+            let server = crate::server::Server::new(settings.clone(), identity)?;
             let listener = TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("binding {}", settings.listen))?;
+            crate::say!("server certificate fingerprint: {fingerprint}");
+            crate::say!("clients pin it with: --server-fingerprint {fingerprint}");
             if let Some(limit) = crate::fdlimit::raise() {
                 tracing::debug!(?limit, "open-file limit");
                 let shortfall = crate::fdlimit::server_shortfall(
@@ -272,7 +282,6 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                     tracing::warn!("{warning}");
                 }
             }
-            let server = crate::server::Server::new(settings, identity)?;
             server.run(listener, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }

@@ -127,6 +127,7 @@ impl ClientSettings {
         env_token: Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut file: ClientFile = src.parse()?;
+        file.resolve_paths(src);
         let token_from = if extra.token.is_some() {
             "--token".to_owned()
         } else {

@@ -160,3 +160,13 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
     file.services.extend(extra.services);
     file.visits.extend(extra.visits);
 }
+
+impl ClientFile {
+    /// Makes the file's relative paths relative to the file itself (see [`Source::resolve`]).
+    /// Call it on the parsed file before flags are laid over it.
+    pub fn resolve_paths(&mut self, src: &Source) {
+        src.resolve_field(&mut self.ca);
+        src.resolve_field(&mut self.cert);
+        src.resolve_field(&mut self.key);
+    }
+}

@@ -119,6 +119,8 @@ pub enum ConfigError {
 pub struct Source {
     pub(crate) origin: String,
     text: String,
+    /// The directory of the file the text came from: relative paths in it are relative to it.
+    dir: Option<PathBuf>,
 }
 
 impl Source {
@@ -131,7 +133,26 @@ impl Source {
         Ok(Source {
             origin: path.display().to_string(),
             text,
+            dir: Some(path.parent().map(Path::to_path_buf).unwrap_or_default()),
         })
+    }
+
+    /// `p` as named in this source: a relative path in a file is relative to the file's directory,
+    /// so a configuration means the same whatever directory ncx is started from. Paths in text
+    /// held in memory and in flags stay as given (flags: relative to the working directory).
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        match &self.dir {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_owned(),
+        }
+    }
+
+    /// [`Source::resolve`] in place, for a path field of a parsed file.
+    pub(crate) fn resolve_field(&self, p: &mut Option<toml::Spanned<PathBuf>>) {
+        if let Some(p) = p {
+            let resolved = self.resolve(p.get_ref());
+            *p.get_mut() = resolved;
+        }
     }
 
     /// TOML text held in memory, named `origin` in errors.
@@ -139,6 +160,7 @@ impl Source {
         Source {
             origin: origin.into(),
             text: text.into(),
+            dir: None,
         }
     }
 
@@ -147,6 +169,7 @@ impl Source {
         Source {
             origin: "command line".into(),
             text: String::new(),
+            dir: None,
         }
     }
 

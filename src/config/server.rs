@@ -85,7 +85,8 @@ impl ServerSettings {
 
     /// Parses and validates `server.toml` text.
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
-        let file: ServerFile = src.parse()?;
+        let mut file: ServerFile = src.parse()?;
+        file.resolve_paths(src);
         Self::from_parsed(file, src)
     }
 
@@ -112,7 +113,7 @@ impl ServerSettings {
             },
             (None, None) => ServerCert::Auto(
                 tls.auto_cert_dir
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_AUTO_CERT_DIR)),
+                    .unwrap_or_else(|| default_auto_cert_dir(src)),
             ),
             (Some(c), None) => {
                 return Err(src.at(c.span(), Some("tls.cert"), "given without tls.key"))
@@ -351,4 +352,19 @@ enum AuthKind {
     Token,
     Certificate,
     Both,
+}
+
+/// Where the self-signed certificate lives when no `auto_cert_dir` is named: `certs` in
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`, its first entry) when that is set; else `certs`
+/// beside the configuration file; else (flags only) `certs` in the working directory. Never the
+/// working directory when a file is used, so a server started from another directory keeps its
+/// identity and pinned clients keep trusting it.
+fn default_auto_cert_dir(src: &Source) -> PathBuf {
+    let state = std::env::var_os("STATE_DIRECTORY")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .filter(|d| !d.as_os_str().is_empty());
+    match state {
+        Some(dir) => dir.join(DEFAULT_AUTO_CERT_DIR),
+        None => src.resolve(Path::new(DEFAULT_AUTO_CERT_DIR)),
+    }
 }

@@ -76,3 +76,18 @@ pub struct IdentityFile {
     /// identity may still offer private services and visit them).
     pub ports: Option<Spanned<Vec<Spanned<String>>>>,
 }
+
+impl ServerFile {
+    /// Makes the file's relative paths relative to the file itself (see [`Source::resolve`]).
+    /// Call it on the parsed file before flags are laid over it.
+    pub fn resolve_paths(&mut self, src: &Source) {
+        if let Some(tls) = &mut self.tls {
+            src.resolve_field(&mut tls.cert);
+            src.resolve_field(&mut tls.key);
+            src.resolve_field(&mut tls.client_ca);
+            if let Some(d) = &mut tls.auto_cert_dir {
+                *d = src.resolve(d);
+            }
+        }
+    }
+}
