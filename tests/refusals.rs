@@ -282,7 +282,7 @@ async fn port_taken_by_another_identity_is_refused() {
     ))
     .await;
     let err = match b_result {
-        Err(ClientError::NoServices(reasons)) => reasons,
+        Err(ClientError::NoServices { reasons, .. }) => reasons,
         Err(other) => panic!("unexpected error {other:?}"),
         Ok(_) => panic!("identity b must not get a's port"),
     };
@@ -316,5 +316,45 @@ async fn insecure_skip_verify_connects_to_any_server() {
         b"unverified"
     );
     client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_identity_without_ports_is_told_so_and_the_client_stops() {
+    // At 8354efb: refused as "port in use", and the client retried forever.
+    let pki = Pki::new();
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![identity_ports("a", "ta", vec![])]),
+    )
+    .await;
+    let svc = banner_service(b"a").await;
+    let cs = client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "ta",
+        vec![service("s", svc, 0)],
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ended = tokio::time::timeout(WAIT, ncx::client::run(cs, shutdown))
+        .await
+        .expect("the client gives up instead of retrying");
+    let err = ended.expect_err("a refusal only the server's configuration can lift");
+    let text = err.to_string();
+    assert!(
+        text.contains("identity a may not open public ports"),
+        "{text}"
+    );
+    assert!(
+        matches!(
+            err,
+            ClientError::NoServices {
+                permanent: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     server.stop().await;
 }

@@ -90,6 +90,8 @@ impl Client {
         };
         let greeted = async {
             connected.hello(s.token.as_ref(), &exported).await?;
+            // Before the services' lines, which follow from it.
+            info!("connected to the server");
             connected.register(&s.services).await
         };
         match tokio::time::timeout_at(deadline, greeted).await {
@@ -347,7 +349,14 @@ impl Connected {
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(ClientError::NoServices(reasons));
+            // Retrying cannot help when every refusal is one only the server's configuration
+            // changes (at 8354efb such a client retried forever).
+            let permanent = self.services.iter().all(|s| {
+                s.result.as_ref().is_err_and(|r| {
+                    matches!(r.code, ErrorCode::PortNotAllowed | ErrorCode::NotAllowed)
+                })
+            });
+            return Err(ClientError::NoServices { reasons, permanent });
         }
         Ok(())
     }

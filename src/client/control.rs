@@ -9,7 +9,7 @@ use ncx_proto::{ErrorCode, Message, Text};
 use tokio::task::JoinHandle;
 use tokio_util::compat::Compat;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::error::{ClientError, ServiceStatus};
 use super::outbound;
@@ -117,7 +117,14 @@ impl Connected {
                     }
                     Ok(Message::GoAway { code, message }) => {
                         if !retiring {
-                            info!(%code, reason = %message, "the server is going away; visitors in flight may finish");
+                            if code == ErrorCode::SessionReplaced {
+                                // Not the server going away: another session of this identity
+                                // took the services over, most often a second client started
+                                // with the same identity.
+                                warn!(reason = %message, "a newer session of this identity took over this session's services (is another client running with the same identity?); visitors in flight may finish");
+                            } else {
+                                info!(%code, reason = %message, "the server is going away; visitors in flight may finish");
+                            }
                         }
                         server_going_away = Some(Refusal::from_wire(code, &message));
                     }

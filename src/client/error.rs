@@ -50,8 +50,14 @@ pub enum ClientError {
     #[error("{0}")]
     Protocol(String),
     /// Every service was refused, so the session has nothing to do.
-    #[error("the server refused every service: {0}")]
-    NoServices(String),
+    #[error("the server refused every service: {reasons}")]
+    NoServices {
+        /// Each service and why.
+        reasons: String,
+        /// Every refusal is one that only a change of the server's configuration lifts (a port
+        /// the identity may not use, a visit it may not make), so retrying cannot help.
+        permanent: bool,
+    },
     /// The session ended after it was established.
     #[error("the session ended: {0}")]
     SessionLost(String),
@@ -82,6 +88,7 @@ impl ClientError {
     pub fn is_permanent(&self) -> bool {
         match self {
             ClientError::Refused { code, .. } => code.is_permanent(),
+            ClientError::NoServices { permanent, .. } => *permanent,
             ClientError::Tls(_) | ClientError::Config(_) | ClientError::Listen { .. } => true,
             _ => false,
         }

@@ -38,7 +38,15 @@ pub(super) fn bind_port(
         identity,
         policy,
     };
-    if port == 0 {
+    if policy.ports.is_empty() {
+        // Not "port in use": no port will ever be free for this identity.
+        Err(Refusal::new(
+            ErrorCode::PortNotAllowed,
+            format!(
+                "identity {identity} may not open public ports (it has no `ports` on the server); offer the service privately (`visitors`) or give the identity ports"
+            ),
+        ))
+    } else if port == 0 {
         ports.pick()
     } else if !policy.allows(port) {
         Err(Refusal::new(
