@@ -549,3 +549,37 @@ fn the_self_signed_certificate_lives_beside_the_server_file() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn ports_may_be_numbers_or_strings() {
+    // At 8354efb `ports = [20000]` was refused: "invalid type: integer `20000`, expected a string".
+    let s = ServerSettings::from_source(&Source::text(
+        "server.toml",
+        "[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [3389, \"20000-20010\", \"8080\"]\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = &s.identities[0];
+    assert!(p.allows(3389) && p.allows(20005) && p.allows(8080) && !p.allows(3390));
+    let e = server_err("[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [70000]\n");
+    assert!(
+        e.starts_with("server.toml:4:") && e.contains("ports"),
+        "{e}"
+    );
+    let e = server_err("[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [true]\n");
+    assert!(
+        e.contains("a port (3389) or a range of ports (\"20000-20100\")"),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_identities_with_overlapping_ports_are_refused() {
+    // At 8354efb accepted silently: whichever client connected first took the port.
+    let e = server_err(
+        "[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [\"20000-20100\"]\n\n[[identities]]\nname = \"b\"\ntoken = \"u\"\nports = [3389, \"20050-20200\"]\n",
+    );
+    assert!(
+        e.starts_with("server.toml:9:") && e.contains("port 20050 is also allowed for identity a"),
+        "{e}"
+    );
+}

@@ -30,7 +30,12 @@ impl ServerArgs {
                 token: Some(spanned(token)),
                 auth: None,
                 bind: self.bind.map(spanned),
-                ports: Some(spanned(self.ports.into_iter().map(spanned).collect())),
+                ports: Some(spanned(
+                    self.ports
+                        .into_iter()
+                        .map(|p| spanned(crate::config::PortEntry(p)))
+                        .collect(),
+                )),
             });
         }
         Ok(match self.config {

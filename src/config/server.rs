@@ -305,11 +305,27 @@ impl ServerSettings {
             };
             let mut ports = Vec::new();
             for p in id.ports.iter().flat_map(|l| l.get_ref()) {
-                ports.push(
-                    p.get_ref()
-                        .parse::<PortRange>()
-                        .map_err(|e| src.at(p.span(), Some("ports"), e))?,
-                );
+                let range = p
+                    .get_ref()
+                    .0
+                    .parse::<PortRange>()
+                    .map_err(|e| src.at(p.span(), Some("ports"), e))?;
+                // Two identities allowed the same port race for it: whichever connects first
+                // takes it from the other. Refuse that at start rather than at the first race.
+                for other in &identities {
+                    let other: &IdentityPolicy = other;
+                    if let Some(port) = other.ports.iter().find_map(|o| overlap(o, &range)) {
+                        return Err(src.at(
+                            p.span(),
+                            Some("ports"),
+                            format!(
+                                "port {port} is also allowed for identity {}; the ports of two identities must not overlap (the first to connect would take them from the other)",
+                                other.name
+                            ),
+                        ));
+                    }
+                }
+                ports.push(range);
             }
             identities.push(IdentityPolicy {
                 name,
@@ -367,4 +383,11 @@ fn default_auto_cert_dir(src: &Source) -> PathBuf {
         Some(dir) => dir.join(DEFAULT_AUTO_CERT_DIR),
         None => src.resolve(Path::new(DEFAULT_AUTO_CERT_DIR)),
     }
+}
+
+/// The first port two ranges share, if any.
+fn overlap(a: &PortRange, b: &PortRange) -> Option<u16> {
+    let lo = *a.0.start().max(b.0.start());
+    let hi = *a.0.end().min(b.0.end());
+    (lo <= hi).then_some(lo)
 }

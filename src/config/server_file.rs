@@ -72,9 +72,36 @@ pub struct IdentityFile {
     pub auth: Option<Spanned<String>>,
     /// Address the identity's public ports are bound on.
     pub bind: Option<Spanned<String>>,
-    /// Public ports the identity may use, e.g. `["3389", "20000-20100"]`. Absent or empty: none (the
+    /// Public ports the identity may use, e.g. `[3389, "20000-20100"]`. Absent or empty: none (the
     /// identity may still offer private services and visit them).
-    pub ports: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ports: Option<Spanned<Vec<Spanned<PortEntry>>>>,
+}
+
+/// One entry of `ports`, as written: a port as a number (`3389`) or a string (`"3389"`), or a range
+/// as a string (`"20000-20100"`). At 8354efb a bare number was refused ("expected a string").
+#[derive(Debug, Clone)]
+pub struct PortEntry(pub String);
+
+impl<'de> Deserialize<'de> for PortEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl serde::de::Visitor<'_> for Entry {
+            type Value = PortEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port (3389) or a range of ports (\"20000-20100\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortEntry, E> {
+                Ok(PortEntry(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortEntry, E> {
+                Ok(PortEntry(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortEntry, E> {
+                Ok(PortEntry(v.to_string()))
+            }
+        }
+        d.deserialize_any(Entry)
+    }
 }
 
 impl ServerFile {
