@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tracing::{info, warn, Instrument};
+use tracing::{warn, Instrument};
 
 use super::control::Connected;
 use super::error::{ClientError, ServiceStatus};
@@ -90,8 +90,6 @@ impl Client {
         };
         let greeted = async {
             connected.hello(s.token.as_ref(), &exported).await?;
-            // Before the services' lines, which follow from it.
-            info!("connected to the server");
             connected.register(&s.services).await
         };
         match tokio::time::timeout_at(deadline, greeted).await {
@@ -153,9 +151,9 @@ impl Client {
             })?;
         let (_, conn) = tls.get_ref();
         if conn.alpn_protocol() != Some(ncx_proto::ALPN) {
-            return Err(ClientError::Tls(
-                "the server did not agree to protocol ncx/1 (protocol version mismatch: upgrade the older side)".into(),
-            ));
+            return Err(ClientError::Tls(crate::tls::explain_alpn(
+                conn.alpn_protocol(),
+            )));
         }
         let exported = crate::auth::export(conn)
             .map_err(|e| ClientError::Tls(format!("exporting TLS keying material: {e}")))?;
@@ -323,20 +321,6 @@ impl Connected {
                     .expect("every service was answered"),
             })
             .collect();
-        let host = server_host(&self.settings.server);
-        for st in &self.services {
-            match &st.result {
-                Ok(0) => {
-                    info!(service = %st.name, "private service offered; listed identities reach it with `ncx visit`")
-                }
-                Ok(port) => {
-                    info!(service = %st.name, public = %format!("{host}:{port}"), "service available")
-                }
-                Err(r) => {
-                    warn!(service = %st.name, code = %r.code, reason = %r.message, "service refused by the server")
-                }
-            }
-        }
         if !self.services.is_empty() && self.services.iter().all(|s| s.result.is_err()) {
             let reasons = self
                 .services
@@ -360,11 +344,6 @@ impl Connected {
         }
         Ok(())
     }
-}
-
-/// The host part of `HOST:PORT` (brackets kept for IPv6), to print a service's public address.
-fn server_host(server: &str) -> &str {
-    server.rsplit_once(':').map_or(server, |(h, _)| h)
 }
 
 /// Turns a read failure during the handshake into the most useful error: a TLS alert from the server

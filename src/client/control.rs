@@ -200,3 +200,29 @@ impl Connected {
         }
     }
 }
+
+impl Connected {
+    /// Logs each service's outcome: its public address, that it is offered privately, or why the
+    /// server refused it. Called once the session is up, after "connected to the server".
+    pub fn log_services(&self) {
+        let host = server_host(&self.settings.server);
+        for st in &self.services {
+            match &st.result {
+                Ok(0) => {
+                    info!(service = %st.name, "private service offered; listed identities reach it with `ncx visit`")
+                }
+                Ok(port) => {
+                    info!(service = %st.name, public = %format!("{host}:{port}"), "service available")
+                }
+                Err(r) => {
+                    warn!(service = %st.name, code = %r.code, reason = %r.message, "service refused by the server")
+                }
+            }
+        }
+    }
+}
+
+/// The host part of `HOST:PORT` (brackets kept for IPv6), to print a service's public address.
+fn server_host(server: &str) -> &str {
+    server.rsplit_once(':').map_or(server, |(h, _)| h)
+}

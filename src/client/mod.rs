@@ -25,7 +25,7 @@ use ncx_proto::ErrorCode;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::ClientSettings;
 use control::Served;
@@ -108,6 +108,8 @@ async fn run_sessions(
             _ = shutdown.cancelled() => break Ok(()),
             r = client.connect() => match r {
                 Ok(mut connected) => {
+                    info!("connected to the server");
+                    connected.log_services();
                     let up = Instant::now();
                     targets.send_replace(Some(connected.visit_target()));
                     let served = connected.run_control(shutdown, false).await;

@@ -275,12 +275,66 @@ pub fn explain_handshake_error(err: &std::io::Error, trust: &ServerTrust) -> Str
             ),
             _ => format!("server certificate refused: {tls}"),
         },
-        rustls::Error::InvalidCertificate(e) => format!("server certificate refused: {e:?}"),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        }) => format!(
+            "server certificate refused: it is for {}, not for {}; connect to one of those names, or set --server-name (`server_name`) to one of them",
+            if presented.is_empty() {
+                "no name at all".to_owned()
+            } else {
+                presented
+                    .iter()
+                    .map(|n| presented_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            server_name_text(expected)
+        ),
+        rustls::Error::InvalidCertificate(e) => format!("server certificate refused: {e}"),
         rustls::Error::NoApplicationProtocol
         | rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) => format!(
-            "the server does not speak {} (protocol version mismatch: upgrade the older side)",
+            "the server refused protocol {}: it is another version of ncx (upgrade the older side) or not an ncx server",
             String::from_utf8_lossy(ncx_proto::ALPN)
         ),
+        // What a port that is not TLS at all answers with (an HTTP or SSH server, a banner).
+        rustls::Error::InvalidMessage(_) => {
+            "the server did not answer with TLS: is the port right? (something else, not ncx, listens there)".to_owned()
+        }
         other => format!("TLS handshake failed: {other}"),
+    }
+}
+
+/// A name rustls reports as presented by a certificate (`DnsName("localhost")`,
+/// `IpAddress(127.0.0.1)`), as a person writes it.
+fn presented_name(n: &str) -> &str {
+    n.strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+        .or_else(|| {
+            n.strip_prefix("IpAddress(")
+                .and_then(|r| r.strip_suffix(')'))
+        })
+        .unwrap_or(n)
+}
+
+/// What the client asked the certificate to be for, as a person writes it.
+fn server_name_text(name: &rustls::pki_types::ServerName<'_>) -> String {
+    match name {
+        rustls::pki_types::ServerName::DnsName(d) => d.as_ref().to_owned(),
+        rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Why a server that completed the TLS handshake is not an ncx server this client can talk to:
+/// the protocol it agreed to (ALPN), if it agreed to one.
+pub fn explain_alpn(agreed: Option<&[u8]>) -> String {
+    match agreed {
+        None => "the server speaks TLS but is not an ncx server (it agreed to no application protocol): is this the ncx server's port?".into(),
+        Some(p) => format!(
+            "the server agreed to protocol {:?}, not {}: it is another version of ncx (upgrade the older side) or not an ncx server",
+            String::from_utf8_lossy(p),
+            String::from_utf8_lossy(ncx_proto::ALPN)
+        ),
     }
 }

@@ -17,8 +17,8 @@ mod material;
 mod server;
 
 pub use client::{
-    client_config, explain_handshake_error, handshake_error_is_permanent, refuses_certificate,
-    ClientCertificate, PinMismatch, ServerTrust,
+    client_config, explain_alpn, explain_handshake_error, handshake_error_is_permanent,
+    refuses_certificate, ClientCertificate, PinMismatch, ServerTrust,
 };
 pub use material::{load_certs, load_key, load_roots, provider, Fingerprint, TlsError};
 pub use server::{client_certificate_name, self_signed, server_config, ServerIdentity};
