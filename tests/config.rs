@@ -583,3 +583,18 @@ fn two_identities_with_overlapping_ports_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn toml_mistakes_are_answered_with_what_to_write() {
+    // At 8354efb: "invalid type: map, expected a sequence" and "invalid float, expected nothing".
+    let e = server_err("[identities]\nname = \"a\"\ntoken = \"t\"\n");
+    assert_eq!(
+        e,
+        "server.toml:1:1: [identities]: [identities] is a list of tables: write [[identities]] (two brackets) above each entry"
+    );
+    let e = server_err(&format!("listen = 0.0.0.0:7835\n{ID}"));
+    assert_eq!(
+        e,
+        "server.toml:1:13: listen: invalid float, expected nothing: text must be quoted, e.g. listen = \"0.0.0.0:7835\""
+    );
+}
