@@ -657,11 +657,10 @@ async fn the_server_keeps_its_identity_whatever_directory_it_starts_from() {
     third.kill().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_client_says_it_is_connected_before_it_lists_its_services() {
-    let pki = Pki::new();
-    let server = TestServer::start(&pki, server_settings(vec![identity("office", "right")])).await;
-    let mut client = ncx()
+/// `ncx client` as identity `office` (token `right`) of `server`, offering one service, with its
+/// output piped for [`LogLines`].
+fn office_client(pki: &Pki, server: &TestServer) -> tokio::process::Child {
+    ncx()
         .args(["client", "--server", &server.addr.to_string()])
         .args(["--identity", "office", "--token", "right"])
         .args([
@@ -672,7 +671,14 @@ async fn a_client_says_it_is_connected_before_it_lists_its_services() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_says_it_is_connected_before_it_lists_its_services() {
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("office", "right")])).await;
+    let mut client = office_client(&pki, &server);
     let mut log = LogLines::new(&mut client);
     // Lines before the needle are skipped, so the second wait fails if the order is reversed.
     log.wait_for("connected to the server").await;
@@ -686,18 +692,7 @@ async fn a_client_whose_services_are_taken_over_says_so() {
     // At 8354efb a takeover read as INFO "the server is going away".
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("office", "right")])).await;
-    let mut first = ncx()
-        .args(["client", "--server", &server.addr.to_string()])
-        .args(["--identity", "office", "--token", "right"])
-        .args([
-            "--server-fingerprint",
-            &pki.server.fingerprint().to_string(),
-        ])
-        .args(["--service", "web=127.0.0.1:9@0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut first = office_client(&pki, &server);
     let mut log = LogLines::new(&mut first);
     log.wait_for("service available").await;
     // A second client of the same identity connects.

@@ -201,6 +201,38 @@ async fn server_killed_mid_transfer_and_restarted_tunnel_returns_within_backoff_
     server2.kill().await.unwrap();
 }
 
+/// Server, echo service and client as processes, and a visitor through them that has read the
+/// echo service's banner.
+struct TunnelWithVisitor {
+    server: Child,
+    addr: SocketAddr,
+    echo: Child,
+    echo_addr: SocketAddr,
+    client: Child,
+    public: SocketAddr,
+    visitor: TcpStream,
+}
+
+async fn tunnel_with_a_visitor(dir: &std::path::Path) -> TunnelWithVisitor {
+    let (server, addr) = server_process(dir, "127.0.0.1:0".parse().unwrap()).await;
+    let (echo, echo_addr) = echo_process().await;
+    let (client, public) =
+        client_process(addr, &fingerprint(dir), &[format!("e={echo_addr}@0")]).await;
+    let public: SocketAddr = public.parse().unwrap();
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    let mut b = vec![0u8; ncx::demo::BANNER.len()];
+    visitor.read_exact(&mut b).await.unwrap();
+    TunnelWithVisitor {
+        server,
+        addr,
+        echo,
+        echo_addr,
+        client,
+        public,
+        visitor,
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let pid = child.id().expect("the child runs").to_string();
     assert!(std::process::Command::new("kill")
@@ -213,19 +245,17 @@ fn signal(child: &Child, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let (mut echo, echo_addr) = echo_process().await;
-    let (mut client, public) = client_process(
-        addr,
-        &fingerprint(dir.path()),
-        &[format!("e={echo_addr}@0")],
-    )
-    .await;
-    let public: SocketAddr = public.parse().unwrap();
+    let t = tunnel_with_a_visitor(dir.path()).await;
+    let (mut server, addr, mut echo, echo_addr, mut client, public, mut v) = (
+        t.server,
+        t.addr,
+        t.echo,
+        t.echo_addr,
+        t.client,
+        t.public,
+        t.visitor,
+    );
     let banner = ncx::demo::BANNER.len();
-    let mut v = TcpStream::connect(public).await.unwrap();
-    let mut b = vec![0u8; banner];
-    v.read_exact(&mut b).await.unwrap();
 
     // First SIGTERM to the client: it says go-away (the server releases the port) and drains.
     signal(&client, "-TERM");
@@ -350,19 +380,9 @@ async fn the_open_file_limit_is_raised_and_a_shortfall_is_warned_about() {
 async fn sighup_drains_like_sigterm() {
     // At 8354efb SIGHUP (a closed terminal) killed the process at once: exit 129, no drain.
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let (mut echo, echo_addr) = echo_process().await;
-    let (mut client, public) = client_process(
-        addr,
-        &fingerprint(dir.path()),
-        &[format!("e={echo_addr}@0")],
-    )
-    .await;
-    let public: SocketAddr = public.parse().unwrap();
-    let banner = ncx::demo::BANNER.len();
-    let mut v = TcpStream::connect(public).await.unwrap();
-    let mut b = vec![0u8; banner];
-    v.read_exact(&mut b).await.unwrap();
+    let t = tunnel_with_a_visitor(dir.path()).await;
+    let (mut server, mut echo, mut client, public, mut v) =
+        (t.server, t.echo, t.client, t.public, t.visitor);
     signal(&client, "-HUP");
     wait_until_refused(public, Duration::from_secs(2)).await;
     v.write_all(b"drain").await.unwrap();
