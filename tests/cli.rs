@@ -713,3 +713,74 @@ async fn a_client_whose_services_are_taken_over_says_so() {
     second.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn one_visit_process_reaches_several_private_services() {
+    // At 8354efb `ncx visit` took one --service.
+    let pki = Pki::new();
+    let server = TestServer::start(&pki, server_settings(vec![identity("office", "right")])).await;
+    let echo = echo_service().await;
+    let banner = banner_service(b"second service\n").await;
+    let office = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "office",
+        "right",
+        vec![
+            private_service("echo", echo, &["office"]),
+            private_service("banner", banner, &["office"]),
+        ],
+    ))
+    .await;
+    let mut visit = ncx()
+        .args(["visit", "--server", &server.addr.to_string()])
+        .args(["--identity", "office", "--token", "right"])
+        .args([
+            "--server-fingerprint",
+            &pki.server.fingerprint().to_string(),
+        ])
+        .args(["--service", "office/echo", "--listen", "127.0.0.1:0"])
+        .args(["--service", "office/banner", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut visit);
+    let mut listen = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let line = log.wait_for("visit listener ready").await;
+        listen.insert(
+            log_field(&line, "service"),
+            log_field(&line, "listen")
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(exchange(listen["echo"], b"hello").await.unwrap(), b"hello");
+    let mut s = tokio::net::TcpStream::connect(listen["banner"])
+        .await
+        .unwrap();
+    let mut got = vec![0u8; b"second service\n".len()];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut got)
+        .await
+        .unwrap();
+    assert_eq!(got, b"second service\n");
+    visit.kill().await.unwrap();
+    // An unpaired --service is refused with the reason.
+    let out = ncx()
+        .args(["visit", "--server", &server.addr.to_string()])
+        .args(["--identity", "office", "--token", "right"])
+        .args(["--service", "office/echo", "--listen", "127.0.0.1:0"])
+        .args(["--service", "office/banner"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("each --service needs its --listen: got 2 --service and 1 --listen"),
+        "{stderr}"
+    );
+    office.stop().await;
+    server.stop().await;
+}

@@ -90,7 +90,15 @@ impl ClientArgs {
 impl VisitArgs {
     pub(super) fn settings(self) -> anyhow::Result<ClientSettings> {
         let mut flags = self.connect.flags();
-        if let (Some(service), Some(listen)) = (self.service, self.listen) {
+        // Paired in the order given: the first --listen is the first --service's.
+        if self.service.len() != self.listen.len() {
+            anyhow::bail!(
+                "each --service needs its --listen: got {} --service and {} --listen",
+                self.service.len(),
+                self.listen.len()
+            );
+        }
+        for (service, listen) in self.service.into_iter().zip(self.listen) {
             flags.visits.push(VisitFile {
                 service: spanned(service),
                 listen: spanned(listen),

@@ -179,12 +179,14 @@ pub struct ClientArgs {
 pub struct VisitArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// The private service to reach, as OWNER/SERVICE: the identity that offers it, and its name.
+    /// A private service to reach, as OWNER/SERVICE: the identity that offers it, and its name.
+    /// Repeat it, each followed by its --listen, to reach several.
     #[arg(long, requires = "listen")]
-    pub service: Option<String>,
-    /// Local IP:PORT to listen on, e.g. 127.0.0.1:13389; point the program (mstsc, ssh) there.
+    pub service: Vec<String>,
+    /// Local IP:PORT to listen on for the --service before it, e.g. 127.0.0.1:13389; point the
+    /// program (mstsc, ssh) there.
     #[arg(long, requires = "service")]
-    pub listen: Option<String>,
+    pub listen: Vec<String>,
 }
 
 /// `ncx certs`.
