@@ -361,3 +361,47 @@ async fn an_identity_without_ports_is_told_so_and_the_client_stops() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn exit_on_forward_failure_stops_a_client_when_any_service_is_refused() {
+    let pki = Pki::new();
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![identity_ports(
+            "a",
+            "ta",
+            vec![ncx::config::PortRange(1024..=65535)],
+        )]),
+    )
+    .await;
+    let svc = banner_service(b"a").await;
+    // Port 80 is outside the identity's ports: that one service is refused.
+    let services = vec![service("ok", svc, 0), service("low", svc, 80)];
+    // Without the option the client serves what it got.
+    let plain = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "ta",
+        services.clone(),
+    ))
+    .await;
+    assert!(plain.ports.iter().any(|(n, r)| n == "ok" && r.is_ok()));
+    plain.stop().await;
+    // With it, it stops with the reason.
+    let mut cs = client_settings(server.addr, pki.pinned(), "a", "ta", services);
+    cs.exit_on_forward_failure = true;
+    let err = tokio::time::timeout(
+        WAIT,
+        ncx::client::run(cs, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the client stops instead of retrying")
+    .expect_err("a service was refused");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("the server refused a service and exit_on_forward_failure is set: low: port 80 is outside the ports allowed for identity a"),
+        "{text}"
+    );
+    server.stop().await;
+}

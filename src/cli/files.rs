@@ -67,6 +67,7 @@ impl ClientArgs {
     pub(super) fn settings(self) -> anyhow::Result<ClientSettings> {
         let flags = ClientFile {
             local_connect_timeout_secs: self.local_connect_timeout_secs.map(spanned),
+            exit_on_forward_failure: self.exit_on_forward_failure.then(|| spanned(true)),
             services: self
                 .services
                 .into_iter()

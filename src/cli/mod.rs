@@ -172,6 +172,10 @@ pub struct ClientArgs {
     /// Seconds to wait for a local service to accept a connection [default: 5].
     #[arg(long)]
     pub local_connect_timeout_secs: Option<u64>,
+    /// Exit with the reasons when the server refuses any service, instead of serving the others
+    /// (like ssh's ExitOnForwardFailure).
+    #[arg(long)]
+    pub exit_on_forward_failure: bool,
 }
 
 /// `ncx visit`.

@@ -321,9 +321,8 @@ impl Connected {
                     .expect("every service was answered"),
             })
             .collect();
-        if !self.services.is_empty() && self.services.iter().all(|s| s.result.is_err()) {
-            let reasons = self
-                .services
+        let refused = || {
+            self.services
                 .iter()
                 .filter_map(|s| {
                     s.result
@@ -332,7 +331,14 @@ impl Connected {
                         .map(|r| format!("{}: {}", s.name, r.message))
                 })
                 .collect::<Vec<_>>()
-                .join("; ");
+                .join("; ")
+        };
+        if self.settings.exit_on_forward_failure && self.services.iter().any(|s| s.result.is_err())
+        {
+            return Err(ClientError::ServiceRefused { reasons: refused() });
+        }
+        if !self.services.is_empty() && self.services.iter().all(|s| s.result.is_err()) {
+            let reasons = refused();
             // Retrying cannot help when every refusal is one only the server's configuration
             // changes (at 8354efb such a client retried forever).
             let permanent = self.services.iter().all(|s| {

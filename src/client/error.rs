@@ -50,6 +50,12 @@ pub enum ClientError {
     #[error("{0}")]
     Protocol(String),
     /// Every service was refused, so the session has nothing to do.
+    /// The server refused a service and `exit_on_forward_failure` is set.
+    #[error("the server refused a service and exit_on_forward_failure is set: {reasons}")]
+    ServiceRefused {
+        /// Each refused service and why.
+        reasons: String,
+    },
     #[error("the server refused every service: {reasons}")]
     NoServices {
         /// Each service and why.
@@ -89,6 +95,7 @@ impl ClientError {
         match self {
             ClientError::Refused { code, .. } => code.is_permanent(),
             ClientError::NoServices { permanent, .. } => *permanent,
+            ClientError::ServiceRefused { .. } => true,
             ClientError::Tls(_) | ClientError::Config(_) | ClientError::Listen { .. } => true,
             _ => false,
         }

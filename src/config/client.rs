@@ -63,6 +63,8 @@ pub struct ClientSettings {
     /// Visitor substreams the server may have open at once; more are reset. Caps what a
     /// misbehaving server can make this client hold.
     pub max_visitors: usize,
+    /// Exit (with the reasons) when the server refuses any service, instead of serving the rest.
+    pub exit_on_forward_failure: bool,
     /// Liveness and drain timing.
     pub timing: Timing,
     /// Reconnect backoff.
@@ -113,6 +115,7 @@ impl ClientSettings {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
             max_visitors: MAX_VISITORS_PER_SESSION,
+            exit_on_forward_failure: false,
             timing: Timing::default(),
             reconnect: Backoff::default(),
             services,
@@ -447,6 +450,7 @@ impl ClientSettings {
             handshake_timeout,
             local_connect_timeout,
             max_visitors,
+            exit_on_forward_failure: file.exit_on_forward_failure.is_some_and(|b| *b.get_ref()),
             timing,
             reconnect,
             services,

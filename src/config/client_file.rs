@@ -33,6 +33,9 @@ pub struct ClientFile {
     pub local_connect_timeout_secs: Option<Spanned<u64>>,
     /// Visitors the server may have open through this client at once.
     pub max_visitors: Option<Spanned<usize>>,
+    /// Exit when the server refuses any service, not only when it refuses all (like ssh's
+    /// `ExitOnForwardFailure`).
+    pub exit_on_forward_failure: Option<Spanned<bool>>,
     /// Seconds between pings to the server.
     pub ping_interval_secs: Option<Spanned<u64>>,
     /// Seconds without an answered ping after which the server is dead.
@@ -151,6 +154,7 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
         handshake_timeout_secs,
         local_connect_timeout_secs,
         max_visitors,
+        exit_on_forward_failure,
         ping_interval_secs,
         liveness_timeout_secs,
         drain_timeout_secs,
