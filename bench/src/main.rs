@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod run;
+mod wan;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +55,39 @@ enum Command {
         #[arg(long)]
         to: std::net::SocketAddr,
     },
+    /// The bench service (download, upload, echo) on its own, for bench/wan.sh.
+    #[command(hide = true)]
+    Service {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+    },
+    /// Loads a path with bulk streams for a fixed time and measures 64-byte round trips beside
+    /// them, for bench/wan.sh; prints one line of results.
+    #[command(hide = true)]
+    Probe {
+        /// The bench service, directly or through the tunnel.
+        #[arg(long)]
+        bulk: std::net::SocketAddr,
+        /// Which way the bulk bytes flow, seen from the probe.
+        #[arg(long, value_enum)]
+        direction: wan::Direction,
+        /// Bulk streams at once.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Seconds the bulk transfer runs.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// An echo service for the round trips beside the bulk transfer.
+        #[arg(long)]
+        ping: Option<std::net::SocketAddr>,
+        /// Milliseconds between round trips.
+        #[arg(long, default_value_t = 50)]
+        ping_interval_ms: u64,
+        /// Seconds after the start before round trips are taken.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,13 +123,45 @@ fn main() -> ExitCode {
 }
 
 async fn execute(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if let Some(Command::Relay { listen, to }) = cli.command {
-        let listener = TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        println!("relay listening on {}", listener.local_addr()?);
-        run::relay(listener, to, shutdown).await;
-        return Ok(());
+    match cli.command {
+        Some(Command::Relay { listen, to }) => {
+            let listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            println!("relay listening on {}", listener.local_addr()?);
+            run::relay(listener, to, shutdown).await;
+            return Ok(());
+        }
+        Some(Command::Service { listen }) => return wan::service(&listen, shutdown).await,
+        Some(Command::Probe {
+            bulk,
+            direction,
+            streams,
+            seconds,
+            ping,
+            ping_interval_ms,
+            warmup,
+        }) => {
+            let run = std::time::Duration::try_from_secs_f64(seconds).ok();
+            let warm = std::time::Duration::try_from_secs_f64(warmup).ok();
+            let (Some(run), Some(warm)) = (run, warm) else {
+                anyhow::bail!("--seconds and --warmup must be numbers of seconds, 0 or more");
+            };
+            if streams == 0 || run.is_zero() {
+                anyhow::bail!("--streams must be at least 1 and --seconds above 0");
+            }
+            return wan::probe(wan::ProbeOptions {
+                bulk,
+                direction,
+                streams,
+                seconds: run.as_secs_f64(),
+                ping,
+                ping_interval: std::time::Duration::from_millis(ping_interval_ms),
+                warmup: warm,
+            })
+            .await;
+        }
+        None => {}
     }
     let ncx = match cli.ncx {
         Some(path) => path,

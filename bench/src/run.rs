@@ -51,9 +51,9 @@ const OPEN_RATE_WINDOW: Duration = Duration::from_secs(2);
 const PARALLEL: usize = 8;
 
 /// The bench service's commands, sent as the first byte of a connection.
-const CMD_DOWNLOAD: u8 = b'D'; // then u64 n: the service sends n bytes
-const CMD_UPLOAD: u8 = b'U'; // the service reads to EOF, then answers the u64 count
-const CMD_ECHO: u8 = b'E'; // the service echoes everything
+pub(crate) const CMD_DOWNLOAD: u8 = b'D'; // then u64 n: the service sends n bytes
+pub(crate) const CMD_UPLOAD: u8 = b'U'; // the service reads to EOF, then answers the u64 count
+pub(crate) const CMD_ECHO: u8 = b'E'; // the service echoes everything
 
 /// A measured value for the direct path, the relay floor and the tunnel.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -538,7 +538,7 @@ fn print_table(rows: &[Row], opts: &BenchOptions) {
 }
 
 /// Serves the bench commands until `cancel`.
-async fn bench_service(listener: TcpListener, cancel: CancellationToken) {
+pub(crate) async fn bench_service(listener: TcpListener, cancel: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
         let (mut s, _) = tokio::select! {
@@ -591,7 +591,7 @@ async fn bench_service(listener: TcpListener, cancel: CancellationToken) {
     tracker.wait().await;
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let s = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;

@@ -97,3 +97,67 @@ async fn bench_measures_direct_relay_floor_and_tunnel() {
     let r = find("server RSS, 20 idle visitors");
     assert!(positive(&r["ncx"]) && r["relay"].is_null(), "{r}");
 }
+
+/// The two halves of the WAN mode (`bench/wan.sh`) on loopback: the bench service, and the probe
+/// loading it in both directions with round trips beside the load. Plumbing only, as above.
+#[tokio::test]
+async fn wan_probe_loads_a_path_both_ways_and_reports_round_trips() {
+    let mut service = Command::new(env!("CARGO_BIN_EXE_ncx-bench"))
+        .args(["service", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(service.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+    )
+    .await
+    .expect("the service starts")
+    .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    for direction in ["download", "upload"] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            Command::new(env!("CARGO_BIN_EXE_ncx-bench"))
+                .args(["probe", "--bulk", &addr, "--ping", &addr])
+                .args(["--direction", direction, "--streams", "2"])
+                .args([
+                    "--seconds",
+                    "1",
+                    "--warmup",
+                    "0.2",
+                    "--ping-interval-ms",
+                    "10",
+                ])
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("the probe finishes")
+        .unwrap();
+        let stdout = succeeded(&out, "ncx-bench probe");
+        let field = |name: &str| -> f64 {
+            stdout
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {stdout}"))
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap_or_else(|e| panic!("{name} in {stdout}: {e}"))
+        };
+        assert!(field("mbit") > 0.0, "{direction}: {stdout}");
+        assert!(field("rtts") >= 1.0, "{direction}: {stdout}");
+        assert!(field("rtt_p99_ms") >= field("rtt_p50_ms"), "{stdout}");
+        let streams = stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("streams="))
+            .unwrap();
+        assert_eq!(streams.split(',').count(), 2, "{stdout}");
+    }
+}
