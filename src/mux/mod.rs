@@ -42,12 +42,15 @@ pub const SPLIT_SEND_SIZE: usize = 64 * 1024;
 /// cover every stream's initial window.
 const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 
-/// Receive window shared by all streams beyond their initial 256 KiB each, out of which yamux may
-/// grow a busy stream's window. It is 0: every stream keeps a 256 KiB window. A larger budget let a
-/// bulk stream's window grow to megabytes, and a keystroke then waited behind megabytes in flight
-/// (64-byte round trip under a bulk transfer, loopback: p50 10.9 ms with a 32 MiB budget, 0.84 ms
-/// with none). The price: one stream moves at most 256 KiB per round trip (about 4 MiB/s at 60 ms).
-pub const SHARED_WINDOW_BUDGET: usize = 0;
+/// Receive window shared by all streams of a session beyond their initial 256 KiB each: what a
+/// busy stream's window may grow by. How far one grows is the patched yamux's window policy
+/// (`patches/README.md`): the rate its reader consumes at times the path's minimum round-trip time,
+/// plus two 64 KiB credit steps, at most 16 MiB per stream. So a stream fills a long path while a
+/// keystroke on another stream waits behind little more than those two steps, and a slow or idle
+/// stream gives its share back. 32 MiB fills 1 Gbit/s at 250 ms for one stream, or 100 Mbit/s at
+/// 100 ms for twenty at once; it is also the most a session's streams together can hold beyond
+/// their initial windows.
+pub const SHARED_WINDOW_BUDGET: usize = 32 * 1024 * 1024;
 
 /// Write buffer under yamux: one whole data frame (header and a full split-size body).
 const WRITE_BUFFER: usize = SPLIT_SEND_SIZE + 12;

@@ -2,6 +2,7 @@
 //! 127.0.0.1 with OS-assigned ports, and small local services.
 #![allow(dead_code)]
 
+pub mod delay;
 pub mod raw_yamux;
 
 use std::net::SocketAddr;

@@ -40,6 +40,9 @@ pub enum Event {
     Opened(u32),
     /// A whole protocol message arrived on this stream.
     Message(u32, Message),
+    /// Bytes arrived on a stream that is not decoded (see [`RawPeer::raw_on`]); dropped when
+    /// nobody takes the events.
+    Bytes(u32, usize),
 }
 
 struct Credits {
@@ -104,6 +107,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> RawPeer<S> {
                             let msgs = {
                                 let mut d = decoded.lock().unwrap();
                                 let mut msgs = Vec::new();
+                                if !d.contains_key(&stream) && !body.is_empty() {
+                                    let _ = tx.try_send(Event::Bytes(stream, body.len()));
+                                }
                                 if let Some(dec) = d.get_mut(&stream) {
                                     dec.push(&body);
                                     loop {
@@ -163,6 +169,47 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> RawPeer<S> {
             next_ping: std::sync::atomic::AtomicU32::new(1),
             reader,
         }
+    }
+
+    /// Report what arrives on `stream` as plain bytes ([`Event::Bytes`]) from now on.
+    pub fn raw_on(&self, stream: u32) {
+        self.decoded.lock().unwrap().remove(&stream);
+    }
+
+    /// The send credit left on `stream`: what the other side granted and was not sent yet.
+    pub fn credit_left(&self, stream: u32) -> u64 {
+        self.credits
+            .left
+            .lock()
+            .unwrap()
+            .get(&stream)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sends up to `n` bytes on `stream` in DATA frames of at most 64 KiB, as far as the credit
+    /// goes, without waiting for more; the bytes sent.
+    pub async fn send_data(&self, stream: u32, n: u64) -> std::io::Result<u64> {
+        let n = self.take_credit(stream, n);
+        let body = vec![b'w'; 64 * 1024];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(body.len() as u64) as usize;
+            self.send_raw(&frame(DATA, 0, stream, &body[..k], None))
+                .await?;
+            left -= k as u64;
+        }
+        Ok(n)
+    }
+
+    /// Waits until the credit on `stream` grows, at most `within`; false if it did not.
+    pub async fn credit_grows(&self, within: Duration) -> bool {
+        let mut grew = self.credits.grew.subscribe();
+        grew.borrow_and_update();
+        matches!(
+            tokio::time::timeout(within, grew.changed()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Decode what arrives on `stream` as protocol messages (reported as [`Event::Message`]).

@@ -1,14 +1,162 @@
-use std::{cmp, sync::Arc};
+use std::{cmp, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use web_time::Instant;
 
 use crate::{connection::rtt::Rtt, Config, ConnectionError, DEFAULT_CREDIT};
 
+/// ncx: credit is returned in steps of what the stream consumes in this much time, at least
+/// [`MIN_UPDATE_STEP`], at most [`MAX_UPDATE_STEP`] and half the window, instead of yamux's half
+/// a window: the window then needs only about one step more than the path holds, and every byte
+/// beyond the path's bandwidth-delay product is a byte a keystroke on another stream waits behind.
+const UPDATE_STEP_TIME: f64 = 0.001;
+const MIN_UPDATE_STEP: u32 = 16 * 1024;
+const MAX_UPDATE_STEP: u32 = 64 * 1024;
+
+/// ncx: the largest window one stream may get, whatever its rate and round-trip time (1 Gbit/s at
+/// 130 ms). The connection's budget bounds the sum over all streams.
+const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// ncx: while starting up, the window is this many times what the measured rate needs, so a
+/// window-limited stream doubles its rate every round trip, like TCP's slow start.
+const STARTUP_GAIN: f64 = 2.0;
+
+/// ncx: after start-up the window is what the measured rate needs over the minimum round trip
+/// plus a queue allowance of this share of it, at most [`MAX_QUEUE_ALLOWANCE`] worth of the rate,
+/// plus two update steps. The allowance lets a stream keep growing while the path has room (a
+/// window-limited stream grows by it every round trip) and keeps it at full rate where the
+/// bottleneck is a CPU whose buffers add a little delay; a keystroke on another stream waits
+/// behind at most the allowance and the steps.
+const QUEUE_ALLOWANCE: f64 = 0.25;
+const MAX_QUEUE_ALLOWANCE: Duration = Duration::from_millis(6);
+
+/// ncx: start-up ends when the rate has not grown by this factor for [`STARTUP_FLAT_ROUNDS`].
+const STARTUP_GROWTH: f64 = 1.25;
+const STARTUP_FLAT_ROUNDS: u8 = 3;
+
+/// ncx: the shortest measuring round (a round is one minimum round-trip time).
+const MIN_ROUND: Duration = Duration::from_millis(10);
+
+/// ncx: the highest rate of this many rounds is the stream's rate.
+const RATE_FILTER_ROUNDS: u32 = 10;
+
+/// ncx: a stream whose reader consumed nothing for this long (or four round trips, if longer)
+/// starts over: its window goes back to the minimum and start-up begins again.
+const IDLE_RESTART: Duration = Duration::from_secs(1);
+
+/// ncx: what the window policy knows about one stream. All rates are bytes per second of what
+/// this side's reader consumed; the window the policy aims for is that rate times the path's
+/// minimum round-trip time (its bandwidth-delay product), plus a queue allowance and two update
+/// steps.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Bytes the sender has sent on this stream so far.
+    received: u64,
+    /// When the current round began, and how much had been consumed then; the same for the round
+    /// before, since a rate is measured over two rounds (one round of reads is lumpy).
+    round_start: Instant,
+    round_consumed: u64,
+    prev_round_start: Instant,
+    prev_round_consumed: u64,
+    /// The highest rate of the last [`RATE_FILTER_ROUNDS`] rounds, and its age in rounds.
+    max_rate: f64,
+    max_rate_age: u32,
+    /// Start-up: the best rate so far and the rounds it has not grown by [`STARTUP_GROWTH`].
+    startup: bool,
+    startup_best: f64,
+    flat_rounds: u8,
+    /// The last time the reader consumed anything, and how much it had consumed by then.
+    last_progress: Instant,
+    last_consumed: u64,
+}
+
+impl Policy {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            received: 0,
+            round_start: now,
+            round_consumed: 0,
+            prev_round_start: now,
+            prev_round_consumed: 0,
+            max_rate: 0.0,
+            max_rate_age: 0,
+            startup: true,
+            startup_best: 0.0,
+            flat_rounds: 0,
+            last_progress: now,
+            last_consumed: 0,
+        }
+    }
+
+    /// Takes note that the reader has consumed `consumed` bytes in total by `now`; true when it
+    /// made progress (the stream is busy and round-trip samples are wanted).
+    fn observe(&mut self, now: Instant, consumed: u64, min_rtt: Option<Duration>) -> bool {
+        let round = cmp::max(min_rtt.unwrap_or(MIN_ROUND), MIN_ROUND);
+        let progressed = consumed > self.last_consumed;
+        if progressed {
+            if now.duration_since(self.last_progress) > cmp::max(IDLE_RESTART, round * 4) {
+                let (received, before) = (self.received, self.last_consumed);
+                *self = Self::new(now);
+                self.received = received;
+                self.round_consumed = before;
+                self.prev_round_consumed = before;
+            }
+            self.last_progress = now;
+            self.last_consumed = consumed;
+        }
+        if now.duration_since(self.round_start) >= round {
+            let elapsed = now.duration_since(self.prev_round_start);
+            let rate =
+                consumed.saturating_sub(self.prev_round_consumed) as f64 / elapsed.as_secs_f64();
+            self.max_rate_age += 1;
+            if rate >= self.max_rate || self.max_rate_age > RATE_FILTER_ROUNDS {
+                self.max_rate = rate;
+                self.max_rate_age = 0;
+            }
+            if self.startup {
+                if self.max_rate >= self.startup_best * STARTUP_GROWTH {
+                    self.startup_best = self.max_rate;
+                    self.flat_rounds = 0;
+                } else {
+                    self.flat_rounds += 1;
+                    self.startup = self.flat_rounds < STARTUP_FLAT_ROUNDS;
+                }
+            }
+            self.prev_round_start = self.round_start;
+            self.prev_round_consumed = self.round_consumed;
+            self.round_start = now;
+            self.round_consumed = consumed;
+        }
+        progressed
+    }
+
+    /// The window this stream should have, between [`DEFAULT_CREDIT`] and [`MAX_STREAM_WINDOW`].
+    fn target(&self, min_rtt: Option<Duration>) -> u32 {
+        let Some(rtt) = min_rtt else {
+            return DEFAULT_CREDIT;
+        };
+        let rtt = rtt.as_secs_f64();
+        let allowance = if self.startup {
+            (STARTUP_GAIN - 1.0) * rtt
+        } else {
+            (QUEUE_ALLOWANCE * rtt).min(MAX_QUEUE_ALLOWANCE.as_secs_f64())
+        };
+        let want = self.max_rate * (rtt + allowance) + 2.0 * self.step(u32::MAX) as f64;
+        want.clamp(DEFAULT_CREDIT as f64, MAX_STREAM_WINDOW as f64) as u32
+    }
+
+    /// How much consumed credit is collected before it is returned, for a window of `max`.
+    fn step(&self, max: u32) -> u32 {
+        let step = (self.max_rate * UPDATE_STEP_TIME).min(u32::MAX as f64) as u32;
+        cmp::min(step.clamp(MIN_UPDATE_STEP, MAX_UPDATE_STEP), max / 2)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct FlowController {
     config: Arc<Config>,
-    last_window_update: Instant,
+    /// ncx: the window policy's state.
+    policy: Policy,
     /// See [`Connection::rtt`].
     rtt: Rtt,
     /// See [`Connection::accumulated_max_stream_windows`].
@@ -33,7 +181,7 @@ impl FlowController {
             rtt,
             accumulated_max_stream_windows,
             max_receive_window: DEFAULT_CREDIT,
-            last_window_update: Instant::now(),
+            policy: Policy::new(Instant::now()),
         }
     }
 
@@ -41,87 +189,65 @@ impl FlowController {
     /// sending side (remote) via a window update message.
     ///
     /// Returns `None` if too small to justify a window update message.
+    ///
+    /// ncx: yamux's own auto-tuning (double the window whenever half of it was used within two
+    /// round trips, never shrink it) is replaced by [`Policy`]: the window follows the rate at
+    /// which this stream's reader consumes bytes times the path's minimum round-trip time, and
+    /// shrinks back when the reader slows down or the stream goes idle. Credit is returned in
+    /// small steps instead of half a window.
     pub(crate) fn next_window_update(&mut self, buffer_len: usize) -> Option<u32> {
         self.assert_invariants(buffer_len);
 
-        let bytes_received = self.max_receive_window - self.receive_window;
-        let mut next_window_update =
-            bytes_received.saturating_sub(buffer_len.try_into().unwrap_or(u32::MAX));
+        let now = Instant::now();
+        let consumed = self.policy.received.saturating_sub(buffer_len as u64);
+        let min_rtt = self.rtt.min();
+        if self.policy.observe(now, consumed, min_rtt) {
+            self.rtt.want_samples();
+        }
+        let target = if self.rtt.probing() {
+            DEFAULT_CREDIT
+        } else {
+            self.policy.target(min_rtt)
+        };
 
-        // Don't send an update in case half or more of the window is still available to the sender.
-        if next_window_update < self.max_receive_window / 2 {
+        // The window may not shrink below what is already committed: the credit the sender holds
+        // and the bytes waiting in the buffer.
+        let committed = (self.receive_window as usize + buffer_len) as u32;
+        let mut new_max = cmp::max(target, committed);
+        if new_max != self.max_receive_window {
+            let mut accumulated_max_stream_windows = self.accumulated_max_stream_windows.lock();
+            if new_max > self.max_receive_window {
+                // Growth comes out of the connection's budget: the configured connection limit
+                // minus the minimum window guaranteed to each stream, minus what this and the
+                // other streams already took beyond that minimum.
+                let budget = self.config.max_connection_receive_window.unwrap_or(usize::MAX)
+                    - self.config.max_num_streams * DEFAULT_CREDIT as usize;
+                let available = budget.saturating_sub(*accumulated_max_stream_windows);
+                new_max = cmp::min(
+                    new_max,
+                    self.max_receive_window
+                        .saturating_add(available.try_into().unwrap_or(u32::MAX)),
+                );
+                *accumulated_max_stream_windows += (new_max - self.max_receive_window) as usize;
+            } else {
+                *accumulated_max_stream_windows -= (self.max_receive_window - new_max) as usize;
+            }
+            drop(accumulated_max_stream_windows);
+            log::trace!(
+                "window_max: {} -> {} bytes",
+                self.max_receive_window,
+                new_max
+            );
+            self.max_receive_window = new_max;
+        }
+
+        let next_window_update = self
+            .max_receive_window
+            .saturating_sub(self.receive_window)
+            .saturating_sub(buffer_len.try_into().unwrap_or(u32::MAX));
+        if next_window_update < self.policy.step(self.max_receive_window) {
             return None;
         }
-
-        log::trace!(
-            "received {} mb in {} seconds ({} mbit/s)",
-            next_window_update as f64 / crate::MIB as f64,
-            self.last_window_update.elapsed().as_secs_f64(),
-            next_window_update as f64 / crate::MIB as f64 * 8.0
-                / self.last_window_update.elapsed().as_secs_f64()
-        );
-
-        // Auto-tuning `max_receive_window`
-        //
-        // The ideal `max_receive_window` is equal to the bandwidth-delay-product (BDP), thus
-        // allowing the remote sender to exhaust the entire available bandwidth on a single stream.
-        // Choosing `max_receive_window` too small prevents the remote sender from exhausting the
-        // available bandwidth. Choosing `max_receive_window` to large is wasteful and delays
-        // backpressure from the receiver to the sender on the stream.
-        //
-        // In case the remote sender has exhausted half or more of its credit in less than 2
-        // round-trips, try to double `max_receive_window`.
-        //
-        // For simplicity `max_receive_window` is never decreased.
-        //
-        // This implementation is heavily influenced by QUIC. See document below for rational on the
-        // above strategy.
-        //
-        // https://docs.google.com/document/d/1F2YfdDXKpy20WVKJueEf4abn_LVZHhMUMS5gX6Pgjl4/edit?usp=sharing
-        if self
-            .rtt
-            .get()
-            .map(|rtt| self.last_window_update.elapsed() < rtt * 2)
-            .unwrap_or(false)
-        {
-            let mut accumulated_max_stream_windows = self.accumulated_max_stream_windows.lock();
-
-            // Ideally one can just double it:
-            let new_max = self.max_receive_window.saturating_mul(2);
-
-            // But one has to consider the configured connection limit:
-            let new_max = {
-                let connection_limit: usize = self.max_receive_window as usize +
-                    // the overall configured conneciton limit
-                    (self.config.max_connection_receive_window.unwrap_or(usize::MAX)
-                    // minus the minimum amount of window guaranteed to each stream
-                    - self.config.max_num_streams * DEFAULT_CREDIT as usize
-                    // minus the amount of bytes beyond the minimum amount (`DEFAULT_CREDIT`)
-                    // already allocated by this and other streams on the connection.
-                    - *accumulated_max_stream_windows);
-
-                cmp::min(new_max, connection_limit.try_into().unwrap_or(u32::MAX))
-            };
-
-            // Account for the additional credit on the accumulated connection counter.
-            *accumulated_max_stream_windows += (new_max - self.max_receive_window) as usize;
-            drop(accumulated_max_stream_windows);
-
-            log::debug!(
-                "old window_max: {} mb, new window_max: {} mb",
-                self.max_receive_window as f64 / crate::MIB as f64,
-                new_max as f64 / crate::MIB as f64
-            );
-
-            self.max_receive_window = new_max;
-
-            // Recalculate `next_window_update` with the new `max_receive_window`.
-            let bytes_received = self.max_receive_window - self.receive_window;
-            next_window_update =
-                bytes_received.saturating_sub(buffer_len.try_into().unwrap_or(u32::MAX));
-        }
-
-        self.last_window_update = Instant::now();
         self.receive_window += next_window_update;
 
         self.assert_invariants(buffer_len);
@@ -135,7 +261,7 @@ impl FlowController {
         }
 
         let config = &self.config;
-        let rtt = self.rtt.get();
+        let rtt = self.rtt.min(); // ncx: `min` replaces yamux's `get`
         let accumulated_max_stream_windows = *self.accumulated_max_stream_windows.lock();
 
         assert!(
@@ -190,6 +316,7 @@ impl FlowController {
             .receive_window
             .checked_sub(i)
             .ok_or(ConnectionError::InvalidWindowUpdate)?;
+        self.policy.received += u64::from(i); // ncx: the policy counts what arrived
         Ok(())
     }
 }
@@ -212,7 +339,6 @@ impl Drop for FlowController {
 mod tests {
     use super::*;
     use quickcheck::{GenRange, QuickCheck};
-    use web_time::Duration;
 
     #[derive(Debug)]
     struct Input {
@@ -230,7 +356,7 @@ mod tests {
                         *self.controller.accumulated_max_stream_windows.lock(),
                     )),
                     rtt: self.controller.rtt.clone(),
-                    last_window_update: self.controller.last_window_update,
+                    policy: self.controller.policy.clone(),
                     receive_window: self.controller.receive_window,
                     max_receive_window: self.controller.max_receive_window,
                     send_window: self.controller.send_window,
@@ -249,7 +375,7 @@ mod tests {
                 config.max_connection_receive_window.unwrap_or(usize::MAX)
                     - (config.max_num_streams * (DEFAULT_CREDIT as usize));
 
-            let max_receive_window = if rtt.get().is_none() {
+            let max_receive_window = if rtt.min().is_none() {
                 DEFAULT_CREDIT
             } else {
                 g.gen_range(
@@ -267,15 +393,18 @@ mod tests {
                 (max_receive_window - DEFAULT_CREDIT) as usize
                     ..max_connection_minus_default.saturating_add(1),
             )));
-            let last_window_update =
-                Instant::now() - Duration::from_secs(g.gen_range(0..(60 * 60 * 24)));
+            let mut policy =
+                Policy::new(Instant::now() - Duration::from_secs(g.gen_range(0..(60 * 60 * 24))));
+            policy.received = g.gen_range(buffer_len as u64..u64::MAX / 2);
+            policy.max_rate = g.gen_range(0..u32::MAX) as f64;
+            policy.startup = bool::arbitrary(g);
             let send_window = g.gen_range(0..u32::MAX);
 
             Self {
                 controller: FlowController {
                     accumulated_max_stream_windows,
                     rtt,
-                    last_window_update,
+                    policy,
                     config,
                     receive_window,
                     max_receive_window,
