@@ -140,7 +140,7 @@ async fn one_byte_frames_from_an_authenticated_client_stay_bounded_in_the_server
     let sid = server.id().unwrap();
     let tls = tls_to(addr, dir.path()).await;
     let exported = ncx::auth::export(tls.get_ref().1).unwrap();
-    let mut peer = RawPeer::start(tls);
+    let mut peer = RawPeer::start_without_pongs(tls);
     authenticate(&mut peer, &exported).await;
     let p = name("p");
     let a = name("a");
@@ -267,7 +267,7 @@ async fn one_byte_frames_from_a_hostile_server_stay_bounded_in_the_client() {
         .await
         .unwrap()
         .unwrap();
-    let mut peer = RawPeer::start(acceptor.accept(tcp).await.unwrap());
+    let mut peer = RawPeer::start_without_pongs(acceptor.accept(tcp).await.unwrap());
     match peer.next_event(WAIT).await {
         Event::Opened(1) => {}
         other => panic!("expected the control stream, got {other:?}"),

@@ -68,6 +68,18 @@ pub struct RawPeer<S> {
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> RawPeer<S> {
     pub fn start(io: S) -> Self {
+        Self::start_with(io, true)
+    }
+
+    /// Like [`RawPeer::start`], but yamux pings are never answered, so the other side never
+    /// learns a round-trip time and its window policy keeps every stream at the initial 256 KiB
+    /// (the patched yamux grows a window only from a measured round trip): tests of what a window
+    /// of tiny frames costs then know the window they fill.
+    pub fn start_without_pongs(io: S) -> Self {
+        Self::start_with(io, false)
+    }
+
+    fn start_with(io: S, pongs_on: bool) -> Self {
         let (mut rd, wr) = tokio::io::split(io);
         let writer = Arc::new(tokio::sync::Mutex::new(wr));
         let credits = Arc::new(Credits {
@@ -146,6 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> RawPeer<S> {
                                 u64::from(len);
                             credits.grew.send_modify(|v| *v += 1);
                         }
+                        PING if flags & SYN != 0 && !pongs_on => {}
                         PING if flags & SYN != 0 => {
                             let pong = frame(PING, ACK, 0, &[], Some(len));
                             if writer.lock().await.write_all(&pong).await.is_err() {
