@@ -268,35 +268,7 @@ async fn one_byte_frames_from_a_hostile_server_stay_bounded_in_the_client() {
         .unwrap()
         .unwrap();
     let mut peer = RawPeer::start_without_pongs(acceptor.accept(tcp).await.unwrap());
-    match peer.next_event(WAIT).await {
-        Event::Opened(1) => {}
-        other => panic!("expected the control stream, got {other:?}"),
-    }
-    let m = peer.message_on(1, WAIT).await;
-    assert!(matches!(m, Message::Hello { .. }), "got {m:?}");
-    peer.send_on(
-        1,
-        ACK,
-        &Message::Welcome {
-            version: ncx_proto::PROTOCOL_VERSION,
-        },
-    )
-    .await
-    .unwrap();
-    let service = match peer.message_on(1, WAIT).await {
-        Message::Register { service, .. } => service,
-        other => panic!("expected a registration, got {other:?}"),
-    };
-    peer.send_on(
-        1,
-        0,
-        &Message::Registered {
-            service: service.clone(),
-            remote_port: 40000,
-        },
-    )
-    .await
-    .unwrap();
+    let service = peer.welcome_one_service(40000, WAIT).await;
     wait_for_line(&mut client, "service available").await;
     let public: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut streams = Vec::new();

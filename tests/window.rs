@@ -112,25 +112,7 @@ async fn a_streams_window_grows_on_a_long_path_and_comes_back_down_after_idling(
         .unwrap()
         .unwrap();
     let mut peer = RawPeer::start(acceptor.accept(tcp).await.unwrap());
-    match peer.next_event(WAIT).await {
-        Event::Opened(1) => {}
-        other => panic!("expected the control stream, got {other:?}"),
-    }
-    let m = peer.message_on(1, WAIT).await;
-    assert!(matches!(m, Message::Hello { .. }), "got {m:?}");
-    let welcome = Message::Welcome {
-        version: ncx_proto::PROTOCOL_VERSION,
-    };
-    peer.send_on(1, ACK, &welcome).await.unwrap();
-    let service_name = match peer.message_on(1, WAIT).await {
-        Message::Register { service, .. } => service,
-        other => panic!("expected a registration, got {other:?}"),
-    };
-    let registered = Message::Registered {
-        service: service_name.clone(),
-        remote_port: 40000,
-    };
-    peer.send_on(1, 0, &registered).await.unwrap();
+    let service_name = peer.welcome_one_service(40000, WAIT).await;
     wait_for_line(&mut client, "service available").await;
     let header = Message::VisitorHeader {
         service: service_name,

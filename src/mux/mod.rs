@@ -45,9 +45,9 @@ const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 /// Receive window shared by all streams of a session beyond their initial 256 KiB each: what a
 /// busy stream's window may grow by. How far one grows is the patched yamux's window policy
 /// (`patches/README.md`): the rate its reader consumes at times the path's minimum round-trip time,
-/// plus two 64 KiB credit steps, at most 16 MiB per stream. So a stream fills a long path while a
-/// keystroke on another stream waits behind little more than those two steps, and a slow or idle
-/// stream gives its share back. 32 MiB fills 1 Gbit/s at 250 ms for one stream, or 100 Mbit/s at
+/// plus a queue allowance of at most 6 ms of that rate and two credit steps of 1 ms of it (16–64
+/// KiB each), at most 16 MiB per stream. So a stream fills a long path while a keystroke on another
+/// stream waits behind only those few milliseconds, and a slow or idle stream gives its share back. 32 MiB fills 1 Gbit/s at 250 ms for one stream, or 100 Mbit/s at
 /// 100 ms for twenty at once; it is also the most a session's streams together can hold beyond
 /// their initial windows.
 pub const SHARED_WINDOW_BUDGET: usize = 32 * 1024 * 1024;

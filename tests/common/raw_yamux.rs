@@ -184,6 +184,36 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> RawPeer<S> {
         }
     }
 
+    /// Plays the server for a client that has just connected: takes its control stream and its
+    /// Hello, welcomes it, and grants its one registration on `remote_port`. Returns the
+    /// service's name.
+    pub async fn welcome_one_service(
+        &mut self,
+        remote_port: u16,
+        within: Duration,
+    ) -> ncx_proto::Name {
+        match self.next_event(within).await {
+            Event::Opened(1) => {}
+            other => panic!("expected the control stream, got {other:?}"),
+        }
+        let m = self.message_on(1, within).await;
+        assert!(matches!(m, Message::Hello { .. }), "got {m:?}");
+        let welcome = Message::Welcome {
+            version: ncx_proto::PROTOCOL_VERSION,
+        };
+        self.send_on(1, ACK, &welcome).await.unwrap();
+        let service = match self.message_on(1, within).await {
+            Message::Register { service, .. } => service,
+            other => panic!("expected a registration, got {other:?}"),
+        };
+        let registered = Message::Registered {
+            service: service.clone(),
+            remote_port,
+        };
+        self.send_on(1, 0, &registered).await.unwrap();
+        service
+    }
+
     /// Report what arrives on `stream` as plain bytes ([`Event::Bytes`]) from now on.
     pub fn raw_on(&self, stream: u32) {
         self.decoded.lock().unwrap().remove(&stream);
