@@ -228,8 +228,9 @@ async fn one_byte_frames_from_a_hostile_server_stay_bounded_in_the_client() {
         .unwrap()
         .0;
     let fp = identity.fingerprint().to_string();
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(ncx::tls::server_config(identity, None).unwrap()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        ncx::tls::server_config(identity, None).unwrap().0,
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_addr = listener.local_addr().unwrap();
     // The client's local service accepts and never reads, with the smallest receive buffer.

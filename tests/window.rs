@@ -92,8 +92,9 @@ async fn a_streams_window_grows_on_a_long_path_and_comes_back_down_after_idling(
         .unwrap()
         .0;
     let fp = identity.fingerprint().to_string();
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(ncx::tls::server_config(identity, None).unwrap()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        ncx::tls::server_config(identity, None).unwrap().0,
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let path = common::delay::relay(listener.local_addr().unwrap(), ONE_WAY, RATE).await;
     let svc = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -52,6 +52,9 @@ pub enum ErrorCode {
     NotAllowed,
     /// The identity requires a client certificate, and none naming it was presented.
     CertificateRequired,
+    /// The client certificate presented was not accepted: it does not chain to the server's client
+    /// CA, has expired, or is not for client authentication (the message says which).
+    CertificateRefused,
     /// A code this version does not know.
     Other(u16),
 }
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::Rotate => 17,
             ErrorCode::NotAllowed => 18,
             ErrorCode::CertificateRequired => 19,
+            ErrorCode::CertificateRefused => 20,
             ErrorCode::Other(n) => n,
         }
     }
@@ -106,6 +110,7 @@ impl ErrorCode {
             17 => ErrorCode::Rotate,
             18 => ErrorCode::NotAllowed,
             19 => ErrorCode::CertificateRequired,
+            20 => ErrorCode::CertificateRefused,
             n => ErrorCode::Other(n),
         }
     }
@@ -118,6 +123,7 @@ impl ErrorCode {
                 | ErrorCode::UnknownIdentity
                 | ErrorCode::BadToken
                 | ErrorCode::CertificateRequired
+                | ErrorCode::CertificateRefused
         )
     }
 }
@@ -144,6 +150,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Rotate => "session rotation",
             ErrorCode::NotAllowed => "not allowed",
             ErrorCode::CertificateRequired => "client certificate required",
+            ErrorCode::CertificateRefused => "client certificate refused",
             ErrorCode::Other(n) => return write!(f, "error code {n}"),
         };
         f.write_str(s)

@@ -357,7 +357,8 @@ impl Connected {
 /// ended".
 ///
 /// In TLS 1.3 the client's handshake is complete before the server has checked the client's
-/// certificate, so a refusal only shows up as an alert at the first read, the welcome. yamux reads
+/// certificate, so a refusal by the TLS layer (a server that does not defer the check, or a
+/// certificate whose signature is bad) only shows up as an alert at the first read, the welcome. yamux reads
 /// that alert as the end of every stream; the session state keeps the TLS error it hid.
 fn read_failure(stage: &str, e: ReadError, state: &mux::SessionState) -> ClientError {
     use rustls::AlertDescription as A;
@@ -376,9 +377,9 @@ fn read_failure(stage: &str, e: ReadError, state: &mux::SessionState) -> ClientE
         rustls::Error::AlertReceived(alert)
             if crate::tls::refuses_certificate(alert) || alert == A::DecryptError =>
         {
-            ClientError::Tls(format!(
-            "the server rejected this client's certificate ({alert:?}): use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`"
-        ))
+            ClientError::Tls(
+            "the server rejected this client's certificate during the TLS handshake: use a certificate from `ncx certs client NAME` signed by the CA the server has as tls.client_ca, still valid, with `cert` and `key`".to_owned()
+        )
         }
         other => ClientError::Handshake(format!("the server ended TLS while {stage}: {other}")),
     }

@@ -17,13 +17,14 @@ use super::handshakes::{Evicted, HandshakeSlot, HandshakeSlots};
 use crate::config::{IdentityPolicy, ServerSettings};
 use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
+use crate::tls::PeerCertificate;
 
 /// What the TLS handshake established about the client: the credentials beside the hello.
 pub(crate) struct PeerTls {
     /// Keying material for the token proof.
     pub exported: crate::auth::ExportedKey,
-    /// The common name of the verified client certificate, if one was presented.
-    pub cert_name: Option<String>,
+    /// The client certificate, verified against the client CA.
+    pub cert: crate::tls::PeerCertificate,
     /// The server address the client connected to.
     pub local: SocketAddr,
 }
@@ -242,12 +243,20 @@ impl Admission {
         if let Some(refusal) = self.blocked(peer.ip(), &who) {
             return Err(refusal);
         }
-        let result = match identities.get(&identity) {
-            None => Err(Refusal::new(
+        // A certificate that is presented must be good, whatever the identity asks for (as when
+        // the TLS layer refused it). Counted like a wrong token, once: the client does not retry
+        // a permanent refusal.
+        let result = match (&facts.cert, identities.get(&identity)) {
+            (PeerCertificate::Refused(why), _) => {
+                Err(Refusal::new(ErrorCode::CertificateRefused, why.clone()))
+            }
+            (_, None) => Err(Refusal::new(
                 ErrorCode::UnknownIdentity,
                 format!("the server has no identity named {identity}"),
             )),
-            Some(policy) => check_credentials(policy, facts, &identity, &proof).map(|()| identity),
+            (_, Some(policy)) => {
+                check_credentials(policy, facts, &identity, &proof).map(|()| identity)
+            }
         };
         match &result {
             Ok(identity) => self.guard.record_success(peer.ip(), identity),
@@ -266,15 +275,21 @@ fn check_credentials(
     proof: &[u8; ncx_proto::AUTH_PROOF_LEN],
 ) -> Result<(), Refusal> {
     if policy.auth.needs_certificate() {
-        match facts.cert_name.as_deref() {
-            Some(name) if name == identity.as_str() => {}
-            Some(name) => {
+        match &facts.cert {
+            PeerCertificate::Verified(Some(name)) if name == identity.as_str() => {}
+            PeerCertificate::Verified(Some(name)) => {
                 return Err(Refusal::new(
                     ErrorCode::CertificateRequired,
                     format!("the client certificate is for {name:?}, not for identity {identity}"),
                 ))
             }
-            None => {
+            PeerCertificate::Verified(None) => {
+                return Err(Refusal::new(
+                    ErrorCode::CertificateRequired,
+                    format!("the client certificate names no identity (it has no common name); identity {identity} needs one from `ncx certs client {identity}`"),
+                ))
+            }
+            PeerCertificate::None | PeerCertificate::Refused(_) => {
                 return Err(Refusal::new(
                     ErrorCode::CertificateRequired,
                     format!("identity {identity} must present a client certificate signed by the server's client CA"),

@@ -24,6 +24,8 @@ pub(super) struct Shared {
     pub settings: ServerSettings,
     pub identities: HashMap<Name, IdentityPolicy>,
     pub acceptor: TlsAcceptor,
+    /// Verifies client certificates after the handshake, when the server has a client CA.
+    pub client_certs: Option<crate::tls::ClientCertCheck>,
     pub registry: Registry<SessionCtx>,
     /// Handshake slots, session slots and the failed-authentication guard.
     pub admission: Admission,
@@ -31,7 +33,11 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub fn new(settings: ServerSettings, acceptor: TlsAcceptor) -> Self {
+    pub fn new(
+        settings: ServerSettings,
+        acceptor: TlsAcceptor,
+        client_certs: Option<crate::tls::ClientCertCheck>,
+    ) -> Self {
         let identities = settings
             .identities
             .iter()
@@ -42,6 +48,7 @@ impl Shared {
             settings,
             identities,
             acceptor,
+            client_certs,
             registry: Registry::default(),
             next_session: AtomicU64::new(1),
         }

@@ -50,9 +50,14 @@ impl Server {
     /// Builds the TLS configuration and the identity table.
     pub fn new(settings: ServerSettings, identity: ServerIdentity) -> Result<Self, TlsError> {
         let fingerprint = identity.fingerprint();
-        let tls = crate::tls::server_config(identity, settings.client_ca.as_deref())?;
+        let (tls, client_certs) =
+            crate::tls::server_config(identity, settings.client_ca.as_deref())?;
         Ok(Server {
-            shared: Arc::new(Shared::new(settings, TlsAcceptor::from(Arc::new(tls)))),
+            shared: Arc::new(Shared::new(
+                settings,
+                TlsAcceptor::from(Arc::new(tls)),
+                client_certs,
+            )),
             fingerprint,
         })
     }
@@ -84,7 +89,7 @@ impl Server {
             io,
             admission::PeerTls {
                 exported: crate::auth::ExportedKey(exported),
-                cert_name: None,
+                cert: crate::tls::PeerCertificate::None,
                 local: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             },
             peer,

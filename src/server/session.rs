@@ -87,7 +87,10 @@ pub(super) async fn run(
     };
     let facts = PeerTls {
         exported,
-        cert_name: crate::tls::client_certificate_name(conn),
+        cert: shared
+            .client_certs
+            .as_ref()
+            .map_or(crate::tls::PeerCertificate::None, |c| c.check(conn)),
         local,
     };
     run_decrypted(shared, tls, facts, peer, slot, deadline, cancel).await;

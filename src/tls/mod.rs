@@ -21,4 +21,4 @@ pub use client::{
     refuses_certificate, ClientCertificate, PinMismatch, ServerTrust,
 };
 pub use material::{load_certs, load_key, load_roots, provider, Fingerprint, TlsError};
-pub use server::{client_certificate_name, self_signed, server_config, ServerIdentity};
+pub use server::{self_signed, server_config, ClientCertCheck, PeerCertificate, ServerIdentity};
