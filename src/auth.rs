@@ -31,6 +31,17 @@ impl Token {
     }
 }
 
+/// Compared in constant time (for the length it need not be: a token's length is no secret worth
+/// the cost).
+impl PartialEq for Token {
+    fn eq(&self, other: &Self) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.as_bytes(), other.0.as_bytes())
+            .is_ok()
+    }
+}
+
+impl Eq for Token {}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Token(****)")

@@ -166,7 +166,7 @@ async fn the_server_starts_from_a_config_file_with_ncx_token_set() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
-            "--identity a needs a token: pass --token or set the environment variable NCX_TOKEN"
+            "--identity a needs a token: pass --token or --token-file, or set the environment variable NCX_TOKEN"
         ),
         "{stderr}"
     );
@@ -542,6 +542,41 @@ async fn an_error_names_its_cause_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reading no-such-server.toml"), "{stderr}");
     assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+
+    // A key that belongs to another certificate. At 8354efb: "KeyMismatch: keys may not be
+    // consistent: KeyMismatch".
+    succeeded(
+        &run(&["certs", "server", "localhost"])
+            .output()
+            .await
+            .unwrap(),
+        "ncx certs server",
+    );
+    let out = run(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        "certs/server.crt",
+        "--key",
+        "certs/ca.key",
+        "--identity",
+        "a",
+        "--token",
+        "t",
+        "--ports",
+        "20000",
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("using the server certificate and key: the private key does not belong to the certificate: give the key that was made with it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("KeyMismatch"), "{stderr}");
 }
 
 #[tokio::test]
@@ -655,6 +690,128 @@ async fn the_server_keeps_its_identity_whatever_directory_it_starts_from() {
         "{line}"
     );
     third.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_configured_by_flags_keeps_its_identity_in_the_state_directory() {
+    // Until this change a server without a file kept it in ./certs of wherever it started.
+    let home = tempfile::tempdir().unwrap();
+    let start = |cwd: &std::path::Path| {
+        let mut c = ncx();
+        c.args(["server", "--listen", "127.0.0.1:0"])
+            .args(["--identity", "a", "--token", "t", "--ports", "20000"])
+            .current_dir(cwd)
+            .env("HOME", home.path())
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("STATE_DIRECTORY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = home.path().join(".local/state/ncx/certs");
+    let mut first = start(one.path());
+    let mut log = LogLines::new(&mut first);
+    let line = log
+        .wait_for("created a self-signed server certificate in")
+        .await;
+    assert!(line.contains(&state.display().to_string()), "{line}");
+    let fp = log.wait_for("clients pin it with").await;
+    first.kill().await.unwrap();
+    assert!(state.join("ncx-server.crt").is_file());
+    assert!(!one.path().join("certs").exists());
+    let mut second = start(two.path());
+    let mut log = LogLines::new(&mut second);
+    log.wait_for("using the self-signed server certificate in")
+        .await;
+    assert_eq!(log.wait_for("clients pin it with").await, fp);
+    second.kill().await.unwrap();
+    // A server that an earlier version set up in ./certs keeps that identity.
+    let legacy = tempfile::tempdir().unwrap();
+    ncx::certs::load_or_create_self_signed(&legacy.path().join("certs")).unwrap();
+    let mut third = start(legacy.path());
+    let mut log = LogLines::new(&mut third);
+    let line = log
+        .wait_for("using the self-signed server certificate in")
+        .await;
+    assert!(
+        line.contains(&legacy.path().join("certs").display().to_string()),
+        "{line}"
+    );
+    third.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_come_from_files_and_from_systemd_credentials() {
+    // Server and client each read the token from $CREDENTIALS_DIRECTORY (systemd's
+    // LoadCredential=), named by a relative --token-file; the token is on no command line.
+    let dir = tempfile::tempdir().unwrap();
+    let (server_creds, client_creds) = (dir.path().join("srv"), dir.path().join("cli"));
+    for d in [&server_creds, &client_creds] {
+        std::fs::create_dir(d).unwrap();
+        let token = d.join("office.token");
+        std::fs::write(&token, "from-a-credential\n").unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    let certs = dir.path().join("certs");
+    let mut server = ncx()
+        .args(["server", "--listen", "127.0.0.1:0", "--auto-cert-dir"])
+        .arg(&certs)
+        .args(["--identity", "office", "--token-file", "office.token"])
+        .args(["--ports", "1024-65535", "--bind", "127.0.0.1"])
+        .env("CREDENTIALS_DIRECTORY", &server_creds)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut server, "server listening").await;
+    let addr = log_field(&line, "addr");
+    let echo = echo_service().await;
+    let mut client = ncx()
+        .args(["client", "--server", &addr, "--identity", "office"])
+        .args(["--server-fingerprint", &fingerprint(&certs)])
+        .args(["--token-file", "office.token", "--service"])
+        .arg(format!("web={echo}@0"))
+        .env("CREDENTIALS_DIRECTORY", &client_creds)
+        .env("NCX_TOKEN", "stale")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut client, "service available").await;
+    let public: std::net::SocketAddr = log_field(&line, "public").parse().unwrap();
+    assert_eq!(
+        exchange(public, b"token file").await.unwrap(),
+        b"token file"
+    );
+    client.kill().await.unwrap();
+    // A wrong token from a file: the refusal names the file it came from.
+    std::fs::write(client_creds.join("office.token"), "wrong").unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        ncx()
+            .args(["client", "--server", &addr, "--identity", "office"])
+            .args(["--server-fingerprint", &fingerprint(&certs)])
+            .args(["--token-file", "office.token", "--service"])
+            .arg(format!("web={echo}@0"))
+            .env("CREDENTIALS_DIRECTORY", &client_creds)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let shown = client_creds.join("office.token");
+    assert!(
+        stderr.contains(&format!(
+            "the token came from --token-file ({})",
+            shown.display()
+        )),
+        "{stderr}"
+    );
+    server.kill().await.unwrap();
 }
 
 /// `ncx client` as identity `office` (token `right`) of `server`, offering one service, with its

@@ -598,3 +598,76 @@ fn toml_mistakes_are_answered_with_what_to_write() {
         "server.toml:1:13: listen: invalid float, expected nothing: text must be quoted, e.g. listen = \"0.0.0.0:7835\""
     );
 }
+
+#[test]
+fn a_token_file_is_read_relative_to_its_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("office.token"), "s3cret\n").unwrap();
+    let client = dir.path().join("client.toml");
+    std::fs::write(
+        &client,
+        format!(
+            "server = \"127.0.0.1:7835\"\nidentity = \"office\"\ntoken_file = \"office.token\"\nserver_fingerprint = \"sha256:{}\"\n\n[[visits]]\nservice = \"pc/rdp\"\nlisten = \"127.0.0.1:0\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let c = ClientSettings::from_source(&Source::file(&client).unwrap(), Default::default(), None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.token, Some(ncx::auth::Token::new("s3cret")));
+    let from = c.token_source.unwrap();
+    assert!(from.starts_with("`token_file` in "), "{from}");
+    assert!(
+        from.ends_with(&format!("({})", dir.path().join("office.token").display())),
+        "{from}"
+    );
+    let server = dir.path().join("server.toml");
+    std::fs::write(
+        &server,
+        "[[identities]]\nname = \"office\"\ntoken_file = \"office.token\"\nports = [20000]\n",
+    )
+    .unwrap();
+    let s = ServerSettings::from_source(&Source::file(&server).unwrap())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.identities[0].auth.token(),
+        Some(&ncx::auth::Token::new("s3cret"))
+    );
+}
+
+#[test]
+fn token_file_mistakes_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.token");
+    let e = server_err(&format!(
+        "[[identities]]\nname = \"a\"\ntoken_file = \"{}\"\nports = [20000]\n",
+        missing.display()
+    ));
+    assert_eq!(
+        e,
+        format!(
+            "server.toml:3:14: token_file: reading {}: no such file",
+            missing.display()
+        )
+    );
+    let e = server_err(
+        "[[identities]]\nname = \"a\"\ntoken = \"t\"\ntoken_file = \"x\"\nports = [20000]\n",
+    );
+    assert_eq!(
+        e,
+        "server.toml:4:14: token_file: set either `token` or `token_file`, not both"
+    );
+    let empty = dir.path().join("empty.token");
+    std::fs::write(&empty, "\n").unwrap();
+    let e = client_err(&format!(
+        "server = \"127.0.0.1:7835\"\nidentity = \"a\"\ntoken_file = \"{}\"\ninsecure_skip_verify = true\n",
+        empty.display()
+    ));
+    assert_eq!(
+        e,
+        format!(
+            "client.toml:3:14: token_file: {} is empty: write the token into it",
+            empty.display()
+        )
+    );
+}

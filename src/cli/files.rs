@@ -20,14 +20,19 @@ impl ServerArgs {
             });
         }
         if let Some(name) = self.identity {
-            let Some(token) = self.token.or_else(env_token).filter(|t| !t.is_empty()) else {
-                anyhow::bail!(
-                    "--identity {name} needs a token: pass --token or set the environment variable NCX_TOKEN"
-                );
+            let token = match self.token_file {
+                Some(_) => None,
+                None => match self.token.or_else(env_token).filter(|t| !t.is_empty()) {
+                    Some(t) => Some(spanned(t)),
+                    None => anyhow::bail!(
+                        "--identity {name} needs a token: pass --token or --token-file, or set the environment variable NCX_TOKEN"
+                    ),
+                },
             };
             flags.identities.push(IdentityFile {
                 name: spanned(name),
-                token: Some(spanned(token)),
+                token,
+                token_file: self.token_file.map(spanned),
                 auth: None,
                 bind: self.bind.map(spanned),
                 ports: Some(spanned(

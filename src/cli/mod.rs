@@ -89,8 +89,12 @@ pub struct ServerArgs {
     pub identity: Option<String>,
     /// The token of --identity [default: the environment variable NCX_TOKEN]. Only --identity
     /// reads NCX_TOKEN, so it does not get in the way of a configuration file.
-    #[arg(long, requires = "identity")]
+    #[arg(long, requires = "identity", conflicts_with = "token_file")]
     pub token: Option<String>,
+    /// A file holding the token of --identity (a relative path is looked up in
+    /// $CREDENTIALS_DIRECTORY when systemd sets it).
+    #[arg(long, requires = "identity")]
+    pub token_file: Option<PathBuf>,
     /// Public ports the identity may use, e.g. `3389,20000-20100`.
     #[arg(long, value_delimiter = ',', requires = "identity")]
     pub ports: Vec<String>,
@@ -116,8 +120,12 @@ pub struct ConnectArgs {
     pub identity: Option<String>,
     /// The identity's token [default: the configuration file's `token`, then the environment
     /// variable NCX_TOKEN].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_file")]
     pub token: Option<String>,
+    /// A file holding the identity's token (a relative path is looked up in
+    /// $CREDENTIALS_DIRECTORY when systemd sets it).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// SHA-256 fingerprint of the server's certificate, as the server prints it at start.
     #[arg(long)]
     pub server_fingerprint: Option<String>,
@@ -143,6 +151,7 @@ impl ConnectArgs {
             server_name: self.server_name.clone().map(spanned),
             identity: self.identity.clone().map(spanned),
             token: self.token.clone().map(spanned),
+            token_file: self.token_file.clone().map(spanned),
             server_fingerprint: self.server_fingerprint.clone().map(spanned),
             ca: self.ca.clone().map(spanned),
             insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),

@@ -133,6 +133,10 @@ impl ClientSettings {
         file.resolve_paths(src);
         let token_from = if extra.token.is_some() {
             "--token".to_owned()
+        } else if extra.token_file.is_some() {
+            "--token-file".to_owned()
+        } else if file.token_file.is_some() {
+            format!("`token_file` in {}", src.origin)
         } else {
             format!("`token` in {}", src.origin)
         };
@@ -142,7 +146,12 @@ impl ClientSettings {
 
     /// Validates flags gathered into a [`ClientFile`].
     pub fn from_flags(file: ClientFile, env_token: Option<String>) -> Result<Self, ConfigError> {
-        Self::from_file(file, &Source::command_line(), env_token, "--token".into())
+        let token_from = if file.token_file.is_some() {
+            "--token-file"
+        } else {
+            "--token"
+        };
+        Self::from_file(file, &Source::command_line(), env_token, token_from.into())
     }
 
     /// `token_from` names where `file.token` came from. A token in the file or the flags wins over
@@ -190,11 +199,31 @@ impl ClientSettings {
             (Some(c), None) => return Err(src.at(c.span(), Some("cert"), "given without key")),
             (None, Some(k)) => return Err(src.at(k.span(), Some("key"), "given without cert")),
         };
-        let (token, token_source) = match (file.token, env_token) {
-            (Some(t), _) if t.get_ref().is_empty() => {
+        let named = match (file.token, file.token_file) {
+            (Some(_), Some(f)) => {
+                return Err(src.at(
+                    f.span(),
+                    Some("token_file"),
+                    "set either `token` or `token_file`, not both",
+                ))
+            }
+            (Some(t), None) if t.get_ref().is_empty() => {
                 return Err(src.at(t.span(), Some("token"), "must not be empty"))
             }
-            (Some(t), _) => (Some(Token::new(t.into_inner())), Some(token_from)),
+            (Some(t), None) => Some((t.into_inner(), token_from)),
+            (None, Some(f)) => {
+                let path = super::token_file::locate(
+                    f.get_ref(),
+                    super::token_file::credentials_directory().as_deref(),
+                );
+                let token = super::token_file::read(&path)
+                    .map_err(|e| src.at(f.span(), Some("token_file"), e))?;
+                Some((token, format!("{token_from} ({})", path.display())))
+            }
+            (None, None) => None,
+        };
+        let (token, token_source) = match (named, env_token) {
+            (Some((t, from)), _) => (Some(Token::new(t)), Some(from)),
             (None, Some(t)) if !t.is_empty() => (
                 Some(Token::new(t)),
                 Some("the environment variable NCX_TOKEN".to_owned()),
@@ -203,7 +232,7 @@ impl ClientSettings {
             _ if client_cert.is_some() => (None, None),
             _ => {
                 return Err(src.general(
-                    "no token: set `token`, --token or the environment variable NCX_TOKEN (or a client certificate with `cert` and `key`)",
+                    "no token: set `token` or `token_file`, --token or --token-file, or the environment variable NCX_TOKEN (or a client certificate with `cert` and `key`)",
                 ))
             }
         };

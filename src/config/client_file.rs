@@ -15,6 +15,8 @@ pub struct ClientFile {
     pub identity: Option<Spanned<String>>,
     /// The identity's token (or the environment variable `NCX_TOKEN`).
     pub token: Option<Spanned<String>>,
+    /// A file holding the identity's token, instead of `token` (see [`super::token_file`]).
+    pub token_file: Option<Spanned<PathBuf>>,
     /// Pinned SHA-256 fingerprint of the server's certificate.
     pub server_fingerprint: Option<Spanned<String>>,
     /// PEM file of the CA that signed the server's certificate.
@@ -140,11 +142,15 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
     macro_rules! take {
         ($($f:ident),*) => { $( if extra.$f.is_some() { file.$f = extra.$f; } )* };
     }
+    // A token flag replaces the file's token, whichever way either names it.
+    if extra.token.is_some() || extra.token_file.is_some() {
+        file.token = extra.token;
+        file.token_file = extra.token_file;
+    }
     take!(
         server,
         server_name,
         identity,
-        token,
         server_fingerprint,
         ca,
         insecure_skip_verify,
@@ -172,5 +178,8 @@ impl ClientFile {
         src.resolve_field(&mut self.ca);
         src.resolve_field(&mut self.cert);
         src.resolve_field(&mut self.key);
+        if super::token_file::credentials_directory().is_none() {
+            src.resolve_field(&mut self.token_file);
+        }
     }
 }

@@ -361,6 +361,8 @@ mod client_file;
 mod identity;
 mod server;
 mod server_file;
+mod state_dir;
+pub mod token_file;
 
 pub use client::*;
 pub use client_file::*;

@@ -113,7 +113,7 @@ impl ServerSettings {
             },
             (None, None) => ServerCert::Auto(
                 tls.auto_cert_dir
-                    .unwrap_or_else(|| default_auto_cert_dir(src)),
+                    .unwrap_or_else(|| super::state_dir::default_auto_cert_dir(src)),
             ),
             (Some(c), None) => {
                 return Err(src.at(c.span(), Some("tls.cert"), "given without tls.key"))
@@ -267,7 +267,26 @@ impl ServerSettings {
                     ))
                 }
             };
-            let auth = match (&id.token, auth) {
+            let token = match (id.token, &id.token_file) {
+                (Some(_), Some(f)) => {
+                    return Err(src.at(
+                        f.span(),
+                        Some("token_file"),
+                        "set either `token` or `token_file`, not both",
+                    ))
+                }
+                (None, Some(f)) => {
+                    let path = super::token_file::locate(
+                        f.get_ref(),
+                        super::token_file::credentials_directory().as_deref(),
+                    );
+                    let token = super::token_file::read(&path)
+                        .map_err(|e| src.at(f.span(), Some("token_file"), e))?;
+                    Some(Spanned::new(f.span(), token))
+                }
+                (token, None) => token,
+            };
+            let auth = match (&token, auth) {
                 (Some(t), _) if t.get_ref().is_empty() => {
                     return Err(src.at(t.span(), Some("token"), "must not be empty"))
                 }
@@ -285,7 +304,7 @@ impl ServerSettings {
                     return Err(src.at(
                         id.name.span(),
                         Some("token"),
-                        format!("identity {name} has no token (or set auth = \"certificate\")"),
+                        format!("identity {name} has no token: set `token` or `token_file` (or auth = \"certificate\")"),
                     ))
                 }
             };
@@ -368,21 +387,6 @@ enum AuthKind {
     Token,
     Certificate,
     Both,
-}
-
-/// Where the self-signed certificate lives when no `auto_cert_dir` is named: `certs` in
-/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`, its first entry) when that is set; else `certs`
-/// beside the configuration file; else (flags only) `certs` in the working directory. Never the
-/// working directory when a file is used, so a server started from another directory keeps its
-/// identity and pinned clients keep trusting it.
-fn default_auto_cert_dir(src: &Source) -> PathBuf {
-    let state = std::env::var_os("STATE_DIRECTORY")
-        .and_then(|v| std::env::split_paths(&v).next())
-        .filter(|d| !d.as_os_str().is_empty());
-    match state {
-        Some(dir) => dir.join(DEFAULT_AUTO_CERT_DIR),
-        None => src.resolve(Path::new(DEFAULT_AUTO_CERT_DIR)),
-    }
 }
 
 /// The first port two ranges share, if any.

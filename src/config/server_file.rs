@@ -68,6 +68,8 @@ pub struct IdentityFile {
     pub name: Spanned<String>,
     /// The identity's token (not needed with `auth = "certificate"`).
     pub token: Option<Spanned<String>>,
+    /// A file holding the identity's token, instead of `token` (see [`super::token_file`]).
+    pub token_file: Option<Spanned<PathBuf>>,
     /// What the identity must present: `"token"` (the default), `"certificate"` or `"both"`.
     pub auth: Option<Spanned<String>>,
     /// Address the identity's public ports are bound on.
@@ -114,6 +116,11 @@ impl ServerFile {
             src.resolve_field(&mut tls.client_ca);
             if let Some(d) = &mut tls.auto_cert_dir {
                 *d = src.resolve(d);
+            }
+        }
+        if super::token_file::credentials_directory().is_none() {
+            for id in &mut self.identities {
+                src.resolve_field(&mut id.token_file);
             }
         }
     }

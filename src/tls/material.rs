@@ -34,7 +34,7 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// rustls refused the certificates or key.
-    #[error("{context}: {cause}")]
+    #[error("{context}: {}", rustls_words(cause))]
     Rustls {
         /// What was being done.
         context: String,
@@ -158,5 +158,29 @@ pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 impl From<rcgen::Error> for TlsError {
     fn from(e: rcgen::Error) -> Self {
         TlsError::Generate(e)
+    }
+}
+
+/// A rustls error met while loading certificates and keys, in words that say what to change.
+/// rustls' own `Display` names its enum variants ("keys may not be consistent: KeyMismatch") and
+/// prefixes our own texts with "unexpected error".
+fn rustls_words(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E, InconsistentKeys as K};
+    match e {
+        E::InconsistentKeys(K::KeyMismatch) => {
+            "the private key does not belong to the certificate: give the key that was made with it"
+                .to_owned()
+        }
+        E::InconsistentKeys(_) => {
+            "the private key cannot be checked against the certificate (is it a key type rustls supports: ECDSA, Ed25519 or RSA?)".to_owned()
+        }
+        E::General(text) => text.clone(),
+        E::InvalidCertificate(C::BadEncoding) => {
+            "a certificate in it is damaged (not valid DER)".to_owned()
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the certificate has expired".to_owned()
+        }
+        other => other.to_string(),
     }
 }
