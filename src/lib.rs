@@ -21,7 +21,7 @@
 //! - [`net`]: socket options; [`fdlimit`]: the open-file limit; [`ratelimit`]: warnings at a
 //!   limited rate.
 //! - [`demo`]: everything on loopback in one process.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`service`]: `ncx service`, a client or visit as a Windows service.
 //! - `fuzzing` (with the `fuzzing` feature only): the hooks the fuzz targets and the corpus replay
 //!   use.
 //!
@@ -64,6 +64,7 @@ pub mod net;
 pub mod ratelimit;
 pub mod refusal;
 pub mod server;
+pub mod service;
 pub mod splice;
 pub mod tasks;
 pub mod timeouts;

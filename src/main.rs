@@ -20,36 +20,26 @@ macro_rules! complain {
 fn main() -> ExitCode {
     keep_freed_buffers();
     let cli = ncx::cli::Cli::parse();
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::try_new(level),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    };
-    let filter = match filter {
-        // yamux logs a peer that closed first as a warning; that is routine for a tunnel.
-        Ok(f)
-            if !cli
-                .log_level
-                .as_deref()
-                .unwrap_or_default()
-                .contains("yamux") =>
-        {
-            f.add_directive("yamux=error".parse().expect("a valid literal directive"))
-        }
-        Ok(f) => f,
-        Err(e) => {
-            complain!("error: invalid log level: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        // A log line that cannot be written (stderr is a pipe whose reader went away) is dropped;
-        // by default tracing-subscriber reports that with `eprintln!`, which panics on the same
-        // closed stderr and took the whole tunnel down (exit 101).
-        .log_internal_errors(false)
-        .init();
+    // Run by the Windows service manager: no console, so the log goes to the file install chose.
+    if let ncx::cli::Command::Service(ncx::service::ServiceArgs {
+        action:
+            ncx::service::ServiceAction::Run {
+                name,
+                dir,
+                log_file,
+                command,
+            },
+    }) = cli.command
+    {
+        return run_as_service(cli.log_level, name, dir, log_file, command);
+    }
+    if let Err(code) = init_logging(
+        cli.log_level.as_deref(),
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    ) {
+        return code;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,6 +61,88 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `ncx service run`: in the directory install ran in (a service starts in the system
+/// directory), logging to `log_file`, the registered command as the service `name`.
+fn run_as_service(
+    level: Option<String>,
+    name: String,
+    dir: std::path::PathBuf,
+    log_file: std::path::PathBuf,
+    command: Vec<std::ffi::OsString>,
+) -> ExitCode {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => {
+            complain!("error: opening the log file {}: {e}", log_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let inner = ncx::cli::service::parse_cli(&command);
+    let level = level.or_else(|| inner.as_ref().ok().and_then(|c| c.log_level.clone()));
+    if let Err(code) = init_logging(level.as_deref(), std::sync::Mutex::new(file), false) {
+        return code;
+    }
+    let prepared = std::env::set_current_dir(&dir)
+        .map_err(|e| anyhow::anyhow!("changing to {}: {e}", dir.display()))
+        .and_then(|()| {
+            // Parsed twice: the settings say how long a stop may take, the command runs.
+            let drain = ncx::cli::service::parse(&command)?
+                .client_settings()?
+                .timing
+                .drain_timeout;
+            let command = ncx::cli::service::parse(&command)?;
+            let job: ncx::service::Job = Box::new(move |shutdown| {
+                Box::pin(async move { ncx::cli::execute(command, shutdown).await.map(|_| ()) })
+            });
+            Ok((drain, job))
+        });
+    let result = prepared.and_then(|(drain, job)| ncx::service::run_as_service(name, drain, job));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            complain!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs at `level` (a tracing filter; RUST_LOG, then `info`, without one) to `writer`.
+fn init_logging<W>(level: Option<&str>, writer: W, ansi: bool) -> Result<(), ExitCode>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    };
+    let filter = match filter {
+        // yamux logs a peer that closed first as a warning; that is routine for a tunnel.
+        Ok(f) if !level.unwrap_or_default().contains("yamux") => {
+            f.add_directive("yamux=error".parse().expect("a valid literal directive"))
+        }
+        Ok(f) => f,
+        Err(e) => {
+            complain!("error: invalid log level: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        // A log line that cannot be written (stderr is a pipe whose reader went away) is dropped;
+        // by default tracing-subscriber reports that with `eprintln!`, which panics on the same
+        // closed stderr and took the whole tunnel down (exit 101).
+        .log_internal_errors(false)
+        .init();
+    Ok(())
 }
 
 /// Size of the block [`keep_freed_buffers`] allocates and frees once.

@@ -941,3 +941,71 @@ async fn one_visit_process_reaches_several_private_services() {
     office.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn service_install_checks_the_command_before_registering_anything() {
+    // The checks are the same on every platform; only registering needs Windows (tests/windows.rs).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.token"), "t").unwrap();
+    let with_token_file = format!(
+        "server = \"127.0.0.1:7835\"\nidentity = \"a\"\ntoken_file = \"a.token\"\nserver_fingerprint = \"sha256:{}\"\n\n[[services]]\nname = \"e\"\nlocal = \"127.0.0.1:9\"\n",
+        "ab".repeat(32)
+    );
+    std::fs::write(dir.path().join("client.toml"), &with_token_file).unwrap();
+    std::fs::write(
+        dir.path().join("env.toml"),
+        with_token_file.replace("token_file = \"a.token\"\n", ""),
+    )
+    .unwrap();
+    let install = |args: &[&str], env_token: Option<&str>| {
+        let mut c = ncx();
+        c.args(["service", "install"])
+            .args(args)
+            .current_dir(dir.path());
+        if let Some(t) = env_token {
+            c.env("NCX_TOKEN", t);
+        }
+        c.output()
+    };
+    let cases: &[(&[&str], Option<&str>, &str)] = &[
+        (
+            &["client", "--config", "client.toml", "--token", "x"],
+            None,
+            "--token would be stored in the service's command line, which every local user can read",
+        ),
+        (
+            &["client", "--config", "env.toml"],
+            Some("t"),
+            "the token comes from NCX_TOKEN, which a service does not see",
+        ),
+        (
+            &["server", "--config", "server.toml"],
+            None,
+            "a service runs `client …` or `visit …`",
+        ),
+        (
+            &["--name", "a b", "client", "--config", "client.toml"],
+            None,
+            "service name \"a b\": use 1-64 of A-Z a-z 0-9 . _ -",
+        ),
+        (
+            &["client", "--config", "missing.toml"],
+            None,
+            "checking the service's configuration: reading missing.toml",
+        ),
+        (
+            &["client", "--config", "client.toml"],
+            None,
+            "`ncx service` registers Windows services; on Linux run ncx under systemd",
+        ),
+    ];
+    for (args, env_token, expected) in cases {
+        let out = tokio::time::timeout(WAIT, install(args, *env_token))
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -1,6 +1,8 @@
 //! The Windows build under wine: `ncx.exe demo --check`, a Windows `ncx.exe client` serving a
 //! visitor through a Linux `ncx server`, and a Windows `ncx.exe visit` reaching a private service
-//! offered by a Linux client. Real bytes through each, checked.
+//! offered by a Linux client; and `ncx.exe service install`, a client as a Windows service that
+//! wine's service manager starts when the prefix boots, that serves a visitor and that lets it
+//! finish when `sc stop` stops it. Real bytes through each, checked.
 //!
 //! Needs `target/x86_64-pc-windows-gnu/debug/ncx.exe` (`cargo build --target
 //! x86_64-pc-windows-gnu --bin ncx`), `wine` and mingw-w64's `x86_64-w64-mingw32-gcc`, which builds
@@ -67,10 +69,21 @@ impl Wine {
 
     /// `ncx.exe ARGS` under wine, killed when dropped.
     fn ncx(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = self.program("ncx.exe");
+        c.args(args);
+        c
+    }
+
+    /// A program (ncx.exe in the directory, or one of wine's such as `sc`) under wine.
+    fn program(&self, program: &str) -> tokio::process::Command {
         let mut c = tokio::process::Command::new("wine");
-        c.arg(self.dir.path().join("ncx.exe"))
-            .args(args)
-            .current_dir(self.dir.path())
+        let local = self.dir.path().join(program);
+        if local.is_file() {
+            c.arg(local);
+        } else {
+            c.arg(program);
+        }
+        c.current_dir(self.dir.path())
             .env("WINEPREFIX", self.dir.path().join("prefix"))
             .env("WINEDEBUG", "-all")
             .env_remove("RUST_LOG")
@@ -83,6 +96,19 @@ impl Wine {
     }
 }
 
+impl Wine {
+    /// Ends every process of the prefix (services included) and waits for its wineserver to go:
+    /// the next wine process boots the prefix again, as a machine boots.
+    fn shut_down(&self) {
+        for flag in ["-k", "-w"] {
+            let _ = std::process::Command::new("wineserver")
+                .arg(flag)
+                .env("WINEPREFIX", self.dir.path().join("prefix"))
+                .status();
+        }
+    }
+}
+
 impl Drop for Wine {
     fn drop(&mut self) {
         // The prefix's wineserver would otherwise linger a few seconds after the last process.
@@ -90,6 +116,35 @@ impl Drop for Wine {
             .arg("-k")
             .env("WINEPREFIX", self.dir.path().join("prefix"))
             .status();
+    }
+}
+
+/// The time a wine command may take (the first one creates the prefix).
+const WINE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `cmd`'s output, within [`WINE_WAIT`].
+async fn output(cmd: &mut tokio::process::Command) -> std::process::Output {
+    tokio::time::timeout(WINE_WAIT, cmd.output())
+        .await
+        .expect("the wine command finishes in time")
+        .unwrap()
+}
+
+/// Waits until the log file has a line containing `needle` (the service writes there; wine gives
+/// it no console) and returns the line. Polls: a file offers nothing to wait on.
+async fn wait_for_log(log: &Path, needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            start.elapsed() < WINE_WAIT,
+            "no {needle:?} in {} within {WINE_WAIT:?}:\n{text}",
+            log.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -184,5 +239,170 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
     );
     visit.kill().await.unwrap();
     office.stop().await;
+    server.kill().await.unwrap();
+}
+
+/// The commands of the README's "As a Windows service" block, each split into words.
+fn readme_service_commands() -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split_once("### As a Windows service")
+        .expect("README has the Windows service section")
+        .1;
+    let block = section
+        .split_once("```bat\n")
+        .unwrap()
+        .1
+        .split_once("\n```")
+        .unwrap()
+        .0;
+    block
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+impl Wine {
+    /// One command of the README's block: `ncx …` is ncx.exe, anything else one of wine's.
+    fn readme_command(&self, words: &[String]) -> tokio::process::Command {
+        let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        match words[0].as_str() {
+            "ncx" => self.ncx(&args),
+            other => {
+                let mut c = self.program(other);
+                c.args(&args);
+                c
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_service_starts_at_boot_serves_and_drains_on_stop_under_wine() {
+    if let Some(why) = missing_requirement() {
+        assert!(
+            std::env::var_os("NCX_REQUIRE_WINE").is_none(),
+            "NCX_REQUIRE_WINE is set but {why}"
+        );
+        eprintln!("SKIPPED Windows service test under wine: {why}");
+        return;
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The README's commands, run as written (in another order: a boot comes first).
+    let readme = readme_service_commands();
+    let [install, start, stop, uninstall] = &readme[..] else {
+        panic!("the README's block has install, sc start, sc stop, uninstall: {readme:?}")
+    };
+    assert_eq!(&install[..3], ["ncx", "service", "install"]);
+    assert_eq!(install.last().unwrap(), "C:\\ncx\\client.toml");
+    let name = install[4].clone();
+    assert_eq!(start, &["sc", "start", &name]);
+    assert_eq!(stop, &["sc", "stop", &name]);
+    assert_eq!(uninstall, &["ncx", "service", "uninstall", "--name", &name]);
+
+    let wine = Wine::new();
+    // The first command creates the prefix, whose C: drive then gets the configuration.
+    succeeded(
+        &output(&mut wine.ncx(&["--version"])).await,
+        "ncx.exe --version",
+    );
+    let drive_c = wine.dir.path().join("prefix/drive_c");
+    let conf = drive_c.join("ncx");
+    std::fs::create_dir_all(&conf).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let echo = echo_service().await;
+    std::fs::write(conf.join("a.token"), "t\n").unwrap();
+    std::fs::write(
+        conf.join("client.toml"),
+        format!(
+            "server = \"{addr}\"\nidentity = \"a\"\ntoken_file = \"a.token\"\nserver_fingerprint = \"{}\"\ndrain_timeout_secs = 60\n\n[[services]]\nname = \"e\"\nlocal = \"{echo}\"\nremote_port = 0\n",
+            fingerprint(dir.path())
+        ),
+    )
+    .unwrap();
+
+    // Install: the configuration is checked, nothing runs yet.
+    let text = succeeded(
+        &output(&mut wine.readme_command(install)).await,
+        "service install",
+    );
+    assert!(
+        text.contains(&format!("installed service {name}")),
+        "{text}"
+    );
+    assert!(text.contains("it starts at boot"), "{text}");
+    let log = drive_c.join(format!("ProgramData/ncx/{name}.log"));
+    assert!(
+        text.contains(&format!("C:\\ProgramData\\ncx\\{name}.log")),
+        "{text}"
+    );
+
+    // Boot: the prefix's service manager starts the service by itself. A user process keeps the
+    // prefix up (wine ends services with its last user process).
+    wine.shut_down();
+    assert!(!log.exists(), "the service has not run before the boot");
+    let mut keep_up = wine
+        .ncx(&["echo", "--listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut keep_up, "echo service listening on").await;
+    wait_for_log(&log, "running as a Windows service").await;
+    let line = wait_for_log(&log, "service available").await;
+    let public: std::net::SocketAddr = log_field(&line, "public").parse().unwrap();
+    let payload = Rng(13).bytes(128 * 1024);
+    assert_eq!(
+        exchange(public, &payload).await.unwrap(),
+        payload,
+        "a visitor's bytes through the Windows service"
+    );
+
+    // Stop: a visitor in flight is still served while the service drains, and then it stops.
+    let mut visitor = tokio::net::TcpStream::connect(public).await.unwrap();
+    let mut b = [0u8; 6];
+    visitor.write_all(b"before").await.unwrap();
+    visitor.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"before");
+    let out = output(&mut wine.readme_command(stop)).await;
+    assert!(out.status.success(), "sc stop: {out:?}");
+    wait_for_log(&log, "the service manager stops the service").await;
+    visitor.write_all(b"during").await.unwrap();
+    visitor.read_exact(&mut b).await.unwrap();
+    assert_eq!(
+        &b, b"during",
+        "the visitor is served while the service drains"
+    );
+    drop(visitor);
+    wait_for_log(&log, "service stopped").await;
+    let out = output(wine.program("sc").args(["query", &name])).await;
+    let state = String::from_utf8_lossy(&out.stdout);
+    assert!(state.contains("STOPPED"), "{state}");
+
+    // Start by hand, and a visitor again.
+    std::fs::write(&log, "").unwrap();
+    let out = output(&mut wine.readme_command(start)).await;
+    assert!(out.status.success(), "sc start: {out:?}");
+    let line = wait_for_log(&log, "service available").await;
+    let public: std::net::SocketAddr = log_field(&line, "public").parse().unwrap();
+    assert_eq!(exchange(public, b"again").await.unwrap(), b"again");
+
+    // Uninstall stops the running service and removes it.
+    let text = succeeded(
+        &output(&mut wine.readme_command(uninstall)).await,
+        "service uninstall",
+    );
+    assert!(text.contains(&format!("stopping service {name}")), "{text}");
+    assert!(text.contains(&format!("removed service {name}")), "{text}");
+    wait_for_log(&log, "service stopped").await;
+    let out = output(wine.program("sc").args(["query", &name])).await;
+    assert!(!out.status.success(), "the service is gone: {out:?}");
+    let out = output(&mut wine.readme_command(uninstall)).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("there is no service named {name}")),
+        "{out:?}"
+    );
+    keep_up.kill().await.unwrap();
     server.kill().await.unwrap();
 }

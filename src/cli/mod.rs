@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 
 mod files;
+pub mod service;
 
 use crate::config::{
     ClientFile, ClientSettings, IdentityFile, ServerCert, ServerFile, ServerSettings,
@@ -48,6 +49,20 @@ pub enum Command {
     /// Run the demo's sample service alone: a greeting line, then every byte echoed back. Handy as
     /// a local service while trying a tunnel.
     Echo(EchoArgs),
+    /// Register `ncx client` or `ncx visit` as a Windows service, or remove it.
+    Service(crate::service::ServiceArgs),
+}
+
+impl Command {
+    /// The settings a `client` or `visit` command runs with, checked (for `ncx service install`,
+    /// which checks a configuration before registering it).
+    pub fn client_settings(self) -> anyhow::Result<ClientSettings> {
+        match self {
+            Command::Client(args) => args.settings(),
+            Command::Visit(args) => args.settings(),
+            _ => anyhow::bail!("not a client or visit command"),
+        }
+    }
 }
 
 /// `ncx echo`.
@@ -345,6 +360,10 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
         }
         Command::Demo(args) => {
             crate::demo::run(args.check, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service(args) => {
+            args.action.execute()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo(args) => {

@@ -226,7 +226,7 @@ impl ClientSettings {
             (Some((t, from)), _) => (Some(Token::new(t)), Some(from)),
             (None, Some(t)) if !t.is_empty() => (
                 Some(Token::new(t)),
-                Some("the environment variable NCX_TOKEN".to_owned()),
+                Some(super::ENV_TOKEN_SOURCE.to_owned()),
             ),
             // An identity may authenticate by certificate alone.
             _ if client_cert.is_some() => (None, None),

@@ -23,8 +23,9 @@ pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT);
 /// Default port of `ncx server`.
 pub const DEFAULT_PORT: u16 = 7835;
-/// Default directory of the server's self-signed certificate when none is configured.
-pub const DEFAULT_AUTO_CERT_DIR: &str = "certs";
+
+/// [`ClientSettings::token_source`] of a token from the environment.
+pub const ENV_TOKEN_SOURCE: &str = "the environment variable NCX_TOKEN";
 /// TLS handshake + hello + authentication must finish within this long.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The client gives up connecting to the server (TCP) after this long.
@@ -369,3 +370,4 @@ pub use client_file::*;
 pub use identity::*;
 pub use server::*;
 pub use server_file::*;
+pub use state_dir::{platform_state_dir, DEFAULT_AUTO_CERT_DIR};

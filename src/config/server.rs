@@ -113,7 +113,7 @@ impl ServerSettings {
             },
             (None, None) => ServerCert::Auto(
                 tls.auto_cert_dir
-                    .unwrap_or_else(|| super::state_dir::default_auto_cert_dir(src)),
+                    .unwrap_or_else(|| super::state_dir::default_auto_cert_dir(src.dir.as_deref())),
             ),
             (Some(c), None) => {
                 return Err(src.at(c.span(), Some("tls.cert"), "given without tls.key"))

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Source, DEFAULT_AUTO_CERT_DIR};
+/// The directory name of the self-signed certificate, inside whichever directory holds it.
+pub const DEFAULT_AUTO_CERT_DIR: &str = "certs";
 
 /// The certificate's file name inside the directory (see `crate::certs`); its presence in the
 /// working directory's `certs` marks a server that kept it there before.
@@ -16,7 +17,9 @@ const SELF_SIGNED_CERT_FILE: &str = "ncx-server.crt";
 /// working directory that already holds a certificate is kept, so a server set up by an earlier
 /// version, which kept it there, does not change identity. The working directory is the last
 /// resort, when the platform names no directory.
-pub(super) fn default_auto_cert_dir(src: &Source) -> PathBuf {
+///
+/// `config_dir` is the configuration file's directory, if a file is used.
+pub(super) fn default_auto_cert_dir(config_dir: Option<&Path>) -> PathBuf {
     let from_env = |name: &str| {
         std::env::var_os(name)
             .and_then(|v| std::env::split_paths(&v).next())
@@ -25,14 +28,14 @@ pub(super) fn default_auto_cert_dir(src: &Source) -> PathBuf {
     if let Some(dir) = from_env("STATE_DIRECTORY") {
         return dir.join(DEFAULT_AUTO_CERT_DIR);
     }
-    if src.dir.is_some() {
-        return src.resolve(Path::new(DEFAULT_AUTO_CERT_DIR));
+    if let Some(dir) = config_dir {
+        return dir.join(DEFAULT_AUTO_CERT_DIR);
     }
     let legacy = Path::new(DEFAULT_AUTO_CERT_DIR);
     if legacy.join(SELF_SIGNED_CERT_FILE).exists() {
         return std::path::absolute(legacy).unwrap_or_else(|_| legacy.to_owned());
     }
-    match platform_state_dir(from_env) {
+    match platform_state_dir_from(from_env) {
         Some(dir) => dir.join("ncx").join(DEFAULT_AUTO_CERT_DIR),
         None => legacy.to_owned(),
     }
@@ -42,7 +45,7 @@ pub(super) fn default_auto_cert_dir(src: &Source) -> PathBuf {
 /// `%ProgramData%` on Windows (a service runs as LocalSystem, whose profile is no place for
 /// it), `~/Library/Application Support` on macOS, and `$XDG_STATE_HOME` or `~/.local/state`
 /// elsewhere (the XDG base directory specification).
-pub(super) fn platform_state_dir(var: impl Fn(&str) -> Option<PathBuf>) -> Option<PathBuf> {
+pub(super) fn platform_state_dir_from(var: impl Fn(&str) -> Option<PathBuf>) -> Option<PathBuf> {
     if cfg!(windows) {
         var("ProgramData").or_else(|| var("LOCALAPPDATA"))
     } else if cfg!(target_os = "macos") {
@@ -52,6 +55,16 @@ pub(super) fn platform_state_dir(var: impl Fn(&str) -> Option<PathBuf>) -> Optio
             .filter(|d| d.is_absolute())
             .or_else(|| var("HOME").map(|h| h.join(".local/state")))
     }
+}
+
+/// The platform's directory for program state (see [`platform_state_dir_from`]), from the
+/// environment.
+pub fn platform_state_dir() -> Option<PathBuf> {
+    platform_state_dir_from(|name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 #[cfg(test)]
@@ -70,20 +83,20 @@ mod tests {
         };
         if cfg!(windows) {
             assert_eq!(
-                platform_state_dir(env(&[("ProgramData", "C:\\ProgramData")])),
+                platform_state_dir_from(env(&[("ProgramData", "C:\\ProgramData")])),
                 Some(PathBuf::from("C:\\ProgramData"))
             );
         } else if !cfg!(target_os = "macos") {
             assert_eq!(
-                platform_state_dir(env(&[("HOME", "/home/a"), ("XDG_STATE_HOME", "/s")])),
+                platform_state_dir_from(env(&[("HOME", "/home/a"), ("XDG_STATE_HOME", "/s")])),
                 Some(PathBuf::from("/s"))
             );
             // The specification says a relative XDG_STATE_HOME is to be ignored.
             assert_eq!(
-                platform_state_dir(env(&[("HOME", "/home/a"), ("XDG_STATE_HOME", "rel")])),
+                platform_state_dir_from(env(&[("HOME", "/home/a"), ("XDG_STATE_HOME", "rel")])),
                 Some(PathBuf::from("/home/a/.local/state"))
             );
-            assert_eq!(platform_state_dir(env(&[])), None);
+            assert_eq!(platform_state_dir_from(env(&[])), None);
         }
     }
 }
