@@ -137,7 +137,9 @@ async fn run_inner(
         return Ok(());
     }
     crate::say!(
-        "ncx demo: try it: nc {} {}   (Ctrl-C to stop)",
+        "ncx demo: try it: nc {} {} (or telnet {} {}, or any TCP client)   (Ctrl-C to stop)",
+        public.ip(),
+        public.port(),
         public.ip(),
         public.port()
     );
