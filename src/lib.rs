@@ -18,6 +18,7 @@
 //! - [`tls`]: PEM loading, rustls configurations, fingerprints and pinning.
 //! - [`certs`]: `ncx certs` and the server's self-signed certificate.
 //! - [`auth`]: token proofs bound to the TLS connection.
+//! - [`proxy`]: reaching the server through an HTTP or SOCKS5 proxy.
 //! - [`net`]: socket options; [`fdlimit`]: the open-file limit; [`ratelimit`]: warnings at a
 //!   limited rate.
 //! - [`demo`]: everything on loopback in one process.
@@ -61,6 +62,7 @@ pub mod heartbeat;
 pub mod human;
 pub mod mux;
 pub mod net;
+pub mod proxy;
 pub mod ratelimit;
 pub mod refusal;
 pub mod server;

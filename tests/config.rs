@@ -671,3 +671,58 @@ fn token_file_mistakes_are_located() {
         )
     );
 }
+
+#[test]
+fn proxy_settings_are_checked_and_located() {
+    use ncx::proxy::{ProxySetting, Scheme};
+    let base = format!(
+        "server = \"tunnel.example.com:443\"\nidentity = \"a\"\ntoken = \"t\"\nserver_fingerprint = \"sha256:{}\"\n\n[[visits]]\nservice = \"pc/rdp\"\nlisten = \"127.0.0.1:0\"\n",
+        "ab".repeat(32)
+    );
+    let parse = |extra: &str| {
+        ClientSettings::from_source(
+            &Source::text("client.toml", &format!("{extra}{base}")),
+            ClientFile::default(),
+            None,
+        )
+    };
+    // No proxy key: the environment decides when the client starts.
+    assert_eq!(parse("").unwrap().proxy, ProxySetting::FromEnvironment);
+    assert_eq!(
+        parse("proxy = \"direct\"\n").unwrap().proxy,
+        ProxySetting::Direct
+    );
+    match parse("proxy = \"socks5://gw.corp\"\n").unwrap().proxy {
+        ProxySetting::Url(u) => assert_eq!((u.scheme, u.port), (Scheme::Socks5, 1080)),
+        other => panic!("{other:?}"),
+    }
+    let e = parse("proxy = \"ftp://gw\"\n").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "client.toml:1:9: proxy: proxy scheme \"ftp\": expected http://, https:// or socks5://"
+    );
+    // The password from a file, for the URL's user; never shown.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("proxy.pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let s = parse(&format!(
+        "proxy = \"http://alice@proxy.corp:3128\"\nproxy_password_file = \"{}\"\n",
+        pw.display()
+    ))
+    .unwrap();
+    match &s.proxy {
+        ProxySetting::Url(u) => assert_eq!(u.password(), Some("s3cret")),
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{s:?}").contains("s3cret"), "{s:?}");
+    let e = parse(&format!(
+        "proxy = \"http://proxy.corp:3128\"\nproxy_password_file = \"{}\"\n",
+        pw.display()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("client.toml:2:23: proxy_password_file: needs a proxy URL with a user"),
+        "{e}"
+    );
+}

@@ -150,6 +150,11 @@ pub struct ConnectArgs {
     /// Do not verify the server at all. Anyone on the network path can then impersonate it.
     #[arg(long)]
     pub insecure_skip_verify: bool,
+    /// The proxy to reach the server through: http://[USER:PASS@]HOST[:PORT], https://…,
+    /// socks5://…, or `direct` [default: the configuration file's `proxy`, then HTTPS_PROXY,
+    /// ALL_PROXY and NO_PROXY].
+    #[arg(long)]
+    pub proxy: Option<String>,
     /// PEM client certificate (from `ncx certs client NAME`), for identities that need one.
     #[arg(long, requires = "key")]
     pub cert: Option<PathBuf>,
@@ -172,6 +177,7 @@ impl ConnectArgs {
             insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
             cert: self.cert.clone().map(spanned),
             key: self.key.clone().map(spanned),
+            proxy: self.proxy.clone().map(spanned),
             ..Default::default()
         }
     }

@@ -19,6 +19,7 @@ use super::{inbound, Client};
 use crate::config::ServiceSpec;
 use crate::framed::{write_message, MessageReader, ReadError};
 use crate::mux;
+use crate::proxy::Transport;
 use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
 use crate::tasks::TaskGroup;
@@ -104,9 +105,15 @@ impl Client {
             }
         }
     }
-    /// The TCP connection to the server, tuned for the tunnel.
-    async fn dial(&self) -> Result<TcpStream, ClientError> {
+    /// The connection to the server, directly or through the proxy, tuned for the tunnel.
+    async fn dial(&self) -> Result<Transport, ClientError> {
         let s = &self.settings;
+        if let Some((chosen, tls)) = &self.proxy {
+            let (host, port) = crate::proxy::host_and_port(&s.server);
+            return crate::proxy::dial(&chosen.url, &host, port, s.connect_timeout, tls.as_ref())
+                .await
+                .map_err(ClientError::Proxy);
+        }
         let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&s.server)).await
         {
             Ok(Ok(tcp)) => tcp,
@@ -124,15 +131,15 @@ impl Client {
             }
         };
         crate::net::tune_tunnel(&tcp);
-        Ok(tcp)
+        Ok(Transport::Tcp(tcp))
     }
 
     /// TLS over `tcp` with the configured trust, ALPN `ncx/1` agreed, and the keying material the
     /// token proof is bound to.
     async fn tls(
         &self,
-        tcp: TcpStream,
-    ) -> Result<(TlsStream<TcpStream>, crate::auth::ExportedKey), ClientError> {
+        tcp: Transport,
+    ) -> Result<(TlsStream<Transport>, crate::auth::ExportedKey), ClientError> {
         let s = &self.settings;
         if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
             warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");

@@ -75,6 +75,9 @@ pub enum ClientError {
         /// Why, for people.
         message: String,
     },
+    /// The way through the proxy failed (it refused, or could not reach the server).
+    #[error("{}", .0.message)]
+    Proxy(crate::proxy::ProxyFailure),
     /// Building the TLS configuration failed.
     #[error(transparent)]
     Config(#[from] TlsError),
@@ -96,6 +99,7 @@ impl ClientError {
             ClientError::Refused { code, .. } => code.is_permanent(),
             ClientError::NoServices { permanent, .. } => *permanent,
             ClientError::ServiceRefused { .. } => true,
+            ClientError::Proxy(f) => f.permanent,
             ClientError::Tls(_) | ClientError::Config(_) | ClientError::Listen { .. } => true,
             _ => false,
         }

@@ -42,15 +42,41 @@ pub use retry::{BACKOFF_RESET_AFTER, QUICK_RETRY};
 pub struct Client {
     settings: Arc<ClientSettings>,
     connector: TlsConnector,
+    /// The proxy the server is reached through, if any, and the TLS configuration for it when it
+    /// is an `https://` one.
+    proxy: Option<(crate::proxy::Chosen, Option<Arc<rustls::ClientConfig>>)>,
 }
 
 impl Client {
-    /// Builds the TLS configuration.
+    /// Builds the TLS configuration and chooses the proxy (the configured one, or what the
+    /// environment names for the server), saying which.
     pub fn new(settings: ClientSettings) -> Result<Self, ClientError> {
         let tls = crate::tls::client_config(&settings.trust, settings.client_cert.as_ref())?;
+        let (host, _) = crate::proxy::host_and_port(&settings.server);
+        let chosen = crate::proxy::choose(&settings.proxy, &host, |k| std::env::var(k).ok())
+            .map_err(|message| {
+                ClientError::Proxy(crate::proxy::ProxyFailure {
+                    message,
+                    permanent: true,
+                })
+            })?;
+        let proxy = match chosen {
+            None => None,
+            Some(chosen) => {
+                info!(proxy = %chosen.url, from = %chosen.from, "reaching the server through a proxy");
+                let tls = match chosen.url.scheme {
+                    crate::proxy::Scheme::Https => Some(crate::proxy::proxy_tls_config(
+                        settings.proxy_ca.as_deref(),
+                    )?),
+                    _ => None,
+                };
+                Some((chosen, tls))
+            }
+        };
         Ok(Client {
             settings: Arc::new(settings),
             connector: TlsConnector::from(Arc::new(tls)),
+            proxy,
         })
     }
 }

@@ -54,6 +54,11 @@ pub struct ClientSettings {
     pub token_source: Option<String>,
     /// Our client certificate, if the server asks for one.
     pub client_cert: Option<crate::tls::ClientCertificate>,
+    /// Which proxy to reach the server through (settings built in code go direct; files and
+    /// flags follow the environment unless they name one).
+    pub proxy: crate::proxy::ProxySetting,
+    /// A CA trusted for an `https://` proxy, besides the system's.
+    pub proxy_ca: Option<PathBuf>,
     /// Deadline for the TCP connect to the server.
     pub connect_timeout: Duration,
     /// Deadline for TLS handshake, hello and authentication.
@@ -111,6 +116,8 @@ impl ClientSettings {
             token: Some(token),
             token_source: None,
             client_cert: None,
+            proxy: crate::proxy::ProxySetting::Direct,
+            proxy_ca: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
@@ -260,6 +267,8 @@ impl ClientSettings {
                 ))
             }
         };
+        let proxy = proxy_setting(src, &file.proxy, &file.proxy_password_file)?;
+        let proxy_ca = file.proxy_ca.map(Spanned::into_inner);
         let connect_timeout = secs(
             src,
             &file.connect_timeout_secs,
@@ -475,6 +484,8 @@ impl ClientSettings {
             token,
             token_source,
             client_cert,
+            proxy,
+            proxy_ca,
             connect_timeout,
             handshake_timeout,
             local_connect_timeout,
@@ -485,5 +496,40 @@ impl ClientSettings {
             services,
             visits,
         })
+    }
+}
+
+/// `proxy` and `proxy_password_file`, checked: `"direct"`, or a proxy URL whose password may come
+/// from a file. Without `proxy` the environment decides when the client starts.
+fn proxy_setting(
+    src: &Source,
+    proxy: &Option<Spanned<String>>,
+    password_file: &Option<Spanned<PathBuf>>,
+) -> Result<crate::proxy::ProxySetting, ConfigError> {
+    use crate::proxy::{ProxySetting, ProxyUrl};
+    let setting = match proxy {
+        None => ProxySetting::FromEnvironment,
+        Some(p) if p.get_ref().trim().eq_ignore_ascii_case("direct") => ProxySetting::Direct,
+        Some(p) => ProxySetting::Url(
+            p.get_ref()
+                .parse::<ProxyUrl>()
+                .map_err(|e| src.at(p.span(), Some("proxy"), e))?,
+        ),
+    };
+    let Some(pw) = password_file else {
+        return Ok(setting);
+    };
+    match setting {
+        ProxySetting::Url(mut url) if url.user.is_some() => {
+            let password = super::token_file::read(pw.get_ref())
+                .map_err(|e| src.at(pw.span(), Some("proxy_password_file"), e))?;
+            url.set_password(password);
+            Ok(ProxySetting::Url(url))
+        }
+        _ => Err(src.at(
+            pw.span(),
+            Some("proxy_password_file"),
+            "needs a proxy URL with a user: proxy = \"http://USER@host:port\"",
+        )),
     }
 }

@@ -27,6 +27,13 @@ pub struct ClientFile {
     pub cert: Option<Spanned<PathBuf>>,
     /// PEM private key of `cert`.
     pub key: Option<Spanned<PathBuf>>,
+    /// The proxy to reach the server through: `http://`, `https://` or `socks5://` URL, or
+    /// `"direct"` to ignore the environment's proxy variables.
+    pub proxy: Option<Spanned<String>>,
+    /// A file holding the proxy's password (for the user in `proxy`).
+    pub proxy_password_file: Option<Spanned<PathBuf>>,
+    /// PEM CA trusted for an `https://` proxy, besides the system's.
+    pub proxy_ca: Option<Spanned<PathBuf>>,
     /// Seconds to wait for the TCP connection to the server.
     pub connect_timeout_secs: Option<Spanned<u64>>,
     /// Seconds to wait for the TLS handshake, hello and authentication.
@@ -156,6 +163,9 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
         insecure_skip_verify,
         cert,
         key,
+        proxy,
+        proxy_password_file,
+        proxy_ca,
         connect_timeout_secs,
         handshake_timeout_secs,
         local_connect_timeout_secs,
@@ -178,6 +188,8 @@ impl ClientFile {
         src.resolve_field(&mut self.ca);
         src.resolve_field(&mut self.cert);
         src.resolve_field(&mut self.key);
+        src.resolve_field(&mut self.proxy_password_file);
+        src.resolve_field(&mut self.proxy_ca);
         if super::token_file::credentials_directory().is_none() {
             src.resolve_field(&mut self.token_file);
         }

@@ -493,6 +493,12 @@ pub fn succeeded(out: &std::process::Output, what: &str) -> String {
 /// `ncx` as a child process with a clean environment, killed when dropped.
 pub fn ncx_process() -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ncx"));
+    for var in ncx::proxy::PROXY_VARS
+        .iter()
+        .chain(&["no_proxy", "NO_PROXY"])
+    {
+        c.env_remove(var);
+    }
     c.env_remove("RUST_LOG")
         .env_remove("NCX_TOKEN")
         .stdin(std::process::Stdio::null())
@@ -519,6 +525,7 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
 /// Lines a child process prints on stdout and stderr, to wait for several in turn.
 pub struct LogLines {
     rx: tokio::sync::mpsc::Receiver<String>,
+    history: Vec<String>,
 }
 
 impl LogLines {
@@ -540,13 +547,22 @@ impl LogLines {
                 }
             });
         }
-        LogLines { rx }
+        LogLines {
+            rx,
+            history: Vec::new(),
+        }
+    }
+
+    /// Whether a line read so far (by [`LogLines::wait_for`]) contains `needle`.
+    pub fn seen(&self, needle: &str) -> bool {
+        self.history.iter().any(|l| l.contains(needle))
     }
 
     /// The next line containing `needle` (earlier lines are skipped).
     pub async fn wait_for(&mut self, needle: &str) -> String {
         tokio::time::timeout(WAIT, async {
             while let Some(l) = self.rx.recv().await {
+                self.history.push(l.clone());
                 if l.contains(needle) {
                     return l;
                 }
