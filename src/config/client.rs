@@ -219,12 +219,7 @@ impl ClientSettings {
             }
             (Some(t), None) => Some((t.into_inner(), token_from)),
             (None, Some(f)) => {
-                let path = super::token_file::locate(
-                    f.get_ref(),
-                    super::token_file::credentials_directory().as_deref(),
-                );
-                let token = super::token_file::read(&path)
-                    .map_err(|e| src.at(f.span(), Some("token_file"), e))?;
+                let (token, path) = super::token_file::read_located(src, &f)?;
                 Some((token, format!("{token_from} ({})", path.display())))
             }
             (None, None) => None,

@@ -276,12 +276,7 @@ impl ServerSettings {
                     ))
                 }
                 (None, Some(f)) => {
-                    let path = super::token_file::locate(
-                        f.get_ref(),
-                        super::token_file::credentials_directory().as_deref(),
-                    );
-                    let token = super::token_file::read(&path)
-                        .map_err(|e| src.at(f.span(), Some("token_file"), e))?;
+                    let (token, _) = super::token_file::read_located(src, f)?;
                     Some(Spanned::new(f.span(), token))
                 }
                 (token, None) => token,

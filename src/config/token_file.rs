@@ -31,6 +31,17 @@ pub(crate) fn locate(path: &Path, credentials: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The token of a `token_file` value written at `f` in `src`, and the file it was read from;
+/// a failure points at the value.
+pub(crate) fn read_located(
+    src: &super::Source,
+    f: &toml::Spanned<PathBuf>,
+) -> Result<(String, PathBuf), super::ConfigError> {
+    let path = locate(f.get_ref(), credentials_directory().as_deref());
+    let token = read(&path).map_err(|e| src.at(f.span(), Some("token_file"), e))?;
+    Ok((token, path))
+}
+
 /// Reads the token in `path`: the whole file without the whitespace around it (an editor's final
 /// line break), which must leave something, in UTF-8, of at most [`MAX_TOKEN_FILE_BYTES`].
 pub(crate) fn read(path: &Path) -> Result<String, String> {
