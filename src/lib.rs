@@ -19,8 +19,8 @@
 //! - [`certs`]: `ncx certs` and the server's self-signed certificate.
 //! - [`auth`]: token proofs bound to the TLS connection.
 //! - [`proxy`]: reaching the server through an HTTP or SOCKS5 proxy.
-//! - [`net`]: socket options; [`fdlimit`]: the open-file limit; [`ratelimit`]: warnings at a
-//!   limited rate.
+//! - [`net`]: socket options; [`prefixed`]: a connection with bytes read ahead; [`fdlimit`]: the
+//!   open-file limit; [`ratelimit`]: warnings at a limited rate.
 //! - [`demo`]: everything on loopback in one process.
 //! - [`cli`]: the command line; [`service`]: `ncx service`, a client or visit as a Windows service.
 //! - `fuzzing` (with the `fuzzing` feature only): the hooks the fuzz targets and the corpus replay
@@ -62,6 +62,7 @@ pub mod heartbeat;
 pub mod human;
 pub mod mux;
 pub mod net;
+pub mod prefixed;
 pub mod proxy;
 pub mod ratelimit;
 pub mod refusal;

@@ -372,7 +372,11 @@ fn readme_toml_snippets_are_taken_from_the_example_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let mut all = String::new();
-    for dir in [examples(), examples().join("remote-desktop")] {
+    for dir in [
+        examples(),
+        examples().join("remote-desktop"),
+        examples().join("load-balancer"),
+    ] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
@@ -725,4 +729,39 @@ fn proxy_settings_are_checked_and_located() {
         e.starts_with("client.toml:2:23: proxy_password_file: needs a proxy URL with a user"),
         "{e}"
     );
+}
+
+#[test]
+fn proxy_protocol_sources_are_parsed_and_located() {
+    let s = ServerSettings::from_source(&Source::text(
+        "server.toml",
+        &format!("proxy_protocol_from = [\"10.0.0.5\", \"10.1.0.0/16\", \"2001:db8::/32\"]\n{ID}"),
+    ))
+    .unwrap();
+    let from = &s.proxy_protocol_from;
+    assert_eq!(from.len(), 3);
+    assert!(from[0].contains("10.0.0.5".parse().unwrap()));
+    assert!(!from[0].contains("10.0.0.6".parse().unwrap()));
+    assert!(from[1].contains("10.1.200.3".parse().unwrap()));
+    let e = server_err(&format!(
+        "proxy_protocol_from = [\"10.0.0.5\", \"lb.example\"]\n{ID}"
+    ));
+    assert!(
+        e.starts_with("server.toml:1:36") && e.contains("proxy_protocol_from"),
+        "{e}"
+    );
+    let e = server_err(&format!("proxy_protocol_from = [\"10.0.0.0/33\"]\n{ID}"));
+    assert!(e.contains("prefix /33"), "{e}");
+    // Absent: nobody is trusted to speak for a client.
+    let s = ServerSettings::from_source(&Source::text("server.toml", ID)).unwrap();
+    assert!(s.proxy_protocol_from.is_empty());
+}
+
+#[test]
+fn example_load_balancer_server_config_parses() {
+    let path = examples().join("load-balancer").join("server.toml");
+    let s = ServerSettings::from_source(&Source::file(&path).unwrap()).unwrap();
+    assert_eq!(s.proxy_protocol_from.len(), 1);
+    assert!(s.proxy_protocol_from[0].contains("10.0.0.2".parse().unwrap()));
+    assert!(!s.proxy_protocol_from[0].contains("10.0.0.3".parse().unwrap()));
 }

@@ -13,70 +13,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
+use common::programs::{self, terminate, wait_listening};
 use common::*;
 use ncx::client::ClientError;
 use ncx::proxy::{ProxySetting, ProxyUrl};
 
-/// Why the proxies cannot run here, if they cannot.
-fn missing(program: &str) -> Option<String> {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !Path::new(program).is_file() {
-        return Some(format!("{program} is not installed"));
-    }
-    if !root {
-        return Some("not root (squid drops to its user, dante needs a mount namespace)".into());
-    }
-    None
-}
-
-/// Skips the test (with a SKIPPED line) unless `program` can run, or fails when
-/// NCX_REQUIRE_PROXIES says it must.
+/// Skips a test of squid or dante where they cannot run (both need root here: squid drops to its
+/// user, dante needs a mount namespace).
 fn skip_without(program: &str, test: &str) -> bool {
-    match missing(program) {
-        None => false,
-        Some(why) => {
-            assert!(
-                std::env::var_os("NCX_REQUIRE_PROXIES").is_none(),
-                "NCX_REQUIRE_PROXIES is set but {why}"
-            );
-            eprintln!("SKIPPED {test}: {why}");
-            true
-        }
-    }
-}
-
-/// Waits until something accepts connections at `addr` (a proxy that has started).
-async fn wait_listening(addr: SocketAddr) {
-    let start = std::time::Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(start.elapsed() < WAIT, "nothing listens at {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Stops a proxy the way its init script does (SIGTERM, so it reaps its own helpers), waiting a
-/// bounded while; `kill_on_drop` is the fallback.
-fn terminate(child: &mut tokio::process::Child) {
-    let Some(pid) = child.id() else {
-        return;
-    };
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    for _ in 0..250 {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    programs::skip_without(program, true, test)
 }
 
 /// A squid on loopback that allows CONNECT to any port of 127.0.0.1, for users of `users` only

@@ -22,12 +22,17 @@ pub mod check;
 mod codec;
 mod message;
 mod proxy;
+mod proxy_in;
 mod strings;
 
 pub use access::{canonical, AccessRules, Cidr, CidrError, MAX_RULES};
 pub use codec::{decode, encode, encode_to_vec, DecodeError, FrameDecoder};
 pub use message::{ErrorCode, Message};
 pub use proxy::{proxy_header, ProxyVersion, PROXY_V2_SIGNATURE};
+pub use proxy_in::{
+    read_proxy_header, ProxiedAddrs, ProxyHeaderError, MAX_PROXY_HEADER_LEN, MAX_PROXY_V1_LEN,
+    MAX_PROXY_V2_LEN,
+};
 pub use strings::{Name, NameError, Text};
 
 /// The protocol version this crate speaks. Sent in [`Message::Hello`] and [`Message::Welcome`].

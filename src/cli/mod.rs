@@ -116,6 +116,10 @@ pub struct ServerArgs {
     /// Address the identity's public ports are bound on [default: 0.0.0.0].
     #[arg(long, requires = "identity")]
     pub bind: Option<String>,
+    /// Load balancers (addresses or blocks, e.g. `10.0.0.5,10.1.0.0/16`) whose connections start
+    /// with a PROXY protocol header (v1 or v2) naming the real client.
+    #[arg(long, value_delimiter = ',')]
+    pub proxy_protocol_from: Vec<String>,
 }
 
 /// How to reach and authenticate to the server: shared by `ncx client` and `ncx visit`.

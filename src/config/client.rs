@@ -345,25 +345,8 @@ impl ClientSettings {
             }
             check_host_port(s.local.get_ref())
                 .map_err(|e| src.at(s.local.span(), Some("local"), e))?;
-            let mut lists = [Vec::new(), Vec::new()];
-            for (list, key, out) in [(&s.allow, "allow", 0), (&s.deny, "deny", 1)] {
-                let Some(list) = list else { continue };
-                if list.get_ref().len() > ncx_proto::MAX_RULES {
-                    return Err(src.at(
-                        list.span(),
-                        Some(key),
-                        format!("at most {} blocks", ncx_proto::MAX_RULES),
-                    ));
-                }
-                for rule in list.get_ref() {
-                    lists[out].push(
-                        rule.get_ref()
-                            .parse::<ncx_proto::Cidr>()
-                            .map_err(|e| src.at(rule.span(), Some(key), e.to_string()))?,
-                    );
-                }
-            }
-            let [allow, deny] = lists;
+            let allow = cidr_list(src, &s.allow, "allow")?;
+            let deny = cidr_list(src, &s.deny, "deny")?;
             let private = s.private.as_ref().is_some_and(|p| *p.get_ref());
             let visitors = match (&s.visitors, private) {
                 (Some(v), true) => {

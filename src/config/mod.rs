@@ -342,6 +342,33 @@ pub(crate) fn secs(
     }
 }
 
+/// A list of address blocks (`"10.0.0.0/8"`, `"2001:db8::1"`), at most
+/// [`ncx_proto::MAX_RULES`] of them; absent is empty.
+pub(crate) fn cidr_list(
+    src: &Source,
+    list: &Option<Spanned<Vec<Spanned<String>>>>,
+    key: &str,
+) -> Result<Vec<ncx_proto::Cidr>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if list.get_ref().len() > ncx_proto::MAX_RULES {
+        return Err(src.at(
+            list.span(),
+            Some(key),
+            format!("at most {} blocks", ncx_proto::MAX_RULES),
+        ));
+    }
+    list.get_ref()
+        .iter()
+        .map(|rule| {
+            rule.get_ref()
+                .parse::<ncx_proto::Cidr>()
+                .map_err(|e| src.at(rule.span(), Some(key), e.to_string()))
+        })
+        .collect()
+}
+
 /// A positive count, or the default.
 pub(crate) fn count(
     src: &Source,

@@ -54,6 +54,9 @@ pub struct ServerSettings {
     pub auth_failures_before_block: u32,
     /// How long a blocked address stays blocked.
     pub auth_block: Duration,
+    /// Load balancers whose connections start with a PROXY protocol header naming the real
+    /// client (empty: none; every connection is its own client).
+    pub proxy_protocol_from: Vec<ncx_proto::Cidr>,
     /// Known identities.
     pub identities: Vec<IdentityPolicy>,
 }
@@ -79,6 +82,7 @@ impl ServerSettings {
             timing: Timing::default(),
             auth_failures_before_block: DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
             auth_block: DEFAULT_AUTH_BLOCK,
+            proxy_protocol_from: Vec::new(),
             identities,
         }
     }
@@ -243,6 +247,7 @@ impl ServerSettings {
                 ));
             }
         }
+        let proxy_protocol_from = cidr_list(src, &file.proxy_protocol_from, "proxy_protocol_from")?;
         let mut identities = Vec::with_capacity(file.identities.len());
         let mut seen = HashSet::new();
         for id in file.identities {
@@ -371,6 +376,7 @@ impl ServerSettings {
             timing,
             auth_failures_before_block,
             auth_block,
+            proxy_protocol_from,
             identities,
         })
     }

@@ -40,6 +40,9 @@ pub struct ServerFile {
     pub auth_failures_before_block: Option<Spanned<u32>>,
     /// Seconds an address is blocked after too many failed authentications.
     pub auth_block_secs: Option<Spanned<u64>>,
+    /// Addresses of load balancers that put a PROXY protocol header (v1 or v2) before each
+    /// client's bytes; a connection from one of them must start with one.
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
     /// Who may connect, and what each may expose.
     #[serde(default)]
     pub identities: Vec<IdentityFile>,

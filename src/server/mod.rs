@@ -2,6 +2,7 @@
 //!
 //! From the top down (each file imports only files below it):
 //! - `mod.rs`: [`Server`] and its accept loop; every connection's handshake runs in its own task.
+//! - `front.rs`: what comes before TLS: the PROXY header of a trusted load balancer.
 //! - `session.rs`: one session from TLS to teardown: the hello, admission, the control loop.
 //! - `control.rs`: the control loop of an admitted session, with its phase.
 //! - `services.rs`: the services a session registered, public and private.
@@ -18,6 +19,7 @@ mod admission;
 mod auth_guard;
 mod context;
 mod control;
+mod front;
 mod handshakes;
 mod opener;
 mod private;
@@ -32,7 +34,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, Instrument};
+use tracing::info;
+#[cfg(feature = "fuzzing")]
+use tracing::Instrument;
 
 use crate::accept::accept_until;
 use crate::config::ServerSettings;
@@ -116,11 +120,13 @@ impl Server {
         accept_until(&listener, &shutdown, "a client", |tcp, peer| {
             crate::net::tune_tunnel(&tcp);
             let slot = self.shared.admission.claim_handshake(peer.ip());
-            let span = tracing::info_span!("session", %peer, client = tracing::field::Empty);
-            sessions.spawn(
-                session::run(self.shared.clone(), tcp, peer, slot, shutdown.child_token())
-                    .instrument(span),
-            );
+            sessions.spawn(front::arrive(
+                self.shared.clone(),
+                tcp,
+                peer,
+                slot,
+                shutdown.child_token(),
+            ));
         })
         .await;
         drop(listener);

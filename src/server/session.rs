@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ncx_proto::{Message, PROTOCOL_VERSION};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -31,23 +30,28 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// size only overflows (and resets the newest stream) if the session task stalls.
 const INBOUND_QUEUE: usize = 256;
 
-/// Runs a session from the first TLS byte to the release of its last port.
-pub(super) async fn run(
+/// Runs a session from the first TLS byte to the release of its last port. `io` is the
+/// connection from `peer` to the server address `local` (both as a load balancer in front
+/// reported them, if one did), and `deadline` ends the handshake.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run<S>(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    io: S,
     peer: SocketAddr,
+    local: SocketAddr,
     slot: HandshakeSlot,
+    deadline: Instant,
     cancel: CancellationToken,
-) {
-    let deadline = Instant::now() + shared.settings.handshake_timeout;
-    let local = crate::net::local_or_unspecified(&tcp);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let accept = tokio::select! {
         _ = cancel.cancelled() => return,
         _ = slot.evicted() => {
             debug!("handshake dropped to make room for a newer connection");
             return;
         }
-        r = tokio::time::timeout_at(deadline, shared.acceptor.accept(tcp)) => r,
+        r = tokio::time::timeout_at(deadline, shared.acceptor.accept(io)) => r,
     };
     let tls = match accept {
         Ok(Ok(tls)) => tls,

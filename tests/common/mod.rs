@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod delay;
+pub mod programs;
 pub mod raw_yamux;
 
 use std::net::SocketAddr;

@@ -1,0 +1,114 @@
+//! Before a client's TLS: who the connection is really from. A connection from a load balancer
+//! listed in `proxy_protocol_from` must begin with a PROXY protocol header (v1 or v2), and the
+//! client it names is the session's peer from then on: the failed-authentication guard, the
+//! handshake shares and every log line see the real client, not the balancer. Any other
+//! connection is its own client, and a header it sends is just bytes that fail the TLS handshake.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ncx_proto::{read_proxy_header, ProxiedAddrs, ProxyHeaderError, MAX_PROXY_HEADER_LEN};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn, Instrument};
+
+use super::context::Shared;
+use super::handshakes::HandshakeSlot;
+use super::session;
+use crate::prefixed::Prefixed;
+
+/// Why a trusted balancer's connection was not taken.
+#[derive(Debug, thiserror::Error)]
+enum HeaderFailure {
+    #[error("{0}")]
+    Invalid(#[from] ProxyHeaderError),
+    #[error("it closed before its PROXY header was complete")]
+    Closed,
+    #[error("reading its PROXY header failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Takes a new connection from `peer` through to the end of its session.
+pub(super) async fn arrive(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    slot: HandshakeSlot,
+    cancel: CancellationToken,
+) {
+    let deadline = Instant::now() + shared.settings.handshake_timeout;
+    let local = crate::net::local_or_unspecified(&tcp);
+    let balancer = shared
+        .settings
+        .proxy_protocol_from
+        .iter()
+        .any(|c| c.contains(peer.ip()));
+    if !balancer {
+        let span = tracing::info_span!("session", %peer, client = tracing::field::Empty);
+        let io = Prefixed::new(Vec::new(), tcp);
+        return session::run(shared, io, peer, local, slot, deadline, cancel)
+            .instrument(span)
+            .await;
+    }
+    let read = tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = slot.evicted() => {
+            debug!(%peer, "PROXY header read dropped to make room for a newer connection");
+            return;
+        }
+        r = tokio::time::timeout_at(deadline, read_header(&mut tcp)) => r,
+    };
+    let (header, rest) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => {
+            // A balancer that sends no header or a broken one is misconfigured: the operator
+            // needs to know, and every connection through it fails the same way.
+            if let Some(held_back) = shared.admission.unauthenticated_log.allow() {
+                warn!(balancer = %peer, held_back, "refused a connection from a load balancer listed in proxy_protocol_from: {e}");
+            }
+            return;
+        }
+        Err(_) => {
+            debug!(balancer = %peer, "a load balancer's PROXY header did not arrive in time");
+            return;
+        }
+    };
+    let (client, local) = header.addrs.unwrap_or((peer, local));
+    // The balancer's slot stood for a connection whose client was not known yet; from here the
+    // handshake counts against the client's own share.
+    let slot = if client.ip() == peer.ip() {
+        slot
+    } else {
+        shared.admission.claim_handshake(client.ip())
+    };
+    let span =
+        tracing::info_span!("session", peer = %client, via = %peer, client = tracing::field::Empty);
+    let io = Prefixed::new(rest, tcp);
+    session::run(shared, io, client, local, slot, deadline, cancel)
+        .instrument(span)
+        .await
+}
+
+/// Reads the header, and whatever arrived after it in the same reads (the start of the client's
+/// TLS), which is returned to be replayed.
+async fn read_header(tcp: &mut TcpStream) -> Result<(ProxiedAddrs, Vec<u8>), HeaderFailure> {
+    let mut buf = [0u8; MAX_PROXY_HEADER_LEN];
+    let mut have = 0;
+    loop {
+        // The parser decides within MAX_PROXY_HEADER_LEN bytes, so the buffer never fills up
+        // without an answer; the check keeps that a bound rather than an assumption.
+        if have == buf.len() {
+            return Err(ProxyHeaderError::V2TooLong(have).into());
+        }
+        let n = tcp.read(&mut buf[have..]).await?;
+        if n == 0 {
+            return Err(HeaderFailure::Closed);
+        }
+        have += n;
+        if let Some(header) = read_proxy_header(&buf[..have])? {
+            return Ok((header, buf[header.len..have].to_vec()));
+        }
+    }
+}
