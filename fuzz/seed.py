@@ -41,3 +41,20 @@ visit = bytes([0x12, len(good)]) + good + bytes([len(private_echo)]) + private_e
 put("session", b"\x03" + len(visit).to_bytes(2, "big") + visit + b"bytes after the visit")
 for f in sorted((root / "examples").rglob("*.toml")):
     put("config", f.read_bytes())
+# PROXY protocol headers as HAProxy sends them (v1, v2 with a TLV, LOCAL), then the client's TLS.
+tls = bytes([0x16, 0x03, 0x01, 0x00, 0x05]) + b"hello"
+put("proxy_header", b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n" + tls)
+put("proxy_header", b"PROXY TCP6 2001:db8::1 2001:db8::2 1000 22\r\n")
+put("proxy_header", b"PROXY UNKNOWN\r\n")
+sig = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
+v4 = bytes([10, 0, 0, 1, 10, 0, 0, 2, 0, 80, 1, 187]) + bytes([0x01, 0x00, 0x02]) + b"h2"
+put("proxy_header", sig + bytes([0x21, 0x11]) + len(v4).to_bytes(2, "big") + v4 + tls)
+v6 = bytes(range(32)) + bytes([0, 1, 0, 2])
+put("proxy_header", sig + bytes([0x21, 0x21]) + len(v6).to_bytes(2, "big") + v6)
+put("proxy_header", sig + bytes([0x20, 0x00, 0x00, 0x00]))
+# Proxy answers: HTTP CONNECT (a tunnel, a refusal) and SOCKS5 (method, then connect answers).
+put("proxy_reply", b"HTTP/1.1 200 Connection established\r\n\r\n")
+put("proxy_reply", b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n")
+put("proxy_reply", b"HTTP/1.0 503 Service Unavailable\r\nVia: squid\r\n\r\n")
+put("proxy_reply", bytes([5, 0, 5, 0, 0, 1, 127, 0, 0, 1, 0x1e, 0x9b]))
+put("proxy_reply", bytes([5, 2, 5, 5, 0, 3, 9]) + b"localhost" + bytes([0, 80]))

@@ -54,6 +54,57 @@ pub fn config(text: &str) {
     }
 }
 
+/// A proxy's answers, read the way the dialer reads them (`crate::proxy`): `data` as an HTTP
+/// proxy's answer to CONNECT, and as a SOCKS5 server's answers. Never panics; the HTTP head is
+/// never buffered past its cap; a refusal's text, which comes from the proxy, is escaped in the
+/// message a user sees.
+pub fn proxy_replies(data: &[u8]) {
+    use crate::proxy::{
+        parse_http_reply, parse_socks5_connect_head, parse_socks5_method, ReplyHead, MAX_REPLY_HEAD,
+    };
+    let mut head = ReplyHead::default();
+    let mut verdict = None;
+    for b in data {
+        match head.push(*b) {
+            Ok(false) => {}
+            Ok(true) => {
+                verdict = Some(parse_http_reply(head.bytes()).map_err(|e| e.to_string()));
+                break;
+            }
+            Err(e) => {
+                verdict = Some(Err(e.to_string()));
+                break;
+            }
+        }
+    }
+    assert!(
+        head.bytes().len() <= MAX_REPLY_HEAD,
+        "the head outgrew its cap"
+    );
+    if let Some(Err(message)) = verdict {
+        assert!(
+            !message.chars().any(char::is_control),
+            "a proxy's text reached a message unescaped: {message:?}"
+        );
+    }
+    // SOCKS5: the method answer, the credentials answer, the connect answer's head, and for a
+    // name the length byte of what follows; each answer is fixed in size.
+    let take = |at: usize, n: usize| data.get(at..at + n);
+    if let Some(&[a, b]) = take(0, 2) {
+        for with_credentials in [false, true] {
+            if let Err(e) = parse_socks5_method([a, b], with_credentials) {
+                assert!(!e.to_string().chars().any(char::is_control));
+            }
+        }
+    }
+    if let Some(&[a, b, c, d]) = take(2, 4) {
+        match parse_socks5_connect_head([a, b, c, d]) {
+            Ok(rest) => assert!(rest <= 16 + 2, "{rest} bytes of bound address"),
+            Err(e) => assert!(!e.to_string().chars().any(char::is_control)),
+        }
+    }
+}
+
 /// A running server with one well-behaved client session, into which untrusted sessions are fed.
 pub struct SessionHarness {
     rt: Runtime,

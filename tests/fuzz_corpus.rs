@@ -64,6 +64,26 @@ fn streaming_corpus() {
 }
 
 #[test]
+fn proxy_header_corpus() {
+    let all = inputs("proxy_header");
+    assert!(!all.is_empty());
+    for (path, data) in all {
+        println!("{}", path.display());
+        ncx_proto::check::proxy_header_arbitrary(&data);
+    }
+}
+
+#[test]
+fn proxy_reply_corpus() {
+    let all = inputs("proxy_reply");
+    assert!(!all.is_empty());
+    for (path, data) in all {
+        println!("{}", path.display());
+        ncx::fuzzing::proxy_replies(&data);
+    }
+}
+
+#[test]
 fn config_corpus() {
     let all = inputs("config");
     assert!(!all.is_empty());

@@ -146,3 +146,37 @@ impl StreamingInput {
         streaming(msgs, cuts);
     }
 }
+
+/// `read_proxy_header` on arbitrary bytes: never panics; "need more" only below the cap; a
+/// header is no longer than the input or the cap, and is read the same from exactly its own bytes
+/// (nothing after it is looked at); an error stays an error however many bytes follow.
+pub fn proxy_header_arbitrary(data: &[u8]) {
+    use crate::{read_proxy_header, MAX_PROXY_HEADER_LEN};
+    match read_proxy_header(data) {
+        Ok(Some(h)) => {
+            assert!(h.len <= data.len(), "a header longer than the input");
+            assert!(
+                h.len <= MAX_PROXY_HEADER_LEN,
+                "a header longer than the cap"
+            );
+            assert_eq!(
+                read_proxy_header(&data[..h.len]),
+                Ok(Some(h)),
+                "the bytes after a header changed it"
+            );
+        }
+        Ok(None) => assert!(
+            data.len() < MAX_PROXY_HEADER_LEN,
+            "need-more-bytes at {} bytes, past the cap",
+            data.len()
+        ),
+        Err(e) => {
+            let mut longer = data.to_vec();
+            longer.extend_from_slice(b"\r\n\r\n\0\0\0\0");
+            assert!(
+                read_proxy_header(&longer).is_err(),
+                "{e} became valid after more bytes arrived"
+            );
+        }
+    }
+}
