@@ -376,6 +376,7 @@ fn readme_toml_snippets_are_taken_from_the_example_files() {
         examples(),
         examples().join("remote-desktop"),
         examples().join("load-balancer"),
+        examples().join("website"),
     ] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -764,4 +765,30 @@ fn example_load_balancer_server_config_parses() {
     assert_eq!(s.proxy_protocol_from.len(), 1);
     assert!(s.proxy_protocol_from[0].contains("10.0.0.2".parse().unwrap()));
     assert!(!s.proxy_protocol_from[0].contains("10.0.0.3".parse().unwrap()));
+}
+
+#[test]
+fn a_fallback_is_a_host_and_port() {
+    let s = ServerSettings::from_source(&Source::text(
+        "server.toml",
+        &format!("fallback = \"127.0.0.1:8443\"\nmax_fallback_connections = 64\n{ID}"),
+    ))
+    .unwrap();
+    assert_eq!(s.fallback.as_deref(), Some("127.0.0.1:8443"));
+    assert_eq!(s.max_fallback_connections, 64);
+    let e = server_err(&format!("fallback = \"127.0.0.1\"\n{ID}"));
+    assert!(
+        e.starts_with("server.toml:1:12") && e.contains("fallback"),
+        "{e}"
+    );
+    let e = server_err(&format!("max_fallback_connections = 0\n{ID}"));
+    assert!(e.contains("at least 1"), "{e}");
+}
+
+#[test]
+fn example_website_server_config_parses() {
+    let path = examples().join("website").join("server.toml");
+    let s = ServerSettings::from_source(&Source::file(&path).unwrap()).unwrap();
+    assert_eq!(s.listen.port(), 443);
+    assert_eq!(s.fallback.as_deref(), Some("127.0.0.1:8443"));
 }

@@ -19,6 +19,8 @@ use ncx::client::ClientError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HAPROXY: &str = "/usr/sbin/haproxy";
+const NGINX: &str = "/usr/sbin/nginx";
+const CURL: &str = "/usr/bin/curl";
 
 /// The address HAProxy connects to the server from.
 const BALANCER: [u8; 4] = [127, 0, 0, 3];
@@ -70,6 +72,82 @@ impl Haproxy {
 }
 
 impl Drop for Haproxy {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// nginx serving `page` as `/index.html` over TLS (a certificate of its own from `pki`'s CA) on a
+/// loopback port: the website behind a shared port.
+struct Website {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Website {
+    async fn start(pki: &Pki, page: &str) -> Website {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (crt, key) = pki.write_other_server(d, "site");
+        pki.write_ca(d);
+        std::fs::create_dir(d.join("www")).unwrap();
+        std::fs::write(d.join("www/index.html"), page).unwrap();
+        let port = free_port();
+        // The site is the README's example (examples/website/nginx-site.conf) with this test's
+        // port, certificate and directory.
+        let site = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/website/nginx-site.conf"),
+        )
+        .unwrap()
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+        .replace("www.example.com;", "localhost;")
+        .replace(
+            "/etc/letsencrypt/live/www.example.com/fullchain.pem",
+            &crt.display().to_string(),
+        )
+        .replace(
+            "/etc/letsencrypt/live/www.example.com/privkey.pem",
+            &key.display().to_string(),
+        )
+        .replace("/var/www/html", &format!("{}/www", d.display()));
+        let config = format!(
+            "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{site}}}\n",
+            d = d.display(),
+        );
+        std::fs::write(d.join("nginx.conf"), config).unwrap();
+        let child = tokio::process::Command::new(NGINX)
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(addr).await;
+        Website { child, addr, dir }
+    }
+
+    /// `curl` of `url` with this website's CA, `localhost` pinned to 127.0.0.1: its output
+    /// (body, then the status code on the last line).
+    async fn curl(&self, url: &str, port: u16) -> String {
+        let out = tokio::process::Command::new(CURL)
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(self.dir.path().join("ca.crt"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1"), url])
+            .output()
+            .await
+            .unwrap();
+        succeeded(&out, &format!("curl {url}"))
+    }
+}
+
+impl Drop for Website {
     fn drop(&mut self) {
         terminate(&mut self.child);
     }
@@ -231,18 +309,23 @@ async fn a_balancer_connection_without_a_valid_header_is_closed() {
     server.stop().await;
 }
 
-/// The HAProxy configuration in `examples/` is one HAProxy accepts, and the README shows it as it
-/// is in the file.
+/// The HAProxy configuration in `examples/` is one HAProxy accepts, and the README shows it and
+/// the nginx site (which the website test runs) as they are in the files.
 #[test]
 fn the_example_haproxy_configuration_is_valid_and_in_the_readme() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = root.join("examples/load-balancer/haproxy.cfg");
-    let text = std::fs::read_to_string(&example).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    assert!(
-        readme.contains(&format!("```\n{text}```")),
-        "README.md shows examples/load-balancer/haproxy.cfg verbatim"
-    );
+    for shown in [
+        "examples/load-balancer/haproxy.cfg",
+        "examples/website/nginx-site.conf",
+    ] {
+        let text = std::fs::read_to_string(root.join(shown)).unwrap();
+        assert!(
+            readme.contains(&format!("```\n{text}```")),
+            "README.md shows {shown} verbatim"
+        );
+    }
     if skip_without(HAPROXY, false, "the_example_haproxy_configuration_is_valid") {
         return;
     }
@@ -258,4 +341,101 @@ fn the_example_haproxy_configuration_is_valid_and_in_the_readme() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Port 443's situation: the server's listener shared with a website. curl gets nginx's page over
+/// TLS with nginx's own certificate (so the ClientHello reached nginx untouched), plain HTTP on
+/// the same port reaches nginx too, and an ncx client on the same port gets its tunnel.
+#[tokio::test]
+async fn one_port_serves_the_website_through_nginx_and_the_tunnel() {
+    let test = "one_port_serves_the_website_through_nginx_and_the_tunnel";
+    if skip_without(NGINX, false, test) || skip_without(CURL, false, test) {
+        return;
+    }
+    let pki = Pki::new();
+    let page = "<h1>the real website</h1>\n";
+    let site = Website::start(&pki, page).await;
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.fallback = Some(site.addr.to_string());
+    let server = TestServer::start(&pki, ss).await;
+    let port = server.addr.port();
+    let got = site
+        .curl(&format!("https://localhost:{port}/index.html"), port)
+        .await;
+    assert_eq!(got, format!("{page}\n200"));
+    // Plain HTTP is not ncx either: nginx answers it (with its complaint about the port).
+    let got = site.curl(&format!("http://localhost:{port}/"), port).await;
+    assert!(
+        got.ends_with("\n400") && got.contains("HTTPS port"),
+        "{got}"
+    );
+    let echo = echo_service().await;
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    ))
+    .await;
+    let public = SocketAddr::from(([127, 0, 0, 1], client.port("e")));
+    let payload = Rng(3).bytes(300_000);
+    assert_eq!(exchange(public, &payload).await.unwrap(), payload);
+    // The website still works while the tunnel is up.
+    let got = site
+        .curl(&format!("https://localhost:{port}/index.html"), port)
+        .await;
+    assert_eq!(got, format!("{page}\n200"));
+    client.stop().await;
+    server.stop().await;
+}
+
+/// A website that is down costs the tunnel nothing: the browser's connection is closed, and ncx
+/// clients on the same port are served. At `max_fallback_connections`, more website connections
+/// are closed while the open ones keep going.
+#[tokio::test]
+async fn a_website_that_is_down_or_full_does_not_touch_the_tunnel() {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.fallback = Some(SocketAddr::from(([127, 0, 0, 1], free_port())).to_string());
+    let server = TestServer::start(&pki, ss).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut tcp).await);
+    let echo = echo_service().await;
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    ))
+    .await;
+    client.stop().await;
+    server.stop().await;
+
+    // One website connection at most: an echo service stands in for the website.
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.fallback = Some(echo.to_string());
+    ss.max_fallback_connections = 1;
+    let server = TestServer::start(&pki, ss).await;
+    let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    first.write_all(b"GET / HTTP/1.0\r\n").await.unwrap();
+    let mut back = [0u8; 16];
+    first.read_exact(&mut back).await.unwrap();
+    assert_eq!(
+        &back, b"GET / HTTP/1.0\r\n",
+        "the website got the bytes untouched"
+    );
+    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    second.write_all(b"GET / HTTP/1.0\r\n").await.unwrap();
+    assert!(closed_by_server(&mut second).await);
+    first.write_all(b"more").await.unwrap();
+    let mut more = [0u8; 4];
+    first.read_exact(&mut more).await.unwrap();
+    assert_eq!(&more, b"more");
+    drop(first);
+    server.stop().await;
 }

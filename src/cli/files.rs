@@ -11,6 +11,7 @@ impl ServerArgs {
             max_visitors_per_session: self.max_visitors_per_session.map(spanned),
             proxy_protocol_from: (!self.proxy_protocol_from.is_empty())
                 .then(|| spanned(self.proxy_protocol_from.into_iter().map(spanned).collect())),
+            fallback: self.fallback.map(spanned),
             ..Default::default()
         };
         if self.cert.is_some() || self.auto_cert_dir.is_some() {
@@ -57,6 +58,7 @@ impl ServerArgs {
                     .max_visitors_per_session
                     .or(file.max_visitors_per_session);
                 file.proxy_protocol_from = flags.proxy_protocol_from.or(file.proxy_protocol_from);
+                file.fallback = flags.fallback.or(file.fallback);
                 // Certificate flags replace the file's certificate; its client CA stays.
                 let client_ca = file.tls.as_mut().and_then(|t| t.client_ca.take());
                 file.tls = flags.tls.or(file.tls);

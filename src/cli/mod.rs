@@ -120,6 +120,10 @@ pub struct ServerArgs {
     /// with a PROXY protocol header (v1 or v2) naming the real client.
     #[arg(long, value_delimiter = ',')]
     pub proxy_protocol_from: Vec<String>,
+    /// Share the port with a website: every connection that is not an ncx client (its TLS hello
+    /// does not offer ALPN ncx/1) is passed untouched to this web server, `HOST:PORT`.
+    #[arg(long)]
+    pub fallback: Option<String>,
 }
 
 /// How to reach and authenticate to the server: shared by `ncx client` and `ncx visit`.

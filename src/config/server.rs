@@ -57,6 +57,10 @@ pub struct ServerSettings {
     /// Load balancers whose connections start with a PROXY protocol header naming the real
     /// client (empty: none; every connection is its own client).
     pub proxy_protocol_from: Vec<ncx_proto::Cidr>,
+    /// The web server (`HOST:PORT`) that connections other than ncx clients are passed to.
+    pub fallback: Option<String>,
+    /// Connections passed to `fallback` at once; more are closed.
+    pub max_fallback_connections: usize,
     /// Known identities.
     pub identities: Vec<IdentityPolicy>,
 }
@@ -83,6 +87,8 @@ impl ServerSettings {
             auth_failures_before_block: DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
             auth_block: DEFAULT_AUTH_BLOCK,
             proxy_protocol_from: Vec::new(),
+            fallback: None,
+            max_fallback_connections: DEFAULT_MAX_FALLBACK_CONNECTIONS,
             identities,
         }
     }
@@ -248,111 +254,21 @@ impl ServerSettings {
             }
         }
         let proxy_protocol_from = cidr_list(src, &file.proxy_protocol_from, "proxy_protocol_from")?;
-        let mut identities = Vec::with_capacity(file.identities.len());
-        let mut seen = HashSet::new();
-        for id in file.identities {
-            let name = Name::new(id.name.get_ref().clone())
-                .map_err(|e| src.at(id.name.span(), Some("name"), e.to_string()))?;
-            if !seen.insert(name.clone()) {
-                return Err(src.at(
-                    id.name.span(),
-                    Some("name"),
-                    format!("identity {name} is defined twice"),
-                ));
+        let fallback = match &file.fallback {
+            Some(f) => {
+                check_host_port(f.get_ref()).map_err(|e| src.at(f.span(), Some("fallback"), e))?;
+                Some(f.get_ref().clone())
             }
-            let auth = match id.auth.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
-                None | Some(("token", _)) => AuthKind::Token,
-                Some(("certificate", _)) => AuthKind::Certificate,
-                Some(("both", _)) => AuthKind::Both,
-                Some((other, span)) => {
-                    return Err(src.at(
-                        span,
-                        Some("auth"),
-                        format!("{other:?}: expected \"token\", \"certificate\" or \"both\""),
-                    ))
-                }
-            };
-            let token = match (id.token, &id.token_file) {
-                (Some(_), Some(f)) => {
-                    return Err(src.at(
-                        f.span(),
-                        Some("token_file"),
-                        "set either `token` or `token_file`, not both",
-                    ))
-                }
-                (None, Some(f)) => {
-                    let (token, _) = super::token_file::read_located(src, f)?;
-                    Some(Spanned::new(f.span(), token))
-                }
-                (token, None) => token,
-            };
-            let auth = match (&token, auth) {
-                (Some(t), _) if t.get_ref().is_empty() => {
-                    return Err(src.at(t.span(), Some("token"), "must not be empty"))
-                }
-                (Some(t), AuthKind::Certificate) => {
-                    return Err(src.at(
-                        t.span(),
-                        Some("token"),
-                        "not used with auth = \"certificate\": remove it, or use auth = \"both\"",
-                    ))
-                }
-                (Some(t), AuthKind::Both) => ClientAuth::Both(Token::new(t.get_ref().clone())),
-                (Some(t), AuthKind::Token) => ClientAuth::Token(Token::new(t.get_ref().clone())),
-                (None, AuthKind::Certificate) => ClientAuth::Certificate,
-                (None, _) => {
-                    return Err(src.at(
-                        id.name.span(),
-                        Some("token"),
-                        format!("identity {name} has no token: set `token` or `token_file` (or auth = \"certificate\")"),
-                    ))
-                }
-            };
-            if auth.needs_certificate() && client_ca.is_none() {
-                let span = id.auth.as_ref().map_or(id.name.span(), |a| a.span());
-                return Err(src.at(
-                    span,
-                    Some("auth"),
-                    format!("identity {name} needs client certificates: set tls.client_ca to the CA that signs them"),
-                ));
-            }
-            let bind = match &id.bind {
-                Some(b) => b.get_ref().parse::<IpAddr>().map_err(|e| {
-                    src.at(b.span(), Some("bind"), format!("{:?}: {e}", b.get_ref()))
-                })?,
-                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            };
-            let mut ports = Vec::new();
-            for p in id.ports.iter().flat_map(|l| l.get_ref()) {
-                let range = p
-                    .get_ref()
-                    .0
-                    .parse::<PortRange>()
-                    .map_err(|e| src.at(p.span(), Some("ports"), e))?;
-                // Two identities allowed the same port race for it: whichever connects first
-                // takes it from the other. Refuse that at start rather than at the first race.
-                for other in &identities {
-                    let other: &IdentityPolicy = other;
-                    if let Some(port) = other.ports.iter().find_map(|o| overlap(o, &range)) {
-                        return Err(src.at(
-                            p.span(),
-                            Some("ports"),
-                            format!(
-                                "port {port} is also allowed for identity {}; the ports of two identities must not overlap (the first to connect would take them from the other)",
-                                other.name
-                            ),
-                        ));
-                    }
-                }
-                ports.push(range);
-            }
-            identities.push(IdentityPolicy {
-                name,
-                auth,
-                bind,
-                ports,
-            });
-        }
+            None => None,
+        };
+        let max_fallback_connections = count(
+            src,
+            &file.max_fallback_connections,
+            "max_fallback_connections",
+            DEFAULT_MAX_FALLBACK_CONNECTIONS,
+        )?;
+        let identities =
+            super::server_identities::resolve(src, file.identities, client_ca.as_ref())?;
         if identities.is_empty() {
             return Err(src.general(
                 "no identities: add an [[identities]] entry (or --identity with --token and --ports)",
@@ -377,22 +293,9 @@ impl ServerSettings {
             auth_failures_before_block,
             auth_block,
             proxy_protocol_from,
+            fallback,
+            max_fallback_connections,
             identities,
         })
     }
-}
-
-/// `auth` of an `[[identities]]` entry, before the token is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AuthKind {
-    Token,
-    Certificate,
-    Both,
-}
-
-/// The first port two ranges share, if any.
-fn overlap(a: &PortRange, b: &PortRange) -> Option<u16> {
-    let lo = *a.0.start().max(b.0.start());
-    let hi = *a.0.end().min(b.0.end());
-    (lo <= hi).then_some(lo)
 }

@@ -43,6 +43,11 @@ pub struct ServerFile {
     /// Addresses of load balancers that put a PROXY protocol header (v1 or v2) before each
     /// client's bytes; a connection from one of them must start with one.
     pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The web server (`HOST:PORT`) that gets every connection that is not an ncx client, untouched,
+    /// so the listener can share port 443 with a website.
+    pub fallback: Option<Spanned<String>>,
+    /// Connections passed to `fallback` at once.
+    pub max_fallback_connections: Option<Spanned<usize>>,
     /// Who may connect, and what each may expose.
     #[serde(default)]
     pub identities: Vec<IdentityFile>,

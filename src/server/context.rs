@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
+use super::fallback::Fallback;
 use super::registry::{Registry, SessionEntry, SessionId};
 use crate::config::{IdentityPolicy, ServerSettings};
 use crate::mux::SessionHandle;
@@ -29,6 +30,8 @@ pub(super) struct Shared {
     pub registry: Registry<SessionCtx>,
     /// Handshake slots, session slots and the failed-authentication guard.
     pub admission: Admission,
+    /// The website that connections other than ncx clients are passed to, if the port is shared.
+    pub fallback: Option<Fallback>,
     next_session: AtomicU64,
 }
 
@@ -45,6 +48,10 @@ impl Shared {
             .collect();
         Shared {
             admission: Admission::new(&settings),
+            fallback: settings
+                .fallback
+                .clone()
+                .map(|to| Fallback::new(to, settings.max_fallback_connections)),
             settings,
             identities,
             acceptor,

@@ -3,6 +3,8 @@
 //! client it names is the session's peer from then on: the failed-authentication guard, the
 //! handshake shares and every log line see the real client, not the balancer. Any other
 //! connection is its own client, and a header it sends is just bytes that fail the TLS handshake.
+//! Then, on a port shared with a website (`fallback`), the ClientHello sorts ncx clients from the
+//! website's visitors, who are passed on (`fallback.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use super::context::Shared;
+use super::fallback::{self, Sorted};
 use super::handshakes::HandshakeSlot;
 use super::session;
 use crate::prefixed::Prefixed;
@@ -30,7 +33,8 @@ enum HeaderFailure {
     Io(#[from] std::io::Error),
 }
 
-/// Takes a new connection from `peer` through to the end of its session.
+/// Takes a new connection from `peer` through to the end of its session (or, on a port shared
+/// with a website, of its website connection).
 pub(super) async fn arrive(
     shared: Arc<Shared>,
     mut tcp: TcpStream,
@@ -47,8 +51,8 @@ pub(super) async fn arrive(
         .any(|c| c.contains(peer.ip()));
     if !balancer {
         let span = tracing::info_span!("session", %peer, client = tracing::field::Empty);
-        let io = Prefixed::new(Vec::new(), tcp);
-        return session::run(shared, io, peer, local, slot, deadline, cancel)
+        let first = Vec::new();
+        return sorted(shared, tcp, first, peer, local, slot, deadline, cancel)
             .instrument(span)
             .await;
     }
@@ -85,10 +89,65 @@ pub(super) async fn arrive(
     };
     let span =
         tracing::info_span!("session", peer = %client, via = %peer, client = tracing::field::Empty);
-    let io = Prefixed::new(rest, tcp);
-    session::run(shared, io, client, local, slot, deadline, cancel)
+    sorted(shared, tcp, rest, client, local, slot, deadline, cancel)
         .instrument(span)
         .await
+}
+
+/// On a port shared with a website, reads until the ClientHello says whose the connection is and
+/// passes the website's on; runs the session of an ncx client. `first` holds the bytes already
+/// read after any PROXY header.
+#[allow(clippy::too_many_arguments)]
+async fn sorted(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    mut first: Vec<u8>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    slot: HandshakeSlot,
+    deadline: Instant,
+    cancel: CancellationToken,
+) {
+    if let Some(fallback) = &shared.fallback {
+        let read = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = slot.evicted() => {
+                debug!("handshake dropped to make room for a newer connection");
+                return;
+            }
+            r = tokio::time::timeout_at(deadline, read_until_sorted(&mut tcp, &mut first)) => r,
+        };
+        match read {
+            Ok(Ok(Sorted::Ncx)) => {}
+            Ok(Ok(Sorted::Website)) => {
+                drop(slot);
+                return fallback.pass(tcp, peer, first, cancel.cancelled()).await;
+            }
+            Ok(Err(e)) => {
+                return debug!(error = %e, "a connection closed before its first bytes were sorted")
+            }
+            Err(_) => return debug!("a connection's first bytes did not arrive in time"),
+        }
+    }
+    let io = Prefixed::new(first, tcp);
+    session::run(shared, io, peer, local, slot, deadline, cancel).await
+}
+
+/// Reads into `first` until [`fallback::sort`] decides (it does within
+/// [`fallback::MAX_SORT_BYTES`]).
+async fn read_until_sorted(tcp: &mut TcpStream, first: &mut Vec<u8>) -> std::io::Result<Sorted> {
+    loop {
+        if let Some(sorted) = fallback::sort(first) {
+            return Ok(sorted);
+        }
+        let room = fallback::MAX_SORT_BYTES.saturating_sub(first.len());
+        let mut chunk = vec![0u8; room.min(4096)];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        first.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Reads the header, and whatever arrived after it in the same reads (the start of the client's

@@ -2,7 +2,9 @@
 //!
 //! From the top down (each file imports only files below it):
 //! - `mod.rs`: [`Server`] and its accept loop; every connection's handshake runs in its own task.
-//! - `front.rs`: what comes before TLS: the PROXY header of a trusted load balancer.
+//! - `front.rs`: what comes before TLS: the PROXY header of a trusted load balancer, and on a
+//!   port shared with a website, sorting by the ClientHello.
+//! - `fallback.rs`: that sorting, and passing the website's connections to the web server.
 //! - `session.rs`: one session from TLS to teardown: the hello, admission, the control loop.
 //! - `control.rs`: the control loop of an admitted session, with its phase.
 //! - `services.rs`: the services a session registered, public and private.
@@ -19,6 +21,7 @@ mod admission;
 mod auth_guard;
 mod context;
 mod control;
+mod fallback;
 mod front;
 mod handshakes;
 mod opener;

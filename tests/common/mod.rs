@@ -94,6 +94,27 @@ impl Pki {
         }
     }
 
+    /// A certificate for `localhost` and 127.0.0.1 with a key of its own, signed by this CA, for a
+    /// third-party program (a web server): written as PEM to `dir/NAME.crt` and `dir/NAME.key`.
+    pub fn write_other_server(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let k = KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &self.issuer).unwrap();
+        let (crt, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&crt, c.pem()).unwrap();
+        std::fs::write(&key, k.serialize_pem()).unwrap();
+        (crt, key)
+    }
+
     /// Writes the CA certificate to `dir/ca.crt` (the server's `tls.client_ca`).
     pub fn write_ca(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("ca.crt");
