@@ -377,6 +377,7 @@ fn readme_toml_snippets_are_taken_from_the_example_files() {
         examples().join("remote-desktop"),
         examples().join("load-balancer"),
         examples().join("website"),
+        examples().join("through-a-proxy"),
     ] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -791,4 +792,17 @@ fn example_website_server_config_parses() {
     let s = ServerSettings::from_source(&Source::file(&path).unwrap()).unwrap();
     assert_eq!(s.listen.port(), 443);
     assert_eq!(s.fallback.as_deref(), Some("127.0.0.1:8443"));
+}
+
+#[test]
+fn example_client_config_through_a_proxy_parses() {
+    let path = examples().join("through-a-proxy").join("client.toml");
+    let c = ClientSettings::from_source(&Source::file(&path).unwrap(), ClientFile::default(), None)
+        .unwrap();
+    match &c.proxy {
+        ncx::proxy::ProxySetting::Url(u) => {
+            assert_eq!(u.to_string(), "http://proxy.corp.example:3128")
+        }
+        other => panic!("expected the configured proxy, got {other:?}"),
+    }
 }
