@@ -58,3 +58,9 @@ put("proxy_reply", b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authent
 put("proxy_reply", b"HTTP/1.0 503 Service Unavailable\r\nVia: squid\r\n\r\n")
 put("proxy_reply", bytes([5, 0, 5, 0, 0, 1, 127, 0, 0, 1, 0x1e, 0x9b]))
 put("proxy_reply", bytes([5, 2, 5, 5, 0, 3, 9]) + b"localhost" + bytes([0, 80]))
+# WebSocket: frames as each end sends them, an upgrade request and an answer.
+put("websocket", bytes([0x82, 0x05]) + b"hello" + bytes([0x89, 0x00, 0x88, 0x02, 0x03, 0xE8]))
+put("websocket", bytes([0x82, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58]))
+put("websocket", bytes([0x02, 0x7E, 0x01, 0x00]) + bytes(256) + bytes([0x80, 0x00]))
+put("websocket", b"GET /ncx HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+put("websocket", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")

@@ -105,6 +105,32 @@ pub fn proxy_replies(data: &[u8]) {
     }
 }
 
+/// The WebSocket transport on arbitrary bytes: its frame headers
+/// (`ncx_proto::check::ws_header_arbitrary`); the upgrade's request and answer parsers; and
+/// [`crate::websocket::WsStream`] reading `data` as frames from a client and from a server, which
+/// must end (with data, an end or an error) without panicking, and never yield more bytes than
+/// were given.
+pub fn websocket(data: &[u8]) {
+    use crate::websocket::handshake;
+    use tokio::io::AsyncReadExt;
+    ncx_proto::check::ws_header_arbitrary(data);
+    if let Ok(Some(len)) = handshake::head_len(data) {
+        assert!(len <= handshake::MAX_HEAD && len <= data.len());
+        let _ = handshake::read_request(&data[..len]);
+        if let Err(e) = handshake::check_answer(&data[..len], "dGhlIHNhbXBsZSBub25jZQ==") {
+            assert!(!e.to_string().chars().any(char::is_control), "{e}");
+        }
+    }
+    for role in [ncx_proto::WsRole::Client, ncx_proto::WsRole::Server] {
+        let io = tokio::io::join(data, tokio::io::sink());
+        let mut ws = crate::websocket::WsStream::new(io, role);
+        let mut got = Vec::new();
+        // A slice never waits, so this ends at once: at the data's end or at its first error.
+        let _ = futures::executor::block_on(ws.read_to_end(&mut got));
+        assert!(got.len() <= data.len(), "more bytes out than in");
+    }
+}
+
 /// A running server with one well-behaved client session, into which untrusted sessions are fed.
 pub struct SessionHarness {
     rt: Runtime,

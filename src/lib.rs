@@ -18,7 +18,8 @@
 //! - [`tls`]: PEM loading, rustls configurations, fingerprints and pinning.
 //! - [`certs`]: `ncx certs` and the server's self-signed certificate.
 //! - [`auth`]: token proofs bound to the TLS connection.
-//! - [`proxy`]: reaching the server through an HTTP or SOCKS5 proxy.
+//! - [`proxy`]: reaching the server through an HTTP or SOCKS5 proxy; [`websocket`]: the
+//!   WebSocket transport.
 //! - [`net`]: socket options; [`prefixed`]: a connection with bytes read ahead; [`fdlimit`]: the
 //!   open-file limit; [`ratelimit`]: warnings at a limited rate.
 //! - [`demo`]: everything on loopback in one process.
@@ -72,3 +73,4 @@ pub mod splice;
 pub mod tasks;
 pub mod timeouts;
 pub mod tls;
+pub mod websocket;

@@ -378,6 +378,7 @@ fn readme_toml_snippets_are_taken_from_the_example_files() {
         examples().join("load-balancer"),
         examples().join("website"),
         examples().join("through-a-proxy"),
+        examples().join("websocket"),
     ] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -805,4 +806,93 @@ fn example_client_config_through_a_proxy_parses() {
         }
         other => panic!("expected the configured proxy, got {other:?}"),
     }
+}
+
+#[test]
+fn the_websocket_transport_is_checked_and_located() {
+    const REST: &str = "identity = \"a\"\ntoken = \"t\"\ninsecure_skip_verify = true\n[[services]]\nname = \"e\"\nlocal = \"127.0.0.1:7\"\nremote_port = 0\n";
+    let ok = |text: &str| {
+        ClientSettings::from_source(
+            &Source::text("client.toml", &format!("{text}{REST}")),
+            ClientFile::default(),
+            None,
+        )
+        .unwrap()
+    };
+    let c = ok("transport = \"websocket\"\nurl = \"wss://cdn.example.com/t/ncx\"\n");
+    let ws = c.websocket.as_ref().unwrap();
+    assert_eq!(c.server, "cdn.example.com:443");
+    assert_eq!(ws.host_header, "cdn.example.com");
+    assert_eq!(ws.url.path, "/t/ncx");
+    assert_eq!(
+        format!("{:?}", c.server_name),
+        format!(
+            "{:?}",
+            rustls::pki_types::ServerName::try_from("cdn.example.com").unwrap()
+        )
+    );
+    let c = ok("transport = \"websocket\"\nurl = \"ws://10.0.0.5:8080/ncx\"\nwebsocket_host = \"tunnel.example.com\"\n");
+    assert_eq!(c.server, "10.0.0.5:8080");
+    assert_eq!(c.websocket.unwrap().host_header, "tunnel.example.com");
+    assert!(ok("server = \"h:1\"\ntransport = \"tcp\"\n")
+        .websocket
+        .is_none());
+    let err = |text: &str| client_err(&format!("{text}{REST}"));
+    let e = err("transport = \"quic\"\nserver = \"h:1\"\n");
+    assert!(
+        e.starts_with("client.toml:1:13") && e.contains("\"tcp\" or \"websocket\""),
+        "{e}"
+    );
+    let e = err("transport = \"websocket\"\n");
+    assert!(e.contains("needs `url`"), "{e}");
+    let e = err("transport = \"websocket\"\nurl = \"https://h/ncx\"\n");
+    assert!(
+        e.starts_with("client.toml:2:7") && e.contains("ws:// or wss://"),
+        "{e}"
+    );
+    let e = err("server = \"h:1\"\ntransport = \"websocket\"\nurl = \"wss://h/ncx\"\n");
+    assert!(
+        e.starts_with("client.toml:1:") && e.contains("remove `server`"),
+        "{e}"
+    );
+    let e = err("server = \"h:1\"\nurl = \"wss://h/ncx\"\n");
+    assert!(
+        e.starts_with("client.toml:2:") && e.contains("only used with transport"),
+        "{e}"
+    );
+    let e = err("transport = \"websocket\"\nurl = \"ws://h/ncx\"\nwebsocket_ca = \"ca.pem\"\n");
+    assert!(e.contains("only used with a wss:// url"), "{e}");
+}
+
+#[test]
+fn a_websocket_path_is_a_plain_path() {
+    let s = ServerSettings::from_source(&Source::text(
+        "server.toml",
+        &format!("websocket_path = \"/ncx\"\n{ID}"),
+    ))
+    .unwrap();
+    assert_eq!(s.websocket_path.as_deref(), Some("/ncx"));
+    for bad in ["ncx", "/a b", "/n?x=1", "/#f"] {
+        let e = server_err(&format!("websocket_path = \"{bad}\"\n{ID}"));
+        assert!(
+            e.starts_with("server.toml:1:18") && e.contains("websocket_path"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn example_websocket_configs_parse() {
+    let dir = examples().join("websocket");
+    let s = ServerSettings::from_source(&Source::file(&dir.join("server.toml")).unwrap()).unwrap();
+    assert_eq!(s.websocket_path.as_deref(), Some("/ncx"));
+    let c = ClientSettings::from_source(
+        &Source::file(&dir.join("client.toml")).unwrap(),
+        ClientFile::default(),
+        None,
+    )
+    .unwrap();
+    let ws = c.websocket.unwrap();
+    assert_eq!(ws.url.to_string(), "wss://tunnel.example.com:443/ncx");
+    assert_eq!(ws.host_header, "tunnel.example.com");
 }

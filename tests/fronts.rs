@@ -77,8 +77,9 @@ impl Drop for Haproxy {
     }
 }
 
-/// nginx serving `page` as `/index.html` over TLS (a certificate of its own from `pki`'s CA) on a
-/// loopback port: the website behind a shared port.
+/// nginx on a loopback port running one of the README's site files from `examples/`, with this
+/// test's port, certificate (its own, from `pki`'s CA) and directory put in for the example's:
+/// the website behind a shared port, or the TLS-terminating reverse proxy in front of the server.
 struct Website {
     child: tokio::process::Child,
     addr: SocketAddr,
@@ -86,32 +87,61 @@ struct Website {
 }
 
 impl Website {
+    /// examples/website/nginx-site.conf, serving `page` as `/index.html`.
     async fn start(pki: &Pki, page: &str) -> Website {
+        Website::run(
+            pki,
+            "website",
+            "127.0.0.1:8443",
+            "www.example.com",
+            |site, d| {
+                std::fs::create_dir(d.join("www")).unwrap();
+                std::fs::write(d.join("www/index.html"), page).unwrap();
+                site.replace("/var/www/html", &format!("{}/www", d.display()))
+            },
+        )
+        .await
+    }
+
+    /// examples/websocket/nginx-site.conf, forwarding WebSocket upgrades of /ncx to `server`.
+    async fn in_front_of(pki: &Pki, server: SocketAddr) -> Website {
+        Website::run(pki, "websocket", "443", "tunnel.example.com", |site, _| {
+            site.replace("http://127.0.0.1:7835", &format!("http://{server}"))
+        })
+        .await
+    }
+
+    async fn run(
+        pki: &Pki,
+        example: &str,
+        listen: &str,
+        name: &str,
+        adapt: impl FnOnce(String, &std::path::Path) -> String,
+    ) -> Website {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let (crt, key) = pki.write_other_server(d, "site");
         pki.write_ca(d);
-        std::fs::create_dir(d.join("www")).unwrap();
-        std::fs::write(d.join("www/index.html"), page).unwrap();
         let port = free_port();
-        // The site is the README's example (examples/website/nginx-site.conf) with this test's
-        // port, certificate and directory.
         let site = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("examples/website/nginx-site.conf"),
+                .join(format!("examples/{example}/nginx-site.conf")),
         )
         .unwrap()
-        .replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
-        .replace("www.example.com;", "localhost;")
         .replace(
-            "/etc/letsencrypt/live/www.example.com/fullchain.pem",
+            &format!("listen {listen} ssl;"),
+            &format!("listen 127.0.0.1:{port} ssl;"),
+        )
+        .replace(&format!("server_name {name};"), "server_name localhost;")
+        .replace(
+            &format!("/etc/letsencrypt/live/{name}/fullchain.pem"),
             &crt.display().to_string(),
         )
         .replace(
-            "/etc/letsencrypt/live/www.example.com/privkey.pem",
+            &format!("/etc/letsencrypt/live/{name}/privkey.pem"),
             &key.display().to_string(),
-        )
-        .replace("/var/www/html", &format!("{}/www", d.display()));
+        );
+        let site = adapt(site, d);
         let config = format!(
             "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{site}}}\n",
             d = d.display(),
@@ -319,6 +349,7 @@ fn the_example_haproxy_configuration_is_valid_and_in_the_readme() {
     for shown in [
         "examples/load-balancer/haproxy.cfg",
         "examples/website/nginx-site.conf",
+        "examples/websocket/nginx-site.conf",
     ] {
         let text = std::fs::read_to_string(root.join(shown)).unwrap();
         assert!(
@@ -437,5 +468,56 @@ async fn a_website_that_is_down_or_full_does_not_touch_the_tunnel() {
     first.read_exact(&mut more).await.unwrap();
     assert_eq!(&more, b"more");
     drop(first);
+    server.stop().await;
+}
+
+/// The WebSocket transport behind the reverse proxy people have: nginx terminates the outer TLS
+/// (its own certificate, checked against `websocket_ca`) and forwards upgrades of /ncx to the
+/// server, running the README's site file. ncx's own TLS runs inside, pinned as usual; a
+/// megabyte goes through a visitor both ways, and nginx logged the upgrade.
+#[tokio::test]
+async fn nginx_terminates_tls_and_forwards_the_websocket_to_the_server() {
+    let test = "nginx_terminates_tls_and_forwards_the_websocket_to_the_server";
+    if skip_without(NGINX, false, test) {
+        return;
+    }
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.websocket_path = Some("/ncx".into());
+    let server = TestServer::start(&pki, ss).await;
+    let nginx = Website::in_front_of(&pki, server.addr).await;
+    let echo = echo_service().await;
+    let port = nginx.addr.port();
+    let mut cs = client_settings(
+        nginx.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("e", echo, 0)],
+    );
+    cs.websocket = Some(ncx::config::WebSocketSettings {
+        url: format!("wss://localhost:{port}/ncx").parse().unwrap(),
+        host_header: format!("localhost:{port}"),
+        ca: Some(nginx.dir.path().join("ca.crt")),
+    });
+    let client = RunningClient::start(cs).await;
+    let public = SocketAddr::from(([127, 0, 0, 1], client.port("e")));
+    let payload = Rng(4).bytes(1_000_000);
+    assert_eq!(exchange(public, &payload).await.unwrap(), payload);
+    client.stop().await;
+    // nginx writes the request's line when the WebSocket ends.
+    let log = nginx.dir.path().join("access.log");
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"GET /ncx HTTP/1.1\" 101") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "nginx logged no upgrade of /ncx: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.stop().await;
 }

@@ -84,6 +84,16 @@ fn proxy_reply_corpus() {
 }
 
 #[test]
+fn websocket_corpus() {
+    let all = inputs("websocket");
+    assert!(!all.is_empty());
+    for (path, data) in all {
+        println!("{}", path.display());
+        ncx::fuzzing::websocket(&data);
+    }
+}
+
+#[test]
 fn config_corpus() {
     let all = inputs("config");
     assert!(!all.is_empty());

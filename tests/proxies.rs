@@ -429,3 +429,45 @@ async fn a_client_process_follows_https_proxy_and_no_proxy() {
     direct.kill().await.unwrap();
     server.kill().await.unwrap();
 }
+
+/// The WebSocket transport through the company proxy too: squid opens the CONNECT tunnel, the
+/// WebSocket upgrade and ncx's TLS run inside it.
+#[tokio::test]
+async fn a_websocket_session_goes_through_squid() {
+    if skip_without("/usr/sbin/squid", "squid websocket test") {
+        return;
+    }
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.websocket_path = Some("/ncx".into());
+    let server = TestServer::start(&pki, ss).await;
+    let squid = Squid::start(&[]).await;
+    let echo = echo_service().await;
+    let mut cs = via(
+        client_settings(
+            server.addr,
+            pki.pinned(),
+            "a",
+            "t",
+            vec![service("e", echo, 0)],
+        ),
+        &format!("http://{}", squid.addr),
+    );
+    cs.websocket = Some(ncx::config::WebSocketSettings {
+        url: format!("ws://{}/ncx", server.addr).parse().unwrap(),
+        host_header: server.addr.to_string(),
+        ca: None,
+    });
+    let client = RunningClient::start(cs).await;
+    let public = SocketAddr::from(([127, 0, 0, 1], client.port("e")));
+    let payload = Rng(22).bytes(500_000);
+    assert_eq!(exchange(public, &payload).await.unwrap(), payload);
+    client.stop().await;
+    // squid logs a tunnel once it has closed.
+    let start = std::time::Instant::now();
+    while squid.logged("CONNECT 127.0.0.1") == 0 {
+        assert!(start.elapsed() < WAIT, "squid logged no tunnel");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

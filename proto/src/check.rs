@@ -180,3 +180,34 @@ pub fn proxy_header_arbitrary(data: &[u8]) {
         }
     }
 }
+
+/// `read_ws_header` on arbitrary bytes, as both ends: never panics; "need more" only below
+/// [`MAX_WS_HEADER_LEN`](crate::MAX_WS_HEADER_LEN) bytes; a header read is within the input and
+/// the caps, and writing it again (same opcode, length and mask) gives the same bytes.
+pub fn ws_header_arbitrary(data: &[u8]) {
+    use crate::{read_ws_header, write_ws_header, WsRole, MAX_WS_HEADER_LEN, MAX_WS_PAYLOAD};
+    for role in [WsRole::Client, WsRole::Server] {
+        match read_ws_header(data, role) {
+            Ok(Some(h)) => {
+                assert!(h.header_len <= data.len() && h.header_len <= MAX_WS_HEADER_LEN);
+                assert!(h.payload_len <= MAX_WS_PAYLOAD);
+                assert!(!h.opcode.is_control() || (h.fin && h.payload_len <= 125));
+                if h.fin {
+                    let mut out = [0u8; MAX_WS_HEADER_LEN];
+                    let len = usize::try_from(h.payload_len).expect("capped below usize");
+                    let n = write_ws_header(h.opcode, len, h.mask, &mut out);
+                    assert_eq!(
+                        &out[..n],
+                        &data[..h.header_len],
+                        "a header reads back as written"
+                    );
+                }
+            }
+            Ok(None) => assert!(
+                data.len() < MAX_WS_HEADER_LEN,
+                "need-more past the longest header"
+            ),
+            Err(_) => {}
+        }
+    }
+}

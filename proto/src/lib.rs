@@ -24,6 +24,7 @@ mod message;
 mod proxy;
 mod proxy_in;
 mod strings;
+mod websocket;
 
 pub use access::{canonical, AccessRules, Cidr, CidrError, MAX_RULES};
 pub use codec::{decode, encode, encode_to_vec, DecodeError, FrameDecoder};
@@ -34,6 +35,10 @@ pub use proxy_in::{
     MAX_PROXY_V2_LEN,
 };
 pub use strings::{Name, NameError, Text};
+pub use websocket::{
+    apply_ws_mask, read_ws_header, write_ws_header, WsFrameError, WsFrameHeader, WsOpcode, WsRole,
+    MAX_WS_CONTROL_PAYLOAD, MAX_WS_HEADER_LEN, MAX_WS_PAYLOAD, MAX_WS_WRITE_PAYLOAD,
+};
 
 /// The protocol version this crate speaks. Sent in [`Message::Hello`] and [`Message::Welcome`].
 pub const PROTOCOL_VERSION: u16 = 1;

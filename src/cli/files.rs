@@ -12,6 +12,7 @@ impl ServerArgs {
             proxy_protocol_from: (!self.proxy_protocol_from.is_empty())
                 .then(|| spanned(self.proxy_protocol_from.into_iter().map(spanned).collect())),
             fallback: self.fallback.map(spanned),
+            websocket_path: self.websocket_path.map(spanned),
             ..Default::default()
         };
         if self.cert.is_some() || self.auto_cert_dir.is_some() {
@@ -59,6 +60,7 @@ impl ServerArgs {
                     .or(file.max_visitors_per_session);
                 file.proxy_protocol_from = flags.proxy_protocol_from.or(file.proxy_protocol_from);
                 file.fallback = flags.fallback.or(file.fallback);
+                file.websocket_path = flags.websocket_path.or(file.websocket_path);
                 // Certificate flags replace the file's certificate; its client CA stays.
                 let client_ca = file.tls.as_mut().and_then(|t| t.client_ca.take());
                 file.tls = flags.tls.or(file.tls);
@@ -122,5 +124,37 @@ impl VisitArgs {
             );
         }
         Ok(settings)
+    }
+}
+
+impl ConnectArgs {
+    /// The flags as a [`ClientFile`] to lay over the configuration file.
+    fn flags(&self) -> ClientFile {
+        ClientFile {
+            server: self.server.clone().map(spanned),
+            server_name: self.server_name.clone().map(spanned),
+            identity: self.identity.clone().map(spanned),
+            token: self.token.clone().map(spanned),
+            token_file: self.token_file.clone().map(spanned),
+            server_fingerprint: self.server_fingerprint.clone().map(spanned),
+            ca: self.ca.clone().map(spanned),
+            insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
+            cert: self.cert.clone().map(spanned),
+            key: self.key.clone().map(spanned),
+            proxy: self.proxy.clone().map(spanned),
+            transport: self
+                .websocket
+                .as_ref()
+                .map(|_| spanned("websocket".to_owned())),
+            url: self.websocket.clone().map(spanned),
+            ..Default::default()
+        }
+    }
+
+    fn settings(&self, flags: ClientFile) -> anyhow::Result<ClientSettings> {
+        Ok(match &self.config {
+            Some(path) => ClientSettings::from_source(&Source::file(path)?, flags, env_token())?,
+            None => ClientSettings::from_flags(flags, env_token())?,
+        })
     }
 }

@@ -124,6 +124,10 @@ pub struct ServerArgs {
     /// does not offer ALPN ncx/1) is passed untouched to this web server, `HOST:PORT`.
     #[arg(long)]
     pub fallback: Option<String>,
+    /// Accept clients whose transport is a WebSocket, upgrading this path (e.g. `/ncx`), on the
+    /// same listener (usually behind a TLS-terminating reverse proxy).
+    #[arg(long)]
+    pub websocket_path: Option<String>,
 }
 
 /// How to reach and authenticate to the server: shared by `ncx client` and `ncx visit`.
@@ -163,39 +167,17 @@ pub struct ConnectArgs {
     /// ALL_PROXY and NO_PROXY].
     #[arg(long)]
     pub proxy: Option<String>,
+    /// Carry the session inside a WebSocket at this URL (wss://HOST[:PORT]/PATH, or ws://… to
+    /// a TLS-terminating proxy's plain side): for networks that let only web traffic out. Takes
+    /// the place of --server.
+    #[arg(long, conflicts_with = "server")]
+    pub websocket: Option<String>,
     /// PEM client certificate (from `ncx certs client NAME`), for identities that need one.
     #[arg(long, requires = "key")]
     pub cert: Option<PathBuf>,
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
-}
-
-impl ConnectArgs {
-    /// The flags as a [`ClientFile`] to lay over the configuration file.
-    fn flags(&self) -> ClientFile {
-        ClientFile {
-            server: self.server.clone().map(spanned),
-            server_name: self.server_name.clone().map(spanned),
-            identity: self.identity.clone().map(spanned),
-            token: self.token.clone().map(spanned),
-            token_file: self.token_file.clone().map(spanned),
-            server_fingerprint: self.server_fingerprint.clone().map(spanned),
-            ca: self.ca.clone().map(spanned),
-            insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
-            cert: self.cert.clone().map(spanned),
-            key: self.key.clone().map(spanned),
-            proxy: self.proxy.clone().map(spanned),
-            ..Default::default()
-        }
-    }
-
-    fn settings(&self, flags: ClientFile) -> anyhow::Result<ClientSettings> {
-        Ok(match &self.config {
-            Some(path) => ClientSettings::from_source(&Source::file(path)?, flags, env_token())?,
-            None => ClientSettings::from_flags(flags, env_token())?,
-        })
-    }
 }
 
 /// `ncx client`.

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ncx_proto::{ErrorCode, Message, Name, PROTOCOL_VERSION};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
@@ -105,35 +104,6 @@ impl Client {
             }
         }
     }
-    /// The connection to the server, directly or through the proxy, tuned for the tunnel.
-    async fn dial(&self) -> Result<Transport, ClientError> {
-        let s = &self.settings;
-        if let Some((chosen, tls)) = &self.proxy {
-            let (host, port) = crate::proxy::host_and_port(&s.server);
-            return crate::proxy::dial(&chosen.url, &host, port, s.connect_timeout, tls.as_ref())
-                .await
-                .map_err(ClientError::Proxy);
-        }
-        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(&s.server)).await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    addr: s.server.clone(),
-                    cause: source,
-                })
-            }
-            Err(_) => {
-                return Err(ClientError::Timeout {
-                    stage: "connecting to the server",
-                    after: s.connect_timeout,
-                })
-            }
-        };
-        crate::net::tune_tunnel(&tcp);
-        Ok(Transport::Tcp(tcp))
-    }
-
     /// TLS over `tcp` with the configured trust, ALPN `ncx/1` agreed, and the keying material the
     /// token proof is bound to.
     async fn tls(

@@ -78,6 +78,10 @@ pub enum ClientError {
     /// The way through the proxy failed (it refused, or could not reach the server).
     #[error("{}", .0.message)]
     Proxy(crate::proxy::ProxyFailure),
+    /// The WebSocket to the server could not be opened: its outer TLS, or the upgrade (refused,
+    /// or answered by something that is not a WebSocket server).
+    #[error("{}", .0.message)]
+    WebSocket(crate::proxy::ProxyFailure),
     /// Building the TLS configuration failed.
     #[error(transparent)]
     Config(#[from] TlsError),
@@ -99,7 +103,7 @@ impl ClientError {
             ClientError::Refused { code, .. } => code.is_permanent(),
             ClientError::NoServices { permanent, .. } => *permanent,
             ClientError::ServiceRefused { .. } => true,
-            ClientError::Proxy(f) => f.permanent,
+            ClientError::Proxy(f) | ClientError::WebSocket(f) => f.permanent,
             ClientError::Tls(_) | ClientError::Config(_) | ClientError::Listen { .. } => true,
             _ => false,
         }

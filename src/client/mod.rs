@@ -3,7 +3,8 @@
 //!
 //! - `mod.rs`: [`Client`] and the reconnect loop ([`run`]).
 //! - `error.rs`: why a client could not connect or lost its session, and what became of a service.
-//! - `connect.rs`: dialling, TLS, the hello and the registrations ([`Client::connect`]).
+//! - `connect.rs`: TLS, the hello and the registrations ([`Client::connect`]).
+//! - `dial.rs`: reaching the server: TCP, directly or through a proxy, and the WebSocket.
 //! - `control.rs`: a connected session's control stream, drain and close ([`Connected::run`]).
 //! - `inbound.rs`: one visitor substream the server opened, from header to splice.
 //! - `retiring.rs`: sessions that rotated and serve their last visitors, at most two at once.
@@ -13,6 +14,7 @@
 
 mod connect;
 mod control;
+mod dial;
 mod error;
 mod inbound;
 mod outbound;
@@ -45,6 +47,9 @@ pub struct Client {
     /// The proxy the server is reached through, if any, and the TLS configuration for it when it
     /// is an `https://` one.
     proxy: Option<(crate::proxy::Chosen, Option<Arc<rustls::ClientConfig>>)>,
+    /// The outer TLS of a `wss://` WebSocket transport (ALPN http/1.1, the system's CAs and
+    /// `websocket_ca`).
+    web_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
@@ -73,10 +78,23 @@ impl Client {
                 Some((chosen, tls))
             }
         };
+        let web_tls = match &settings.websocket {
+            Some(ws) if ws.url.secure => {
+                let base = crate::proxy::proxy_tls_config(ws.ca.as_deref())?;
+                let mut config = (*base).clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(Arc::new(config))
+            }
+            _ => None,
+        };
+        if let Some(ws) = &settings.websocket {
+            info!(url = %ws.url, "reaching the server through a WebSocket");
+        }
         Ok(Client {
             settings: Arc::new(settings),
             connector: TlsConnector::from(Arc::new(tls)),
             proxy,
+            web_tls,
         })
     }
 }

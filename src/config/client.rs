@@ -59,6 +59,9 @@ pub struct ClientSettings {
     pub proxy: crate::proxy::ProxySetting,
     /// A CA trusted for an `https://` proxy, besides the system's.
     pub proxy_ca: Option<PathBuf>,
+    /// The WebSocket transport, if the session travels inside one (then `server` is the URL's
+    /// host and port).
+    pub websocket: Option<super::WebSocketSettings>,
     /// Deadline for the TCP connect to the server.
     pub connect_timeout: Duration,
     /// Deadline for TLS handshake, hello and authentication.
@@ -118,6 +121,7 @@ impl ClientSettings {
             client_cert: None,
             proxy: crate::proxy::ProxySetting::Direct,
             proxy_ca: None,
+            websocket: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
@@ -170,9 +174,15 @@ impl ClientSettings {
         env_token: Option<String>,
         token_from: String,
     ) -> Result<Self, ConfigError> {
-        let server = file
-            .server
-            .ok_or_else(|| src.general("no server address: set `server` or --server"))?;
+        let websocket = super::websocket::websocket_setting(src, &file)?;
+        let server = match (&websocket, file.server) {
+            (Some(ws), _) => Spanned::new(
+                file.url.as_ref().map_or(0..0, |u| u.span()),
+                ws.dial_address(),
+            ),
+            (None, Some(server)) => server,
+            (None, None) => return Err(src.general("no server address: set `server` or --server")),
+        };
         check_host_port(server.get_ref()).map_err(|e| src.at(server.span(), Some("server"), e))?;
         let host = server
             .get_ref()
@@ -464,6 +474,7 @@ impl ClientSettings {
             client_cert,
             proxy,
             proxy_ca,
+            websocket,
             connect_timeout,
             handshake_timeout,
             local_connect_timeout,

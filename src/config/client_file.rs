@@ -34,6 +34,15 @@ pub struct ClientFile {
     pub proxy_password_file: Option<Spanned<PathBuf>>,
     /// PEM CA trusted for an `https://` proxy, besides the system's.
     pub proxy_ca: Option<Spanned<PathBuf>>,
+    /// How the TLS session travels: `"tcp"` (the default) or `"websocket"` (inside a WebSocket
+    /// to `url`).
+    pub transport: Option<Spanned<String>>,
+    /// The WebSocket to reach the server through: `wss://HOST[:PORT]/PATH` or `ws://…`.
+    pub url: Option<Spanned<String>>,
+    /// The `Host` header of the WebSocket upgrade, when it must differ from `url`'s host.
+    pub websocket_host: Option<Spanned<String>>,
+    /// PEM CA trusted for the outer TLS of a `wss://` URL, besides the system's.
+    pub websocket_ca: Option<Spanned<PathBuf>>,
     /// Seconds to wait for the TCP connection to the server.
     pub connect_timeout_secs: Option<Spanned<u64>>,
     /// Seconds to wait for the TLS handshake, hello and authentication.
@@ -154,6 +163,14 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
         file.token = extra.token;
         file.token_file = extra.token_file;
     }
+    // --websocket and --server each replace the other way of reaching the server.
+    if extra.url.is_some() {
+        file.server = None;
+    }
+    if extra.server.is_some() {
+        file.transport = None;
+        file.url = None;
+    }
     take!(
         server,
         server_name,
@@ -166,6 +183,10 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
         proxy,
         proxy_password_file,
         proxy_ca,
+        transport,
+        url,
+        websocket_host,
+        websocket_ca,
         connect_timeout_secs,
         handshake_timeout_secs,
         local_connect_timeout_secs,
@@ -190,6 +211,7 @@ impl ClientFile {
         src.resolve_field(&mut self.key);
         src.resolve_field(&mut self.proxy_password_file);
         src.resolve_field(&mut self.proxy_ca);
+        src.resolve_field(&mut self.websocket_ca);
         if super::token_file::credentials_directory().is_none() {
             src.resolve_field(&mut self.token_file);
         }

@@ -296,6 +296,7 @@ mod server_identities;
 mod state_dir;
 pub mod token_file;
 mod values;
+mod websocket;
 
 pub use client::*;
 pub use client_file::*;
@@ -304,3 +305,4 @@ pub use server::*;
 pub use server_file::*;
 pub use state_dir::{platform_state_dir, DEFAULT_AUTO_CERT_DIR};
 pub use values::*;
+pub use websocket::{WebSocketSettings, WsUrl};

@@ -59,6 +59,8 @@ pub struct ServerSettings {
     pub proxy_protocol_from: Vec<ncx_proto::Cidr>,
     /// The web server (`HOST:PORT`) that connections other than ncx clients are passed to.
     pub fallback: Option<String>,
+    /// The path whose WebSocket upgrades are ncx clients (`transport = "websocket"`), if any.
+    pub websocket_path: Option<String>,
     /// Connections passed to `fallback` at once; more are closed.
     pub max_fallback_connections: usize,
     /// Known identities.
@@ -88,6 +90,7 @@ impl ServerSettings {
             auth_block: DEFAULT_AUTH_BLOCK,
             proxy_protocol_from: Vec::new(),
             fallback: None,
+            websocket_path: None,
             max_fallback_connections: DEFAULT_MAX_FALLBACK_CONNECTIONS,
             identities,
         }
@@ -261,6 +264,23 @@ impl ServerSettings {
             }
             None => None,
         };
+        let websocket_path = match &file.websocket_path {
+            Some(p) => {
+                let path = p.get_ref();
+                if !path.starts_with('/')
+                    || path.contains(['?', '#'])
+                    || path.bytes().any(|b| b <= b' ' || b == 0x7f)
+                {
+                    return Err(src.at(
+                        p.span(),
+                        Some("websocket_path"),
+                        format!("{path:?}: a path such as \"/ncx\" (starting with /, no spaces, query or fragment)"),
+                    ));
+                }
+                Some(path.clone())
+            }
+            None => None,
+        };
         let max_fallback_connections = count(
             src,
             &file.max_fallback_connections,
@@ -294,6 +314,7 @@ impl ServerSettings {
             auth_block,
             proxy_protocol_from,
             fallback,
+            websocket_path,
             max_fallback_connections,
             identities,
         })

@@ -46,6 +46,9 @@ pub struct ServerFile {
     /// The web server (`HOST:PORT`) that gets every connection that is not an ncx client, untouched,
     /// so the listener can share port 443 with a website.
     pub fallback: Option<Spanned<String>>,
+    /// Accept WebSocket upgrades of this path on the listener (for clients with
+    /// `transport = "websocket"`, usually behind a TLS-terminating reverse proxy).
+    pub websocket_path: Option<Spanned<String>>,
     /// Connections passed to `fallback` at once.
     pub max_fallback_connections: Option<Spanned<usize>>,
     /// Who may connect, and what each may expose.

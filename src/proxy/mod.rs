@@ -87,8 +87,8 @@ pub fn choose(
     }
 }
 
-/// The TLS configuration for `https://` proxies: the system's roots (a company proxy's CA is
-/// usually installed there) and `extra`, if given.
+/// The TLS configuration for `https://` proxies and the outer TLS of `wss://` WebSockets: the
+/// system's roots (a company proxy's CA, or a CDN's public one, is there) and `extra`, if given.
 pub fn proxy_tls_config(
     extra: Option<&std::path::Path>,
 ) -> Result<Arc<rustls::ClientConfig>, crate::tls::TlsError> {
@@ -102,7 +102,7 @@ pub fn proxy_tls_config(
             roots
                 .add(cert)
                 .map_err(|cause| crate::tls::TlsError::Rustls {
-                    context: format!("adding the proxy CA in {}", path.display()),
+                    context: format!("adding the CA certificate in {}", path.display()),
                     cause,
                 })?;
         }
@@ -110,7 +110,7 @@ pub fn proxy_tls_config(
     let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|cause| crate::tls::TlsError::Rustls {
-            context: "choosing TLS versions for the proxy".into(),
+            context: "choosing TLS versions for a proxy or WebSocket".into(),
             cause,
         })?
         .with_root_certificates(roots)

@@ -1,5 +1,6 @@
 //! The connection the ncx TLS session runs over: straight TCP (to the server, or to an HTTP or
-//! SOCKS proxy that opened a tunnel to it), or TLS to an `https://` proxy.
+//! SOCKS proxy that opened a tunnel to it), TLS to an `https://` proxy, or a WebSocket (over any
+//! of those, with TLS of its own for `wss://`).
 
 use std::io;
 use std::pin::Pin;
@@ -15,6 +16,10 @@ pub enum Transport {
     Tcp(TcpStream),
     /// TLS to an `https://` proxy, inside which the proxy's tunnel runs.
     ProxyTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// The outer TLS of a `wss://` WebSocket, to the web server or CDN in front of the server.
+    WebTls(Box<tokio_rustls::client::TlsStream<Transport>>),
+    /// A WebSocket, inside which ncx's own TLS runs.
+    WebSocket(Box<crate::websocket::WsStream<Transport>>),
 }
 
 impl AsyncRead for Transport {
@@ -26,6 +31,8 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::ProxyTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::WebTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::WebSocket(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -39,6 +46,8 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::ProxyTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::WebTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::WebSocket(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -50,6 +59,8 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::ProxyTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::WebTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::WebSocket(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -57,6 +68,8 @@ impl AsyncWrite for Transport {
         match self {
             Transport::Tcp(s) => s.is_write_vectored(),
             Transport::ProxyTls(s) => s.is_write_vectored(),
+            Transport::WebTls(s) => s.is_write_vectored(),
+            Transport::WebSocket(s) => s.is_write_vectored(),
         }
     }
 
@@ -64,6 +77,8 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
             Transport::ProxyTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::WebTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::WebSocket(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -71,6 +86,8 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Transport::ProxyTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::WebTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::WebSocket(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

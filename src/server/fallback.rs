@@ -31,16 +31,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) enum Sorted {
     /// A TLS ClientHello that offers ALPN `ncx/1`: an ncx client.
     Ncx,
+    /// Plain HTTP, where the server takes WebSocket upgrades: its request decides.
+    Http,
     /// Anything else: the website's.
     Website,
 }
 
-/// Sorts a connection by its first bytes; `None` while more are needed.
-pub(super) fn sort(first: &[u8]) -> Option<Sorted> {
+/// Sorts a connection by its first bytes; `None` while more are needed. `http`: plain HTTP may
+/// be an ncx client's WebSocket upgrade (`websocket_path` is set).
+pub(super) fn sort(first: &[u8], http: bool) -> Option<Sorted> {
     match first.first() {
         None => return None,
         // A TLS handshake record; anything else (plain HTTP, say) is not for the tunnel.
         Some(0x16) => {}
+        // A request line starts with its method, in capitals.
+        Some(b) if http && b.is_ascii_uppercase() => return Some(Sorted::Http),
         Some(_) => return Some(Sorted::Website),
     }
     let mut acceptor = rustls::server::Acceptor::default();
@@ -130,6 +135,10 @@ impl Fallback {
 mod tests {
     use super::*;
 
+    fn sort_tls(first: &[u8]) -> Option<Sorted> {
+        sort(first, false)
+    }
+
     /// A real ClientHello from rustls, offering `alpn`.
     fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -155,26 +164,32 @@ mod tests {
         let browser = client_hello(&[b"h2", b"http/1.1"]);
         let bare = client_hello(&[]);
         for cut in 0..ncx.len() {
-            assert_eq!(sort(&ncx[..cut]), None, "{cut} of {} bytes", ncx.len());
+            assert_eq!(sort_tls(&ncx[..cut]), None, "{cut} of {} bytes", ncx.len());
         }
-        assert_eq!(sort(&ncx), Some(Sorted::Ncx));
-        assert_eq!(sort(&browser[..browser.len() - 1]), None);
-        assert_eq!(sort(&browser), Some(Sorted::Website));
-        assert_eq!(sort(&bare), Some(Sorted::Website));
+        assert_eq!(sort_tls(&ncx), Some(Sorted::Ncx));
+        assert_eq!(sort_tls(&browser[..browser.len() - 1]), None);
+        assert_eq!(sort_tls(&browser), Some(Sorted::Website));
+        assert_eq!(sort_tls(&bare), Some(Sorted::Website));
         // ncx/1 among others still is an ncx client.
         assert_eq!(
-            sort(&client_hello(&[b"h2", ncx_proto::ALPN])),
+            sort_tls(&client_hello(&[b"h2", ncx_proto::ALPN])),
             Some(Sorted::Ncx)
         );
     }
 
     #[test]
     fn anything_else_goes_to_the_website_at_once_or_at_the_cap() {
-        assert_eq!(sort(b"GET / HTTP/1.1\r\n"), Some(Sorted::Website));
-        assert_eq!(sort(b"\x16\x03\x01\x00\x05\x02xxxx"), Some(Sorted::Website));
+        assert_eq!(sort_tls(b"GET / HTTP/1.1\r\n"), Some(Sorted::Website));
+        assert_eq!(
+            sort_tls(b"\x16\x03\x01\x00\x05\x02xxxx"),
+            Some(Sorted::Website)
+        );
+        // Where the server takes WebSocket upgrades, plain HTTP is read on.
+        assert_eq!(sort(b"GET / HTTP/1.1\r\n", true), Some(Sorted::Http));
+        assert_eq!(sort(b"\x00\x01", true), Some(Sorted::Website));
         // A record header announcing a huge hello that never ends is given up at the cap.
         let mut long = vec![0x16, 0x03, 0x01, 0x3f, 0xff, 0x01, 0x00, 0xff, 0xff];
         long.resize(MAX_SORT_BYTES, 0);
-        assert_eq!(sort(&long), Some(Sorted::Website));
+        assert_eq!(sort_tls(&long), Some(Sorted::Website));
     }
 }

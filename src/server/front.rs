@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ncx_proto::{read_proxy_header, ProxiedAddrs, ProxyHeaderError, MAX_PROXY_HEADER_LEN};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,9 @@ use super::fallback::{self, Sorted};
 use super::handshakes::HandshakeSlot;
 use super::session;
 use crate::prefixed::Prefixed;
+use crate::websocket::handshake::{self, Request};
+use crate::websocket::WsStream;
+use ncx_proto::WsRole;
 
 /// Why a trusted balancer's connection was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +97,10 @@ pub(super) async fn arrive(
         .await
 }
 
-/// On a port shared with a website, reads until the ClientHello says whose the connection is and
-/// passes the website's on; runs the session of an ncx client. `first` holds the bytes already
-/// read after any PROXY header.
+/// Where the listener is shared (a website behind it, WebSocket clients on it), reads until the
+/// first bytes say whose the connection is: passes the website's on, upgrades an ncx client's
+/// WebSocket, and runs the session of every ncx client. `first` holds the bytes already read
+/// after any PROXY header.
 #[allow(clippy::too_many_arguments)]
 async fn sorted(
     shared: Arc<Shared>,
@@ -108,39 +112,89 @@ async fn sorted(
     deadline: Instant,
     cancel: CancellationToken,
 ) {
-    if let Some(fallback) = &shared.fallback {
-        let read = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = slot.evicted() => {
-                debug!("handshake dropped to make room for a newer connection");
-                return;
-            }
-            r = tokio::time::timeout_at(deadline, read_until_sorted(&mut tcp, &mut first)) => r,
-        };
-        match read {
-            Ok(Ok(Sorted::Ncx)) => {}
-            Ok(Ok(Sorted::Website)) => {
-                drop(slot);
-                return fallback.pass(tcp, peer, first, cancel.cancelled()).await;
-            }
-            Ok(Err(e)) => {
-                return debug!(error = %e, "a connection closed before its first bytes were sorted")
-            }
-            Err(_) => return debug!("a connection's first bytes did not arrive in time"),
-        }
+    let websocket = shared.settings.websocket_path.is_some();
+    if shared.fallback.is_none() && !websocket {
+        let io = Prefixed::new(first, tcp);
+        return session::run(shared, io, peer, local, slot, deadline, cancel).await;
     }
-    let io = Prefixed::new(first, tcp);
-    session::run(shared, io, peer, local, slot, deadline, cancel).await
+    let read = tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = slot.evicted() => {
+            debug!("handshake dropped to make room for a newer connection");
+            return;
+        }
+        r = tokio::time::timeout_at(deadline, read_until_sorted(&mut tcp, &mut first, websocket)) => r,
+    };
+    let sorted = match read {
+        Ok(Ok(sorted)) => sorted,
+        Ok(Err(e)) => {
+            return debug!(error = %e, "a connection closed before its first bytes were sorted")
+        }
+        Err(_) => return debug!("a connection's first bytes did not arrive in time"),
+    };
+    let upgrade = match (sorted, &shared.fallback) {
+        (Sorted::Ncx, _) | (Sorted::Website, None) => {
+            let io = Prefixed::new(first, tcp);
+            return session::run(shared, io, peer, local, slot, deadline, cancel).await;
+        }
+        (Sorted::Website, Some(fallback)) => {
+            drop(slot);
+            return fallback.pass(tcp, peer, first, cancel.cancelled()).await;
+        }
+        (Sorted::Http, _) => upgrade_request(&shared, &first),
+    };
+    match upgrade {
+        Some((head_len, key)) => {
+            if let Err(e) = tcp.write_all(&handshake::accept_response(&key)).await {
+                return debug!(error = %e, "the WebSocket upgrade could not be answered");
+            }
+            let rest = first.split_off(head_len);
+            let io = WsStream::new(Prefixed::new(rest, tcp), WsRole::Server);
+            session::run(shared, io, peer, local, slot, deadline, cancel).await
+        }
+        None => match &shared.fallback {
+            Some(fallback) => {
+                drop(slot);
+                fallback.pass(tcp, peer, first, cancel.cancelled()).await
+            }
+            None => {
+                // Not ncx's path, and no website to hand it to.
+                let _ = tcp.write_all(handshake::NOT_FOUND).await;
+            }
+        },
+    }
+}
+
+/// If `first` begins with a WebSocket upgrade of the server's `websocket_path`: the head's length
+/// and the client's key.
+fn upgrade_request(shared: &Shared, first: &[u8]) -> Option<(usize, String)> {
+    let want = shared.settings.websocket_path.as_deref()?;
+    let len = handshake::head_len(first).ok()??;
+    match handshake::read_request(&first[..len]) {
+        Request::Upgrade { path, key } if path.split('?').next() == Some(want) => Some((len, key)),
+        _ => None,
+    }
 }
 
 /// Reads into `first` until [`fallback::sort`] decides (it does within
-/// [`fallback::MAX_SORT_BYTES`]).
-async fn read_until_sorted(tcp: &mut TcpStream, first: &mut Vec<u8>) -> std::io::Result<Sorted> {
+/// [`fallback::MAX_SORT_BYTES`]) and, for plain HTTP, until the request's head is complete (or
+/// past its cap).
+async fn read_until_sorted(
+    tcp: &mut TcpStream,
+    first: &mut Vec<u8>,
+    websocket: bool,
+) -> std::io::Result<Sorted> {
     loop {
-        if let Some(sorted) = fallback::sort(first) {
-            return Ok(sorted);
+        let done = match fallback::sort(first, websocket) {
+            Some(Sorted::Http) => handshake::head_len(first).map_or(true, |h| h.is_some()),
+            Some(_) => true,
+            None => false,
+        };
+        if done {
+            return Ok(fallback::sort(first, websocket).unwrap_or(Sorted::Website));
         }
-        let room = fallback::MAX_SORT_BYTES.saturating_sub(first.len());
+        let cap = fallback::MAX_SORT_BYTES.max(handshake::MAX_HEAD);
+        let room = cap.saturating_sub(first.len());
         let mut chunk = vec![0u8; room.min(4096)];
         let n = tcp.read(&mut chunk).await?;
         if n == 0 {
