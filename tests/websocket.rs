@@ -171,3 +171,48 @@ async fn the_flags_open_a_websocket_session_between_processes() {
         .unwrap();
     assert!(got == payload, "the visitor's bytes came back unchanged");
 }
+
+/// On a port shared with a website, a request that is not an upgrade of ncx's path — a browser's
+/// GET, an upgrade of another path — goes to the website with its bytes untouched, while ncx's
+/// upgrade is a client. An echo service stands in for the website, so what it got comes back.
+#[tokio::test]
+async fn other_http_goes_to_the_website_and_the_upgrade_to_the_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let website = echo_service().await;
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    ss.websocket_path = Some("/ncx".into());
+    ss.fallback = Some(website.to_string());
+    let server = TestServer::start(&pki, ss).await;
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n"[..],
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        let mut back = vec![0u8; request.len()];
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut back))
+            .await
+            .expect("the website answers in time")
+            .unwrap();
+        assert_eq!(back, request, "the website got the request as sent");
+    }
+    let echo = echo_service().await;
+    let url = format!("ws://127.0.0.1:{}/ncx", server.addr.port());
+    let client = RunningClient::start(over_websocket(
+        client_settings(
+            server.addr,
+            pki.pinned(),
+            "a",
+            "t",
+            vec![service("e", echo, 0)],
+        ),
+        &url,
+    ))
+    .await;
+    let public = SocketAddr::from(([127, 0, 0, 1], client.port("e")));
+    let payload = Rng(6).bytes(100_000);
+    assert!(exchange(public, &payload).await.unwrap() == payload);
+    client.stop().await;
+    server.stop().await;
+}
