@@ -3,13 +3,15 @@
 //! client it names is the session's peer from then on: the failed-authentication guard, the
 //! handshake shares and every log line see the real client, not the balancer. Any other
 //! connection is its own client, and a header it sends is just bytes that fail the TLS handshake.
-//! Then, on a port shared with a website (`fallback`), the ClientHello sorts ncx clients from the
-//! website's visitors, who are passed on (`fallback.rs`).
+//! Then, where the listener is shared, the first bytes sort the connection: on a port shared with
+//! a website (`fallback`), the ClientHello tells ncx clients from the website's visitors, who are
+//! passed on (`fallback.rs`); where WebSocket clients are taken (`websocket_path`), an upgrade of
+//! that path becomes a session inside a WebSocket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ncx_proto::{read_proxy_header, ProxiedAddrs, ProxyHeaderError, MAX_PROXY_HEADER_LEN};
+use ncx_proto::{read_proxy_header, ProxiedAddrs, ProxyHeaderError, WsRole, MAX_PROXY_HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -23,7 +25,6 @@ use super::session;
 use crate::prefixed::Prefixed;
 use crate::websocket::handshake::{self, Request};
 use crate::websocket::WsStream;
-use ncx_proto::WsRole;
 
 /// Why a trusted balancer's connection was not taken.
 #[derive(Debug, thiserror::Error)]

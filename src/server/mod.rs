@@ -3,7 +3,7 @@
 //! From the top down (each file imports only files below it):
 //! - `mod.rs`: [`Server`] and its accept loop; every connection's handshake runs in its own task.
 //! - `front.rs`: what comes before TLS: the PROXY header of a trusted load balancer, and on a
-//!   port shared with a website, sorting by the ClientHello.
+//!   shared listener, sorting by the first bytes (the ClientHello, a WebSocket upgrade).
 //! - `fallback.rs`: that sorting, and passing the website's connections to the web server.
 //! - `session.rs`: one session from TLS to teardown: the hello, admission, the control loop.
 //! - `control.rs`: the control loop of an admitted session, with its phase.
