@@ -1,6 +1,6 @@
 //! A byte stream over WebSocket binary frames: what ncx's TLS runs on when the transport is
-//! `websocket`. Reads take payload bytes straight into the caller's buffer (unmasking in place), so
-//! a frame of any accepted length costs no memory; a write becomes one frame of at most
+//! `websocket`. Reads take payload bytes into the caller's buffer (unmasking in place), through a
+//! fixed read-ahead buffer, so a frame of any accepted length costs no more memory than that; a write becomes one frame of at most
 //! [`MAX_WS_WRITE_PAYLOAD`] bytes, held until the connection takes it. Pings are answered (the
 //! latest one only, between frames), a close is answered and read as the end of the stream.
 
@@ -26,10 +26,15 @@ struct Reading {
     offset: u64,
 }
 
+/// Bytes read ahead from the connection. A frame header is 2 to 14 bytes; reading it exactly
+/// would cost a system call or two per frame, so reads go through this buffer (payload reads at
+/// least this large bypass it).
+const READ_AHEAD: usize = 16 * 1024;
+
 /// `inner`, carrying a byte stream in WebSocket frames, as the end `role`.
 #[derive(Debug)]
 pub struct WsStream<S> {
-    inner: S,
+    inner: tokio::io::BufReader<S>,
     role: WsRole,
     head: [u8; MAX_WS_HEADER_LEN],
     head_have: usize,
@@ -48,11 +53,11 @@ pub struct WsStream<S> {
     close_sent: bool,
 }
 
-impl<S> WsStream<S> {
+impl<S: AsyncRead> WsStream<S> {
     /// `inner` after a completed upgrade.
     pub fn new(inner: S, role: WsRole) -> Self {
         WsStream {
-            inner,
+            inner: tokio::io::BufReader::with_capacity(READ_AHEAD, inner),
             role,
             head: [0; MAX_WS_HEADER_LEN],
             head_have: 0,
@@ -69,9 +74,11 @@ impl<S> WsStream<S> {
 
     /// The connection underneath.
     pub fn get_ref(&self) -> &S {
-        &self.inner
+        self.inner.get_ref()
     }
+}
 
+impl<S> WsStream<S> {
     /// Appends one final frame to `out`, masked when this end is the client.
     fn frame_into_out(&mut self, opcode: WsOpcode, payload: &[u8]) {
         let mask = match self.role {
