@@ -521,3 +521,71 @@ async fn nginx_terminates_tls_and_forwards_the_websocket_to_the_server() {
     }
     server.stop().await;
 }
+
+/// One attempt, as a balancer at [`BALANCER`] relaying `client`: the PROXY v2 header, a WebSocket
+/// upgrade of /ncx, ncx's TLS inside it and a hello of identity `a` with `token`. Returns the
+/// server's answer on the control stream.
+async fn ws_hello_via_balancer(
+    pki: &Pki,
+    server: SocketAddr,
+    client: &str,
+    token: &str,
+) -> ncx_proto::Message {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((BALANCER, 0))).unwrap();
+    let mut tcp = socket.connect(server).await.unwrap();
+    let header = ncx_proto::proxy_header(
+        ncx_proto::ProxyVersion::V2,
+        client.parse().unwrap(),
+        "192.0.2.1:443".parse().unwrap(),
+    );
+    tcp.write_all(&header).await.unwrap();
+    let ws = ncx::websocket::handshake::open(tcp, "tunnel.example.com", "/ncx")
+        .await
+        .unwrap();
+    let config = ncx::tls::client_config(&pki.pinned(), None).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            ws,
+        )
+        .await
+        .unwrap();
+    let exported = ncx::auth::export(tls.get_ref().1).unwrap();
+    let mut peer = common::raw_yamux::RawPeer::start(tls);
+    peer.open(1, &hello("a", token, &exported)).await.unwrap();
+    peer.message_on(1, WAIT).await
+}
+
+/// A balancer's PROXY header is read before a WebSocket upgrade too: the real client behind it is
+/// the one whose failed logins are counted, so it gets blocked while another client through the
+/// same balancer still gets its own answer.
+#[tokio::test]
+async fn a_proxy_header_before_a_websocket_names_the_client_to_the_guard() {
+    let pki = Pki::new();
+    let mut ss = behind_balancer(server_settings(vec![identity("a", "t")]));
+    ss.websocket_path = Some("/ncx".into());
+    ss.auth_failures_before_block = 2;
+    ss.auth_block = Duration::from_secs(600);
+    let server = TestServer::start(&pki, ss).await;
+    let code = |m: ncx_proto::Message| match m {
+        ncx_proto::Message::Error { code, .. } => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    for _ in 0..2 {
+        let m = ws_hello_via_balancer(&pki, server.addr, "198.51.100.7:5000", "wrong").await;
+        assert_eq!(code(m), ncx_proto::ErrorCode::BadToken);
+    }
+    let m = ws_hello_via_balancer(&pki, server.addr, "198.51.100.7:5001", "t").await;
+    assert_eq!(
+        code(m),
+        ncx_proto::ErrorCode::LimitReached,
+        "the client is blocked"
+    );
+    let m = ws_hello_via_balancer(&pki, server.addr, "198.51.100.8:5000", "t").await;
+    assert!(
+        matches!(m, ncx_proto::Message::Welcome { .. }),
+        "another client behind the same balancer gets in: {m:?}"
+    );
+    server.stop().await;
+}
