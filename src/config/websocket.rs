@@ -4,8 +4,8 @@
 
 use super::*;
 
-/// A `ws://` or `wss://` URL, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A `ws://` or `wss://` URL, checked. `Debug` shows it as `Display` does, query cut.
+#[derive(Clone, PartialEq, Eq)]
 pub struct WsUrl {
     /// `wss://`: TLS to the web server or proxy in front (the outer TLS), inside which the
     /// upgrade and ncx's own TLS run.
@@ -18,13 +18,24 @@ pub struct WsUrl {
     pub path: String,
 }
 
+impl std::fmt::Debug for WsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WsUrl({self})")
+    }
+}
+
+/// Shown in logs and messages with its query cut to `?…`: a CDN's access key is often put there.
 impl std::fmt::Display for WsUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.secure { "wss" } else { "ws" };
+        let path = match self.path.split_once('?') {
+            Some((path, _)) => format!("{path}?…"),
+            None => self.path.clone(),
+        };
         if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.path)
+            write!(f, "{scheme}://[{}]:{}{path}", self.host, self.port)
         } else {
-            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
+            write!(f, "{scheme}://{}:{}{path}", self.host, self.port)
         }
     }
 }
@@ -216,6 +227,8 @@ mod tests {
         assert_eq!(u.to_string(), "ws://[::1]:8080/");
         let u: WsUrl = "ws://h?t=1".parse().unwrap();
         assert_eq!(u.path, "/?t=1");
+        assert_eq!(u.to_string(), "ws://h:80/?…", "the query stays out of logs");
+        assert!(!format!("{u:?}").contains("t=1"));
         for bad in [
             "https://h/",
             "wss://",
