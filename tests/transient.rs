@@ -132,22 +132,7 @@ fn debug_durations_are_read_back() {
 async fn the_first_retry_after_a_lost_session_is_quick() {
     let dir = tempfile::tempdir().unwrap();
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let serve = |dir: std::path::PathBuf| {
-        let mut c = ncx_process();
-        c.args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
-            .arg(dir)
-            .args([
-                "--identity",
-                "a",
-                "--ports",
-                "1024-65535",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .env("NCX_TOKEN", "t");
-        c
-    };
-    let mut server = serve(dir.path().to_owned()).spawn().unwrap();
+    let mut server = server_command(dir.path(), listen).spawn().unwrap();
     wait_for_line(&mut server, "server listening").await;
     let fp = ncx::certs::load_or_create_self_signed(dir.path())
         .unwrap()
@@ -174,7 +159,7 @@ async fn the_first_retry_after_a_lost_session_is_quick() {
         "first retry planned after {planned:?}: {line}"
     );
     // And the restarted server is reached.
-    let mut server2 = serve(dir.path().to_owned()).spawn().unwrap();
+    let mut server2 = server_command(dir.path(), listen).spawn().unwrap();
     wait_for_line(&mut server2, "server listening").await;
     lines.wait_for("connected to the server").await;
     client.kill().await.unwrap();

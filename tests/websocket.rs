@@ -127,19 +127,8 @@ async fn the_server_still_refuses_tls_1_2() {
 #[tokio::test]
 async fn the_flags_open_a_websocket_session_between_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ncx_process()
-        .args(["server", "--listen", "127.0.0.1:0", "--auto-cert-dir"])
-        .arg(dir.path())
-        .args([
-            "--identity",
-            "a",
-            "--ports",
-            "1024-65535",
-            "--bind",
-            "127.0.0.1",
-        ])
+    let mut server = server_command(dir.path(), "127.0.0.1:0".parse().unwrap())
         .args(["--websocket-path", "/tunnel"])
-        .env("NCX_TOKEN", "t")
         .spawn()
         .unwrap();
     let line = wait_for_line(&mut server, "server listening").await;

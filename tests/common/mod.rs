@@ -623,14 +623,11 @@ pub async fn wait_for_tunnel(public: SocketAddr) -> Duration {
     }
 }
 
-/// Starts `ncx server` on `listen` (port 0: any) with one identity `a`/`t`; returns the process and
-/// the address it listens on.
-pub async fn server_process(
-    dir: &std::path::Path,
-    listen: SocketAddr,
-) -> (tokio::process::Child, SocketAddr) {
-    let mut child = ncx_process()
-        .args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
+/// `ncx server` on `listen` with its certificate in `dir` and one identity `a`/`t` that may bind
+/// any port above 1023 on 127.0.0.1; more flags may be added before it is spawned.
+pub fn server_command(dir: &std::path::Path, listen: SocketAddr) -> tokio::process::Command {
+    let mut c = ncx_process();
+    c.args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
         .arg(dir)
         .args([
             "--identity",
@@ -640,9 +637,17 @@ pub async fn server_process(
             "--bind",
             "127.0.0.1",
         ])
-        .env("NCX_TOKEN", "t")
-        .spawn()
-        .unwrap();
+        .env("NCX_TOKEN", "t");
+    c
+}
+
+/// Starts [`server_command`] on `listen` (port 0: any); returns the process and the address it
+/// listens on.
+pub async fn server_process(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+) -> (tokio::process::Child, SocketAddr) {
+    let mut child = server_command(dir, listen).spawn().unwrap();
     let line = wait_for_line(&mut child, "server listening").await;
     (child, log_field(&line, "addr").parse().unwrap())
 }
