@@ -488,18 +488,18 @@ async fn nginx_terminates_tls_and_forwards_the_websocket_to_the_server() {
     let nginx = Website::in_front_of(&pki, server.addr).await;
     let echo = echo_service().await;
     let port = nginx.addr.port();
-    let mut cs = client_settings(
+    let cs = client_settings(
         nginx.addr,
         pki.pinned(),
         "a",
         "t",
         vec![service("e", echo, 0)],
     );
-    cs.websocket = Some(ncx::config::WebSocketSettings {
-        url: format!("wss://localhost:{port}/ncx").parse().unwrap(),
-        host_header: format!("localhost:{port}"),
-        ca: Some(nginx.dir.path().join("ca.crt")),
-    });
+    let cs = over_websocket(
+        cs,
+        &format!("wss://localhost:{port}/ncx"),
+        Some(nginx.dir.path().join("ca.crt")),
+    );
     let client = RunningClient::start(cs).await;
     let public = SocketAddr::from(([127, 0, 0, 1], client.port("e")));
     let payload = Rng(4).bytes(1_000_000);

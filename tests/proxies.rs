@@ -443,7 +443,7 @@ async fn a_websocket_session_goes_through_squid() {
     let server = TestServer::start(&pki, ss).await;
     let squid = Squid::start(&[]).await;
     let echo = echo_service().await;
-    let mut cs = via(
+    let cs = via(
         client_settings(
             server.addr,
             pki.pinned(),
@@ -453,11 +453,7 @@ async fn a_websocket_session_goes_through_squid() {
         ),
         &format!("http://{}", squid.addr),
     );
-    cs.websocket = Some(ncx::config::WebSocketSettings {
-        url: format!("ws://{}/ncx", server.addr).parse().unwrap(),
-        host_header: server.addr.to_string(),
-        ca: None,
-    });
+    let cs = over_websocket(cs, &format!("ws://{}/ncx", server.addr), None);
     let client = RunningClient::start(cs).await;
     let public = SocketAddr::from(([127, 0, 0, 1], client.port("e")));
     let payload = Rng(22).bytes(500_000);

@@ -9,18 +9,6 @@ use std::net::SocketAddr;
 
 use common::*;
 use ncx::client::ClientError;
-use ncx::config::{WebSocketSettings, WsUrl};
-
-fn over_websocket(mut cs: ncx::config::ClientSettings, url: &str) -> ncx::config::ClientSettings {
-    let url: WsUrl = url.parse().unwrap();
-    cs.server = format!("{}:{}", url.host, url.port);
-    cs.websocket = Some(WebSocketSettings {
-        host_header: format!("{}:{}", url.host, url.port),
-        url,
-        ca: None,
-    });
-    cs
-}
 
 #[tokio::test]
 async fn a_session_inside_a_websocket_carries_visitors_beside_plain_clients() {
@@ -39,6 +27,7 @@ async fn a_session_inside_a_websocket_carries_visitors_beside_plain_clients() {
             vec![service("e", echo, 0)],
         ),
         &url,
+        None,
     ))
     .await;
     let plain = RunningClient::start(client_settings(
@@ -76,6 +65,7 @@ async fn a_wrong_path_or_a_server_without_websockets_is_a_clear_refusal() {
             vec![service("e", echo, 0)],
         ),
         &url,
+        None,
     ))
     .await
     .err()
@@ -197,6 +187,7 @@ async fn other_http_goes_to_the_website_and_the_upgrade_to_the_tunnel() {
             vec![service("e", echo, 0)],
         ),
         &url,
+        None,
     ))
     .await;
     let public = SocketAddr::from(([127, 0, 0, 1], client.port("e")));

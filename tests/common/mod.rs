@@ -251,6 +251,22 @@ pub fn client_settings(
     )
 }
 
+/// `settings` with its session inside a WebSocket at `url` (whose host and port `settings.server`
+/// already names), `Host` being the URL's host and port, and `ca` for a `wss://` URL's outer TLS.
+pub fn over_websocket(
+    mut settings: ClientSettings,
+    url: &str,
+    ca: Option<std::path::PathBuf>,
+) -> ClientSettings {
+    let url: ncx::config::WsUrl = url.parse().unwrap();
+    settings.websocket = Some(ncx::config::WebSocketSettings {
+        host_header: format!("{}:{}", url.host, url.port),
+        url,
+        ca,
+    });
+    settings
+}
+
 pub async fn connect(settings: ClientSettings) -> Result<Connected, ClientError> {
     tokio::time::timeout(WAIT, Client::new(settings)?.connect())
         .await
