@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::programs::{skip_without, terminate, wait_listening};
+use common::programs::{skip_without, start_on_ports, terminate};
 use common::*;
 use ncx::client::ClientError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,31 +37,33 @@ struct Haproxy {
 impl Haproxy {
     async fn start(server: SocketAddr) -> Haproxy {
         let dir = tempfile::tempdir().unwrap();
-        let (p2, p1) = (free_port(), free_port());
-        let config = format!(
-            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend v2\n  bind 127.0.0.1:{p2}\n  default_backend v2\n\
-             frontend v1\n  bind 127.0.0.1:{p1}\n  default_backend v1\n\
-             backend v2\n  server ncx {server} send-proxy-v2 source 127.0.0.3 check check-send-proxy inter 500ms\n\
-             backend v1\n  server ncx {server} send-proxy source 127.0.0.3\n"
-        );
         let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let child = tokio::process::Command::new(HAPROXY)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        // haproxy -db writes its errors to stderr: into a file here, for start_on_ports to show.
+        let log = dir.path().join("haproxy.log");
+        let (child, [p2, p1]) = start_on_ports("haproxy", &log, |[p2, p1]| {
+            let config = format!(
+                "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                 frontend v2\n  bind 127.0.0.1:{p2}\n  default_backend v2\n\
+                 frontend v1\n  bind 127.0.0.1:{p1}\n  default_backend v1\n\
+                 backend v2\n  server ncx {server} send-proxy-v2 source 127.0.0.3 check check-send-proxy inter 500ms\n\
+                 backend v1\n  server ncx {server} send-proxy source 127.0.0.3\n"
+            );
+            std::fs::write(&path, config).unwrap();
+            tokio::process::Command::new(HAPROXY)
+                .arg("-db")
+                .arg("-f")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .await;
         let (v2, v1) = (
             SocketAddr::from(([127, 0, 0, 1], p2)),
             SocketAddr::from(([127, 0, 0, 1], p1)),
         );
-        wait_listening(v2).await;
-        wait_listening(v1).await;
         Haproxy {
             child,
             v2,
@@ -122,16 +124,11 @@ impl Website {
         let d = dir.path();
         let (crt, key) = pki.write_other_server(d, "site");
         pki.write_ca(d);
-        let port = free_port();
         let site = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join(format!("examples/{example}/nginx-site.conf")),
         )
         .unwrap()
-        .replace(
-            &format!("listen {listen} ssl;"),
-            &format!("listen 127.0.0.1:{port} ssl;"),
-        )
         .replace(&format!("server_name {name};"), "server_name localhost;")
         .replace(
             &format!("/etc/letsencrypt/live/{name}/fullchain.pem"),
@@ -142,23 +139,29 @@ impl Website {
             &key.display().to_string(),
         );
         let site = adapt(site, d);
-        let config = format!(
-            "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{site}}}\n",
-            d = d.display(),
-        );
-        std::fs::write(d.join("nginx.conf"), config).unwrap();
-        let child = tokio::process::Command::new(NGINX)
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let (child, [port]) = start_on_ports("nginx", &d.join("error.log"), |[port]| {
+            let site = site.replace(
+                &format!("listen {listen} ssl;"),
+                &format!("listen 127.0.0.1:{port} ssl;"),
+            );
+            let config = format!(
+                "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{site}}}\n",
+                d = d.display(),
+            );
+            std::fs::write(d.join("nginx.conf"), config).unwrap();
+            tokio::process::Command::new(NGINX)
+                .arg("-p")
+                .arg(d)
+                .arg("-c")
+                .arg(d.join("nginx.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .await;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening(addr).await;
         Website { child, addr, dir }
     }
 

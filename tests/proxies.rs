@@ -15,7 +15,7 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use common::programs::{self, terminate, wait_listening};
+use common::programs::{self, terminate};
 use common::*;
 use ncx::client::ClientError;
 use ncx::proxy::{ProxySetting, ProxyUrl};
@@ -37,13 +37,10 @@ struct Squid {
 impl Squid {
     async fn start(users: &[(&str, &str)]) -> Squid {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let d = dir.path().display();
-        let mut conf = format!(
-            "http_port 127.0.0.1:{port}\npid_filename {d}/squid.pid\ncache_log {d}/cache.log\naccess_log stdio:{d}/access.log\ncache deny all\ncoredump_dir {d}\nshutdown_lifetime 0 seconds\ndns_nameservers 127.0.0.1\nacl CONNECT method CONNECT\nacl here dst 127.0.0.0/8\n"
-        );
+        let mut access = String::new();
         if users.is_empty() {
-            conf.push_str("http_access allow CONNECT here\n");
+            access.push_str("http_access allow CONNECT here\n");
         } else {
             let mut passwd = String::new();
             for (user, pass) in users {
@@ -57,29 +54,35 @@ impl Squid {
                 ));
             }
             std::fs::write(dir.path().join("passwd"), passwd).unwrap();
-            conf.push_str(&format!(
+            access.push_str(&format!(
                 "auth_param basic program /usr/lib/squid/basic_ncsa_auth {d}/passwd\nauth_param basic realm ncx-test\nacl authed proxy_auth REQUIRED\nhttp_access allow CONNECT here authed\n"
             ));
         }
-        conf.push_str("http_access deny all\n");
-        std::fs::write(dir.path().join("squid.conf"), conf).unwrap();
-        // squid started as root runs as the user `proxy`, which must write its logs here.
-        let owned = std::process::Command::new("chown")
-            .args(["-R", "proxy:proxy"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(owned.success());
-        let child = tokio::process::Command::new("/usr/sbin/squid")
-            .args(["-N", "-f"])
-            .arg(dir.path().join("squid.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        access.push_str("http_access deny all\n");
+        let (child, [port]) =
+            programs::start_on_ports("squid", &dir.path().join("cache.log"), |[port]| {
+                let conf = format!(
+                    "http_port 127.0.0.1:{port}\npid_filename {d}/squid.pid\ncache_log {d}/cache.log\naccess_log stdio:{d}/access.log\ncache deny all\ncoredump_dir {d}\nshutdown_lifetime 0 seconds\ndns_nameservers 127.0.0.1\nacl CONNECT method CONNECT\nacl here dst 127.0.0.0/8\n{access}"
+                );
+                std::fs::write(dir.path().join("squid.conf"), conf).unwrap();
+                // squid started as root runs as the user `proxy`, which must write its logs here.
+                let owned = std::process::Command::new("chown")
+                    .args(["-R", "proxy:proxy"])
+                    .arg(dir.path())
+                    .status()
+                    .unwrap();
+                assert!(owned.success());
+                tokio::process::Command::new("/usr/sbin/squid")
+                    .args(["-N", "-f"])
+                    .arg(dir.path().join("squid.conf"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .unwrap()
+            })
+            .await;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening(addr).await;
         Squid { child, addr, dir }
     }
 
@@ -110,7 +113,6 @@ impl Dante {
     async fn start(user: &str, pass: &str) -> Dante {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let port = free_port();
         let system_users = |file: &str| {
             std::fs::read_to_string(file)
                 .unwrap()
@@ -140,27 +142,30 @@ impl Dante {
             ),
         )
         .unwrap();
-        std::fs::write(
-            d.join("danted.conf"),
-            format!(
-                "logoutput: {dir}/danted.log\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\nsocksmethod: username\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\nsocks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 command: connect }}\n",
-                dir = d.display()
-            ),
-        )
-        .unwrap();
-        let script = format!(
-            "mount --bind {d}/passwd /etc/passwd && mount --bind {d}/shadow /etc/shadow && exec /usr/sbin/danted -f {d}/danted.conf",
-            d = d.display()
-        );
-        let child = tokio::process::Command::new("unshare")
-            .args(["-m", "sh", "-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let (child, [port]) =
+            programs::start_on_ports("danted", &d.join("danted.log"), |[port]| {
+                std::fs::write(
+                    d.join("danted.conf"),
+                    format!(
+                        "logoutput: {dir}/danted.log\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\nsocksmethod: username\nuser.privileged: root\nuser.unprivileged: nobody\nclient pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\nsocks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 command: connect }}\n",
+                        dir = d.display()
+                    ),
+                )
+                .unwrap();
+                let script = format!(
+                    "mount --bind {d}/passwd /etc/passwd && mount --bind {d}/shadow /etc/shadow && exec /usr/sbin/danted -f {d}/danted.conf",
+                    d = d.display()
+                );
+                tokio::process::Command::new("unshare")
+                    .args(["-m", "sh", "-c", &script])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .unwrap()
+            })
+            .await;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening(addr).await;
         Dante {
             child,
             addr,

@@ -4,7 +4,6 @@
 //! `.ci/run` installs them and sets NCX_REQUIRE_PROXIES=1, which turns a missing one into a failure
 //! instead of a SKIPPED line.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,13 +36,55 @@ pub fn skip_without(program: &str, needs_root: bool, test: &str) -> bool {
     true
 }
 
-/// Waits until something accepts connections at `addr` (a program that has started).
-pub async fn wait_listening(addr: SocketAddr) {
-    let start = std::time::Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(start.elapsed() < WAIT, "nothing listens at {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// How many times [`start_on_ports`] starts a program that exits before it listens.
+const STARTS: usize = 5;
+
+/// Starts a program on `N` loopback ports chosen here (`spawn` writes its configuration for them
+/// and runs it) and waits until it listens on all of them. A port from [`super::free_port`] is
+/// only free when chosen: another test of the same binary can take it (an ephemeral port of an
+/// outgoing connection, say) before the program binds it, and the program then exits. So one
+/// that exits before listening is started again on fresh ports, at most [`STARTS`] times; `log`
+/// is the file it writes its errors to, shown when it never comes up.
+pub async fn start_on_ports<const N: usize>(
+    name: &str,
+    log: &Path,
+    mut spawn: impl FnMut([u16; N]) -> tokio::process::Child,
+) -> (tokio::process::Child, [u16; N]) {
+    let mut exits = Vec::new();
+    for _ in 0..STARTS {
+        let ports: [u16; N] = std::array::from_fn(|_| super::free_port());
+        let mut child = spawn(ports);
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                exits.push(status);
+                break;
+            }
+            let mut up = true;
+            for port in ports {
+                up &= tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                    .await
+                    .is_ok();
+            }
+            if up {
+                return (child, ports);
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{name} runs but does not listen on {ports:?}; its log:\n{}",
+                read_log(log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    panic!(
+        "{name} exited before listening, {STARTS} times ({exits:?}); its log:\n{}",
+        read_log(log)
+    );
+}
+
+fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()))
 }
 
 /// Stops a program the way its init script does (SIGTERM, so it reaps its own helpers), waiting a
