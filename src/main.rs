@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Prints an error line on stderr like `eprintln!`, but never panics when stderr is gone.
 macro_rules! complain {
@@ -20,6 +19,7 @@ macro_rules! complain {
 fn main() -> ExitCode {
     keep_freed_buffers();
     let cli = ncx::cli::Cli::parse();
+    let log = cli.log_options();
     // Run by the Windows service manager: no console, so the log goes to the file install chose.
     if let ncx::cli::Command::Service(ncx::service::ServiceArgs {
         action:
@@ -31,14 +31,11 @@ fn main() -> ExitCode {
             },
     }) = cli.command
     {
-        return run_as_service(cli.log_level, name, dir, log_file, command);
+        return run_as_service(log, name, dir, log_file, command);
     }
-    if let Err(code) = init_logging(
-        cli.log_level.as_deref(),
-        std::io::stderr,
-        std::io::stderr().is_terminal(),
-    ) {
-        return code;
+    if let Err(e) = ncx::logging::init(&log, std::io::stderr, std::io::stderr().is_terminal()) {
+        complain!("error: {e}");
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -66,7 +63,7 @@ fn main() -> ExitCode {
 /// `ncx service run`: in the directory install ran in (a service starts in the system
 /// directory), logging to `log_file`, the registered command as the service `name`.
 fn run_as_service(
-    level: Option<String>,
+    mut log: ncx::logging::LogOptions,
     name: String,
     dir: std::path::PathBuf,
     log_file: std::path::PathBuf,
@@ -84,9 +81,17 @@ fn run_as_service(
         }
     };
     let inner = ncx::cli::service::parse_cli(&command);
-    let level = level.or_else(|| inner.as_ref().ok().and_then(|c| c.log_level.clone()));
-    if let Err(code) = init_logging(level.as_deref(), std::sync::Mutex::new(file), false) {
-        return code;
+    if let Ok(inner) = &inner {
+        let given = inner.log_options();
+        log.level = log.level.or(given.level);
+        log.audit_file = log.audit_file.or(given.audit_file);
+        if given.format != ncx::logging::LogFormat::default() {
+            log.format = given.format;
+        }
+    }
+    if let Err(e) = ncx::logging::init(&log, std::sync::Mutex::new(file), false) {
+        complain!("error: {e}");
+        return ExitCode::from(2);
     }
     let prepared = std::env::set_current_dir(&dir)
         .map_err(|e| anyhow::anyhow!("changing to {}: {e}", dir.display()))
@@ -111,38 +116,6 @@ fn run_as_service(
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs at `level` (a tracing filter; RUST_LOG, then `info`, without one) to `writer`.
-fn init_logging<W>(level: Option<&str>, writer: W, ansi: bool) -> Result<(), ExitCode>
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    let filter = match level {
-        Some(level) => EnvFilter::try_new(level),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    };
-    let filter = match filter {
-        // yamux logs a peer that closed first as a warning; that is routine for a tunnel.
-        Ok(f) if !level.unwrap_or_default().contains("yamux") => {
-            f.add_directive("yamux=error".parse().expect("a valid literal directive"))
-        }
-        Ok(f) => f,
-        Err(e) => {
-            complain!("error: invalid log level: {e}");
-            return Err(ExitCode::from(2));
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        // A log line that cannot be written (stderr is a pipe whose reader went away) is dropped;
-        // by default tracing-subscriber reports that with `eprintln!`, which panics on the same
-        // closed stderr and took the whole tunnel down (exit 101).
-        .log_internal_errors(false)
-        .init();
-    Ok(())
 }
 
 /// Size of the block [`keep_freed_buffers`] allocates and frees once.

@@ -365,7 +365,10 @@ async fn server_writes_one_audit_line_per_visitor_connection() {
         b"twelve bytes"
     );
     let line = log.wait_for("visitor connection").await;
-    assert!(line.contains("ncx::audit"), "{line}");
+    assert!(
+        line.contains(" INFO ") && line.contains(" visitor connection service="),
+        "{line}"
+    );
     assert_eq!(log_field(&line, "service"), "echo");
     assert_eq!(log_field(&line, "bytes_in"), "12");
     assert_eq!(log_field(&line, "bytes_out"), "12");

@@ -28,8 +28,29 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub log_level: Option<String>,
 
+    /// How log lines look: `human` (short lines, no module paths) or `json` (one object per
+    /// line, with the fields of the span an event happened in).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
+
+    /// Append the server's audit lines (one per visitor connection) to this file instead of the
+    /// main log, in the --log-format.
+    #[arg(long, global = true)]
+    pub audit_log: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// What the command line says about logging.
+    pub fn log_options(&self) -> crate::logging::LogOptions {
+        crate::logging::LogOptions {
+            level: self.log_level.clone(),
+            format: self.log_format,
+            audit_file: self.audit_log.clone(),
+        }
+    }
 }
 
 /// What to run.

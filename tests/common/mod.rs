@@ -596,6 +596,18 @@ impl LogLines {
         self.history.iter().any(|l| l.contains(needle))
     }
 
+    /// Every line, read so far and until the process has closed its outputs (it has ended).
+    pub async fn all(mut self) -> Vec<String> {
+        tokio::time::timeout(WAIT, async {
+            while let Some(l) = self.rx.recv().await {
+                self.history.push(l);
+            }
+        })
+        .await
+        .expect("the process closes its outputs in time");
+        self.history
+    }
+
     /// The next line containing `needle` (earlier lines are skipped).
     pub async fn wait_for(&mut self, needle: &str) -> String {
         tokio::time::timeout(WAIT, async {

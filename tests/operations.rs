@@ -1,0 +1,122 @@
+//! Running ncx as an operator does: JSON logs and the audit file, configuration checks, shell
+//! completions and the man page, and the systemd notification protocol. Real processes, real
+//! sockets on 127.0.0.1.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+
+/// Every line a process wrote to stderr, each parsed as one JSON object.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_span_fields_and_the_audit_file_takes_the_audit_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.log");
+    let mut server = server_command(dir.path(), "127.0.0.1:0".parse().unwrap())
+        .args(["--log-format", "json", "--audit-log"])
+        .arg(&audit)
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut server);
+    let listening = log.wait_for("server listening").await;
+    let listening: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    assert_eq!(listening["level"], "INFO");
+    let addr: std::net::SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+    let (mut client, public) = client_process(
+        addr,
+        &fingerprint(dir.path()),
+        &[format!("echo={}@0", echo_service().await)],
+    )
+    .await;
+    let public: std::net::SocketAddr = public.parse().unwrap();
+    assert_eq!(
+        exchange(public, b"eleven byte").await.unwrap(),
+        b"eleven byte"
+    );
+    // The session's lines name the client in their span.
+    let authenticated = log.wait_for("client authenticated").await;
+    let authenticated: serde_json::Value = serde_json::from_str(&authenticated).unwrap();
+    assert_eq!(authenticated["span"]["name"], "session", "{authenticated}");
+    assert_eq!(authenticated["span"]["client"], "a", "{authenticated}");
+
+    // The audit line is written when the visitor's substream has closed: wait for it in the file.
+    let start = std::time::Instant::now();
+    let line = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if let Some(l) = text.lines().next() {
+            break l.to_owned();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no audit line in {}",
+            audit.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["target"], "ncx::audit");
+    assert_eq!(record["message"], "visitor connection");
+    assert_eq!(record["service"], "echo");
+    assert_eq!(record["bytes_in"], 11);
+    assert_eq!(record["bytes_out"], 11);
+    assert_eq!(record["end"], "finished");
+
+    client.kill().await.unwrap();
+    server.kill().await.unwrap();
+    let all = log.all().await.join("\n");
+    // stdout's lines (for an operator to read and copy) are plain text; the log's are JSON.
+    let stdout = [
+        "created a self-signed server certificate",
+        "server certificate fingerprint: ",
+        "clients pin it with: ",
+    ];
+    let stderr: String = all
+        .lines()
+        .filter(|l| !stdout.iter().any(|s| l.starts_with(s)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let lines = json_lines(&stderr);
+    assert!(lines.len() >= 3, "{all}");
+    assert!(
+        lines.iter().all(|l| l["target"] != "ncx::audit"),
+        "the audit line went to the file only:\n{all}"
+    );
+}
+
+#[tokio::test]
+async fn human_lines_have_no_module_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server_command(dir.path(), "127.0.0.1:0".parse().unwrap())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut server, "server listening").await;
+    assert!(line.contains(" INFO server listening addr="), "{line}");
+    assert!(!line.contains("ncx::"), "{line}");
+    server.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_audit_file_that_cannot_be_opened_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ncx_process()
+        .args(["--audit-log"])
+        .arg(dir.path().join("missing/audit.log"))
+        .args(["echo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: opening the audit log ") && stderr.contains("missing/audit.log"),
+        "{stderr}"
+    );
+}
