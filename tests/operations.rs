@@ -120,3 +120,53 @@ async fn an_audit_file_that_cannot_be_opened_is_named() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn completions_are_scripts_each_shell_can_read() {
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = ncx_process()
+            .args(["completions", shell])
+            .output()
+            .await
+            .unwrap();
+        let script = succeeded(&out, &format!("ncx completions {shell}"));
+        for word in ["server", "visit", "log-format", "server-fingerprint"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+        if shell == "bash" {
+            // bash itself parses it without running it.
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ncx.bash");
+            std::fs::write(&path, &script).unwrap();
+            let checked = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(checked.status.success(), "{checked:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn man_pages_describe_every_subcommand() {
+    let out = ncx_process().arg("man").output().await.unwrap();
+    let page = succeeded(&out, "ncx man");
+    assert!(page.contains(".TH ncx 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = ncx_process()
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    succeeded(&out, "ncx man --dir");
+    for (page, option) in [
+        ("ncx-server.1", "\\-\\-websocket\\-path"),
+        ("ncx-client.1", "\\-\\-exit\\-on\\-forward\\-failure"),
+        ("ncx-visit.1", "\\-\\-listen"),
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(option), "{page} lacks {option}:\n{text}");
+    }
+}

@@ -72,6 +72,19 @@ pub enum Command {
     Echo(EchoArgs),
     /// Register `ncx client` or `ncx visit` as a Windows service, or remove it.
     Service(crate::service::ServiceArgs),
+    /// Print the shell completion script for SHELL, e.g.
+    /// `ncx completions bash > /etc/bash_completion.d/ncx`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `ncx man > /usr/local/share/man/man1/ncx.1`, or write one
+    /// page per subcommand (ncx.1, ncx-server.1, …) into --dir.
+    Man {
+        /// Write every page into this directory instead of printing ncx.1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -383,6 +396,29 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             args.action.execute()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "ncx",
+                &mut out,
+            );
+            print_all(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: None } => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+            print_all(&out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
+            crate::say!("wrote the man pages into {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Echo(args) => {
             let listener = TcpListener::bind(&args.listen)
                 .await
@@ -392,6 +428,17 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Writes a generated file to stdout; unlike [`crate::say!`] a failure is an error, since the
+/// output is the whole point.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
 }
 
 /// The environment variable NCX_TOKEN, the token used when neither a flag nor a file names one.
