@@ -170,3 +170,70 @@ async fn man_pages_describe_every_subcommand() {
         assert!(text.contains(option), "{page} lacks {option}:\n{text}");
     }
 }
+
+/// `ncx ARGS` run to its end: exit code, stdout, stderr.
+async fn run(args: &[&str], dir: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = ncx_process()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_config_validates_without_starting_and_names_the_place_of_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = "listen = \"127.0.0.1:0\"\n[tls]\nauto_cert_dir = \"state\"\n[[identities]]\nname = \"a\"\ntoken = \"t\"\nports = [\"20000\"]\n";
+    std::fs::write(d.join("server.toml"), server).unwrap();
+    let (code, stdout, stderr) = run(&["server", "--check-config", "server.toml"], d).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "server.toml: the server configuration is valid\n");
+    assert!(!d.join("state").exists(), "a check creates no certificate");
+
+    std::fs::write(
+        d.join("bad.toml"),
+        server.replace("ports = [\"20000\"]", "ports = [\"70000\"]"),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["server", "--check-config", "bad.toml"], d).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.starts_with("error: bad.toml:7:"), "{stderr}");
+
+    std::fs::write(
+        d.join("certs.toml"),
+        server.replace(
+            "auto_cert_dir = \"state\"",
+            "cert = \"no.crt\"\nkey = \"no.key\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["server", "--check-config", "certs.toml"], d).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no.crt"), "{stderr}");
+
+    let client = "server = \"127.0.0.1:7835\"\nidentity = \"a\"\ntoken_file = \"token\"\nserver_fingerprint = \"sha256:5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c5f1c\"\n[[services]]\nname = \"ssh\"\nlocal = \"127.0.0.1:22\"\nremote_port = 20000\n";
+    std::fs::write(d.join("client.toml"), client).unwrap();
+    std::fs::write(d.join("token"), "t\n").unwrap();
+    let (code, stdout, stderr) = run(&["client", "--check-config", "client.toml"], d).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "client.toml: the client configuration is valid\n");
+    std::fs::remove_file(d.join("token")).unwrap();
+    let (code, _, stderr) = run(&["client", "--check-config", "client.toml"], d).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("token"), "{stderr}");
+    std::fs::write(
+        d.join("client.toml"),
+        client.replace("remote_port = 20000", "remote_prot = 1"),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(&["client", "--check-config", "client.toml"], d).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.starts_with("error: client.toml:8:1"), "{stderr}");
+}

@@ -113,6 +113,11 @@ pub struct ServerArgs {
     /// TOML configuration file (see README); flags given as well override its values.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Check this configuration file (with the flags given as well) and its certificates, then
+    /// exit: 0 when the server would start with it, 1 with the error (FILE:LINE:COL) otherwise.
+    /// Binds nothing and creates nothing.
+    #[arg(long, conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
     /// Address to accept clients on [default: 0.0.0.0:7835].
     #[arg(long)]
     pub listen: Option<String>,
@@ -219,6 +224,11 @@ pub struct ConnectArgs {
 pub struct ClientArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// Check this configuration file (with the flags given as well), its certificates and token
+    /// files, then exit: 0 when the client would start with it, 1 with the error (FILE:LINE:COL)
+    /// otherwise. Connects to nothing.
+    #[arg(long, conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
     /// A service to expose: NAME=LOCAL_HOST:PORT@REMOTE_PORT (0 lets the server pick the port).
     /// Repeat for more services.
     #[arg(long = "service", short = 's')]
@@ -298,7 +308,25 @@ fn spanned<T>(v: T) -> Spanned<T> {
 /// Runs the parsed command until it finishes or `shutdown` fires.
 pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Server(args) => {
+        Command::Server(mut args) => {
+            if let Some(path) = args.check_config.take() {
+                args.config = Some(path.clone());
+                let settings = args.settings()?;
+                let identity = match &settings.cert {
+                    ServerCert::Files { cert, key } => {
+                        crate::tls::ServerIdentity::from_files(cert, key)?
+                    }
+                    // An existing self-signed certificate is checked; a missing one would be
+                    // created at start, which a check does not do.
+                    ServerCert::Auto(dir) if dir.join("ncx-server.crt").exists() => {
+                        crate::certs::load_or_create_self_signed(dir)?.0
+                    }
+                    ServerCert::Auto(_) => crate::tls::self_signed(&["localhost".into()])?.0,
+                };
+                crate::server::Server::new(settings, identity)?;
+                crate::say!("{}: the server configuration is valid", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let settings = args.settings()?;
             let identity = match &settings.cert {
                 ServerCert::Files { cert, key } => {
@@ -345,7 +373,14 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             server.run(listener, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Client(args) => {
+        Command::Client(mut args) => {
+            if let Some(path) = args.check_config.take() {
+                args.connect.config = Some(path.clone());
+                let settings = args.settings()?;
+                crate::client::Client::new(settings)?;
+                crate::say!("{}: the client configuration is valid", path.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let settings = args.settings()?;
             if let Some(limit) = crate::fdlimit::raise() {
                 tracing::debug!(?limit, "open-file limit");
