@@ -20,7 +20,7 @@
 //! - [`auth`]: token proofs bound to the TLS connection.
 //! - [`proxy`]: reaching the server through an HTTP or SOCKS5 proxy; [`websocket`]: the
 //!   WebSocket transport.
-//! - [`logging`]: the log's filter, format and audit file.
+//! - [`logging`]: the log's filter, format and audit file; [`notify`]: systemd's notifications.
 //! - [`net`]: socket options; [`prefixed`]: a connection with bytes read ahead; [`fdlimit`]: the
 //!   open-file limit; [`ratelimit`]: warnings at a limited rate.
 //! - [`demo`]: everything on loopback in one process.
@@ -65,6 +65,7 @@ pub mod human;
 pub mod logging;
 pub mod mux;
 pub mod net;
+pub mod notify;
 pub mod prefixed;
 pub mod proxy;
 pub mod ratelimit;

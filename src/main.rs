@@ -164,6 +164,7 @@ async fn signals(shutdown: CancellationToken) {
         }
         if n == 0 {
             tracing::info!("shutting down (signal again to exit at once)");
+            ncx::notify::stopping();
             shutdown.cancel();
         } else {
             std::process::exit(130);

@@ -237,3 +237,108 @@ async fn check_config_validates_without_starting_and_names_the_place_of_an_error
     assert_eq!(code, Some(1));
     assert!(stderr.starts_with("error: client.toml:8:1"), "{stderr}");
 }
+
+/// A datagram socket standing in for systemd's notification socket, with what arrived on it.
+#[cfg(unix)]
+struct Systemd {
+    socket: tokio::net::UnixDatagram,
+    path: std::path::PathBuf,
+    got: Vec<String>,
+}
+
+#[cfg(unix)]
+impl Systemd {
+    fn new(dir: &std::path::Path) -> Systemd {
+        let path = dir.join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+        Systemd {
+            socket,
+            path,
+            got: Vec::new(),
+        }
+    }
+
+    /// Reads notifications until one has the line `line`; returns that notification.
+    async fn wait_for(&mut self, line: &str) -> String {
+        self.wait_until(|m| m.lines().any(|l| l == line)).await
+    }
+
+    /// Reads notifications until one is `wanted`; returns it.
+    async fn wait_until(&mut self, wanted: impl Fn(&str) -> bool) -> String {
+        let mut buf = vec![0u8; 4096];
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let n = self.socket.recv(&mut buf).await.unwrap();
+                let message = String::from_utf8(buf[..n].to_vec()).unwrap();
+                self.got.push(message.clone());
+                if wanted(&message) {
+                    return message;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not among {:?}", self.got))
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut systemd = Systemd::new(dir.path());
+    let mut server = server_command(dir.path(), "127.0.0.1:0".parse().unwrap())
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .env("WATCHDOG_USEC", "200000")
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut server, "server listening").await;
+    let addr = log_field(&line, "addr");
+    let ready = systemd.wait_for("READY=1").await;
+    assert!(
+        ready.contains(&format!("STATUS=listening on {addr}\n")),
+        "{ready:?}"
+    );
+    // Pinged at half the interval: a few within a second.
+    for _ in 0..3 {
+        systemd.wait_for("WATCHDOG=1").await;
+    }
+
+    // The client: READY once its first attempt is made, then its state as it changes.
+    let client_dir = tempfile::tempdir().unwrap();
+    let mut client_systemd = Systemd::new(client_dir.path());
+    let echo = echo_service().await;
+    let mut client = ncx_process()
+        .args(["client", "--server", &addr, "--identity", "a"])
+        .args(["--server-fingerprint", &fingerprint(dir.path())])
+        .args(["--service", &format!("echo={echo}@0")])
+        .env("NCX_TOKEN", "t")
+        .env("NOTIFY_SOCKET", &client_systemd.path)
+        .spawn()
+        .unwrap();
+    let ready = client_systemd.wait_for("READY=1").await;
+    assert!(
+        ready.contains(&format!("STATUS=connected to {addr}\n")),
+        "{ready:?}"
+    );
+    // The server goes: the client says it is not connected.
+    let pid = server.id().unwrap().to_string();
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    systemd.wait_for("STOPPING=1").await;
+    tokio::time::timeout(WAIT, server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let gone = format!("STATUS=not connected to {addr} (");
+    let lost = client_systemd.wait_until(|m| m.starts_with(&gone)).await;
+    assert!(!lost.contains("READY=1"), "{lost:?}");
+    assert_eq!(
+        lost.lines().count(),
+        1,
+        "one line, whatever the error says: {lost:?}"
+    );
+    client.kill().await.unwrap();
+}

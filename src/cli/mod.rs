@@ -370,7 +370,9 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                     tracing::warn!("{warning}");
                 }
             }
-            server.run(listener, shutdown).await;
+            let bound = listener.local_addr()?;
+            crate::notify::ready(&format!("listening on {bound}"));
+            with_watchdog(server.run(listener, shutdown)).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(mut args) => {
@@ -385,7 +387,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             if let Some(limit) = crate::fdlimit::raise() {
                 tracing::debug!(?limit, "open-file limit");
             }
-            crate::client::run(settings, shutdown).await?;
+            with_watchdog(crate::client::run(settings, shutdown)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Visit(args) => {
@@ -393,7 +395,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             if let Some(limit) = crate::fdlimit::raise() {
                 tracing::debug!(?limit, "open-file limit");
             }
-            crate::client::run(settings, shutdown).await?;
+            with_watchdog(crate::client::run(settings, shutdown)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Certs(args) => {
@@ -462,6 +464,14 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             crate::demo::serve_echo(listener, shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Runs `work` while pinging systemd's watchdog (when the unit asks for it).
+async fn with_watchdog<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::select! {
+        out = work => out,
+        never = crate::notify::watchdog() => match never {},
     }
 }
 

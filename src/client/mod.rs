@@ -145,6 +145,8 @@ async fn run_sessions(
     let mut retry = Retry::new(backoff_cfg);
     // Sessions that handed over to a newer one and serve their last visitors.
     let mut retiring = Retiring::new(MAX_RETIRING);
+    let server = &client.settings.server;
+    let mut first = true;
     let result = loop {
         // How long the session was up, if one was.
         let mut lived = None;
@@ -153,6 +155,12 @@ async fn run_sessions(
             r = client.connect() => match r {
                 Ok(mut connected) => {
                     info!("connected to the server");
+                    let state = format!("connected to {server}");
+                    if std::mem::take(&mut first) {
+                        crate::notify::ready(&state);
+                    } else {
+                        crate::notify::status(&state);
+                    }
                     connected.log_services();
                     let up = Instant::now();
                     targets.send_replace(Some(connected.visit_target()));
@@ -201,6 +209,12 @@ async fn run_sessions(
         };
         let pause = jitter(base);
         warn!(error = %err, retry_in = %crate::human::Human(pause), "not connected; retrying");
+        let state = format!("not connected to {server} ({err}); retrying");
+        if std::mem::take(&mut first) {
+            crate::notify::ready(&state);
+        } else {
+            crate::notify::status(&state);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(pause) => {}
