@@ -1,5 +1,5 @@
-//! Third-party programs the tests run next to ncx (squid, dante, HAProxy, nginx): whether they can
-//! run here, waiting for them to listen, and stopping them.
+//! Third-party programs the tests run next to ncx (squid, dante, HAProxy, nginx, systemd-analyze):
+//! whether they can run here, waiting for them to listen, and stopping them.
 //!
 //! `.ci/run` installs them and sets NCX_REQUIRE_PROXIES=1, which turns a missing one into a failure
 //! instead of a SKIPPED line.
