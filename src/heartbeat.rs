@@ -13,6 +13,8 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 pub struct Heartbeat {
     ticker: Interval,
     seq: u64,
+    /// When the ping numbered `seq` was due (its answer gives the round-trip time).
+    sent: Instant,
     last_answer: Instant,
     liveness_timeout: Duration,
 }
@@ -35,6 +37,7 @@ impl Heartbeat {
         Heartbeat {
             ticker,
             seq: 0,
+            sent: Instant::now(),
             last_answer: Instant::now(),
             liveness_timeout,
         }
@@ -49,12 +52,16 @@ impl Heartbeat {
             return Beat::Silent(silent);
         }
         self.seq += 1;
+        self.sent = Instant::now();
         Beat::Ping(self.seq)
     }
 
-    /// The peer answered a ping (any answer counts: it proves the peer reads and writes).
-    pub fn answered(&mut self) {
+    /// The peer answered the ping numbered `seq` (any answer counts for liveness: it proves the
+    /// peer reads and writes). Returns the round trip when it answers the latest ping; it is
+    /// measured on the control stream, so it includes the time the ping waited behind data.
+    pub fn answered(&mut self, seq: u64) -> Option<Duration> {
         self.last_answer = Instant::now();
+        (seq == self.seq && seq != 0).then(|| self.sent.elapsed())
     }
 }
 
@@ -72,7 +79,7 @@ mod tests {
         for n in 1..=5 {
             assert_eq!(hb.due().await, Beat::Ping(n));
             assert_eq!(start.elapsed(), INTERVAL * u32::try_from(n).unwrap());
-            hb.answered();
+            hb.answered(0);
         }
     }
 
@@ -94,10 +101,22 @@ mod tests {
         for n in 1..=3 {
             assert_eq!(hb.due().await, Beat::Ping(n));
         }
-        hb.answered(); // at 30 s
+        hb.answered(0); // at 30 s
         for n in 4..=6 {
             assert_eq!(hb.due().await, Beat::Ping(n));
         }
         assert!(matches!(hb.due().await, Beat::Silent(d) if d == Duration::from_secs(40)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_answer_to_the_latest_ping_gives_its_round_trip() {
+        let mut hb = Heartbeat::new(INTERVAL, LIVENESS);
+        assert_eq!(hb.due().await, Beat::Ping(1));
+        tokio::time::advance(Duration::from_millis(42)).await;
+        assert_eq!(hb.answered(1), Some(Duration::from_millis(42)));
+        assert_eq!(hb.due().await, Beat::Ping(2));
+        // A late answer to an older ping proves liveness but measures nothing.
+        assert_eq!(hb.answered(1), None);
+        assert_eq!(hb.answered(0), None);
     }
 }

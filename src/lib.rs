@@ -20,7 +20,8 @@
 //! - [`auth`]: token proofs bound to the TLS connection.
 //! - [`proxy`]: reaching the server through an HTTP or SOCKS5 proxy; [`websocket`]: the
 //!   WebSocket transport.
-//! - [`logging`]: the log's filter, format and audit file; [`notify`]: systemd's notifications.
+//! - [`logging`]: the log's filter, format and audit file; [`notify`]: systemd's notifications;
+//!   [`metrics`]: the Prometheus series and their endpoint.
 //! - [`net`]: socket options; [`prefixed`]: a connection with bytes read ahead; [`fdlimit`]: the
 //!   open-file limit; [`ratelimit`]: warnings at a limited rate.
 //! - [`demo`]: everything on loopback in one process.
@@ -63,6 +64,7 @@ pub mod fuzzing;
 pub mod heartbeat;
 pub mod human;
 pub mod logging;
+pub mod metrics;
 pub mod mux;
 pub mod net;
 pub mod notify;

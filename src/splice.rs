@@ -129,6 +129,26 @@ pub struct Spliced {
     pub end: SpliceEnd,
 }
 
+/// Counters a splice adds its bytes to as they move (the metrics of a visitor), not only at the
+/// end: a remote desktop session can last all day.
+#[derive(Clone, Debug, Default)]
+pub struct Meter {
+    /// Bytes from side `a` to side `b`.
+    pub a_to_b: prometheus_client::metrics::counter::Counter,
+    /// Bytes from side `b` to side `a`.
+    pub b_to_a: prometheus_client::metrics::counter::Counter,
+}
+
+/// [`splice`], adding the bytes to `meter` as they move.
+pub async fn splice_metered<A: Abort, B: Abort>(
+    a: A,
+    b: B,
+    cancel: impl std::future::Future<Output = ()>,
+    meter: Meter,
+) -> Spliced {
+    splice_inner(a, b, cancel, Some(meter)).await
+}
+
 /// Copies both ways until both directions reach EOF. An EOF in one direction is passed on as a
 /// half-close (FIN) and the other direction keeps flowing. Any error, or `cancel` completing,
 /// resets both sides ([`Abort`]).
@@ -141,12 +161,28 @@ pub struct Spliced {
 /// local service's connection on the client, the visiting substream in a private bridge), side `b`
 /// the far end (the substream across the tunnel).
 pub async fn splice<A: Abort, B: Abort>(
+    a: A,
+    b: B,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Spliced {
+    splice_inner(a, b, cancel, None).await
+}
+
+async fn splice_inner<A: Abort, B: Abort>(
     mut a: A,
     mut b: B,
     cancel: impl std::future::Future<Output = ()>,
+    meter: Option<Meter>,
 ) -> Spliced {
-    let mut a_to_b = Direction::default();
-    let mut b_to_a = Direction::default();
+    let (a_meter, b_meter) = meter.map(|m| (m.a_to_b, m.b_to_a)).unzip();
+    let mut a_to_b = Direction {
+        meter: a_meter,
+        ..Direction::default()
+    };
+    let mut b_to_a = Direction {
+        meter: b_meter,
+        ..Direction::default()
+    };
     let res = {
         let copy = std::future::poll_fn(|cx| {
             let forward = a_to_b.poll(cx, &mut a, &mut b)?;
@@ -187,6 +223,8 @@ struct Direction {
     done: bool,
     /// Bytes moved.
     total: u64,
+    /// Where the bytes are counted as they move, too.
+    meter: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Direction {
@@ -217,6 +255,9 @@ impl Direction {
                 }
                 self.pos += n;
                 self.total += n as u64;
+                if let Some(meter) = &self.meter {
+                    meter.inc_by(n as u64);
+                }
                 continue;
             }
             if self.eof {

@@ -342,3 +342,213 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     );
     client.kill().await.unwrap();
 }
+
+/// One HTTP GET of `path` at `addr`: the status code and the body.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"));
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// The value of one series (its name and labels exactly as exposed) in a scrape.
+fn series(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `addr` until `series` has at least `at_least`; returns the scrape.
+async fn scrape_until(addr: &str, name: &str, at_least: f64) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        if series(&body, name).is_some_and(|v| v >= at_least) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{name} never reached {at_least}:\n{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_with_real_traffic_and_ready_follows_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server_command(dir.path(), "127.0.0.1:0".parse().unwrap())
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut server);
+    // The two listening lines, in either order.
+    let (mut server_metrics, mut addr) = (String::new(), String::new());
+    for _ in 0..2 {
+        let line = log.wait_for(" listening").await;
+        let field = log_field(&line, "addr");
+        if line.contains("metrics listening") {
+            server_metrics = field;
+        } else {
+            addr = field;
+        }
+    }
+    assert_eq!(
+        get(&server_metrics, "/ready").await,
+        (200, "ready\n".into())
+    );
+    assert_eq!(get(&server_metrics, "/other").await.0, 404);
+    let body = scrape_until(&server_metrics, "ncx_sessions{identity=\"a\"}", 0.0).await;
+    assert!(
+        body.contains("# TYPE ncx_session_rtt_seconds histogram"),
+        "{body}"
+    );
+
+    // A client with the wrong token is counted by reason.
+    let wrong = ncx_process()
+        .args([
+            "client",
+            "--server",
+            &addr,
+            "--identity",
+            "a",
+            "--token",
+            "wrong",
+        ])
+        .args(["--server-fingerprint", &fingerprint(dir.path())])
+        .args(["--service", "x=127.0.0.1:9@0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    scrape_until(
+        &server_metrics,
+        "ncx_auth_failures_total{reason=\"bad_token\"}",
+        1.0,
+    )
+    .await;
+
+    // The client pings every second, so its round trips show soon.
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{addr}\"\nidentity = \"a\"\ntoken = \"t\"\nserver_fingerprint = \"{}\"\nping_interval_secs = 1\nliveness_timeout_secs = 5\nmetrics_listen = \"127.0.0.1:0\"\n[[services]]\nname = \"echo\"\nlocal = \"{}\"\nremote_port = 0\n",
+            fingerprint(dir.path()),
+            echo_service().await
+        ),
+    )
+    .unwrap();
+    let mut client = ncx_process()
+        .args(["client", "--config"])
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    let mut client_log = LogLines::new(&mut client);
+    let client_metrics = log_field(&client_log.wait_for("metrics listening").await, "addr");
+    let public: std::net::SocketAddr =
+        log_field(&client_log.wait_for("service available").await, "public")
+            .parse()
+            .unwrap();
+    assert_eq!(get(&client_metrics, "/ready").await.0, 200);
+    scrape_until(&client_metrics, "ncx_client_connected", 1.0).await;
+    scrape_until(&server_metrics, "ncx_sessions{identity=\"a\"}", 1.0).await;
+
+    let payload = vec![7u8; 100_000];
+    assert_eq!(exchange(public, &payload).await.unwrap(), payload);
+    let labels = "identity=\"a\",service=\"echo\"";
+    let body = scrape_until(
+        &server_metrics,
+        &format!("ncx_visitors_total{{{labels},end=\"finished\"}}"),
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        series(
+            &body,
+            &format!("ncx_bytes_total{{{labels},direction=\"in\"}}")
+        ),
+        Some(100_000.0),
+        "{body}"
+    );
+    assert_eq!(
+        series(
+            &body,
+            &format!("ncx_bytes_total{{{labels},direction=\"out\"}}")
+        ),
+        Some(100_000.0),
+        "{body}"
+    );
+    assert_eq!(
+        series(&body, &format!("ncx_visitors_active{{{labels}}}")),
+        Some(0.0),
+        "{body}"
+    );
+    scrape_until(&client_metrics, "ncx_client_session_rtt_seconds_count", 1.0).await;
+    scrape_until(&server_metrics, "ncx_session_rtt_seconds_count", 1.0).await;
+
+    // The server goes: the client is no longer ready, and counts its reconnects.
+    server.kill().await.unwrap();
+    scrape_until(&client_metrics, "ncx_client_reconnects_total", 1.0).await;
+    assert_eq!(
+        get(&client_metrics, "/ready").await,
+        (503, "not ready\n".into())
+    );
+    client.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_bounds_what_a_request_may_send() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server_command(dir.path(), "127.0.0.1:0".parse().unwrap())
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let metrics = log_field(
+        &wait_for_line(&mut server, "metrics listening").await,
+        "addr",
+    );
+    // A head that never ends is cut off at its cap: the connection is closed, not answered.
+    let mut tcp = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+    let header = format!("X-Pad: {}\r\n", "a".repeat(1000));
+    let mut sent = tcp.write_all(b"GET /metrics HTTP/1.1\r\n").await;
+    for _ in 0..20 {
+        if sent.is_err() {
+            break;
+        }
+        sent = tcp.write_all(header.as_bytes()).await;
+    }
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut reply))
+        .await
+        .unwrap();
+    assert!(
+        reply.is_empty() || read.is_err(),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    // Not a GET: 400.
+    let mut tcp = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+    tcp.write_all(b"POST /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    server.kill().await.unwrap();
+}

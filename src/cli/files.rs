@@ -13,6 +13,7 @@ impl ServerArgs {
                 .then(|| spanned(self.proxy_protocol_from.into_iter().map(spanned).collect())),
             fallback: self.fallback.map(spanned),
             websocket_path: self.websocket_path.map(spanned),
+            metrics_listen: self.metrics_listen.map(spanned),
             ..Default::default()
         };
         if self.cert.is_some() || self.auto_cert_dir.is_some() {
@@ -61,6 +62,7 @@ impl ServerArgs {
                 file.proxy_protocol_from = flags.proxy_protocol_from.or(file.proxy_protocol_from);
                 file.fallback = flags.fallback.or(file.fallback);
                 file.websocket_path = flags.websocket_path.or(file.websocket_path);
+                file.metrics_listen = flags.metrics_listen.or(file.metrics_listen);
                 // Certificate flags replace the file's certificate; its client CA stays.
                 let client_ca = file.tls.as_mut().and_then(|t| t.client_ca.take());
                 file.tls = flags.tls.or(file.tls);
@@ -80,6 +82,7 @@ impl ClientArgs {
         let flags = ClientFile {
             local_connect_timeout_secs: self.local_connect_timeout_secs.map(spanned),
             exit_on_forward_failure: self.exit_on_forward_failure.then(|| spanned(true)),
+            metrics_listen: self.metrics_listen.map(spanned),
             services: self
                 .services
                 .into_iter()

@@ -10,8 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 
+mod execute;
 mod files;
 pub mod service;
+
+pub use execute::execute;
 
 use crate::config::{
     ClientFile, ClientSettings, IdentityFile, ServerCert, ServerFile, ServerSettings,
@@ -167,6 +170,10 @@ pub struct ServerArgs {
     /// same listener (usually behind a TLS-terminating reverse proxy).
     #[arg(long)]
     pub websocket_path: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and GET /ready on IP:PORT, or on PORT of
+    /// 127.0.0.1. No authentication: keep it off the internet.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// How to reach and authenticate to the server: shared by `ncx client` and `ncx visit`.
@@ -240,6 +247,10 @@ pub struct ClientArgs {
     /// (like ssh's ExitOnForwardFailure).
     #[arg(long)]
     pub exit_on_forward_failure: bool,
+    /// Serve Prometheus metrics (GET /metrics) and GET /ready (200 while connected) on IP:PORT,
+    /// or on PORT of 127.0.0.1.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 /// `ncx visit`.
@@ -303,187 +314,6 @@ pub struct DemoArgs {
 /// A value from a flag, which has no place in a file to point at.
 fn spanned<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
-}
-
-/// Runs the parsed command until it finishes or `shutdown` fires.
-pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Server(mut args) => {
-            if let Some(path) = args.check_config.take() {
-                args.config = Some(path.clone());
-                let settings = args.settings()?;
-                let identity = match &settings.cert {
-                    ServerCert::Files { cert, key } => {
-                        crate::tls::ServerIdentity::from_files(cert, key)?
-                    }
-                    // An existing self-signed certificate is checked; a missing one would be
-                    // created at start, which a check does not do.
-                    ServerCert::Auto(dir) if dir.join("ncx-server.crt").exists() => {
-                        crate::certs::load_or_create_self_signed(dir)?.0
-                    }
-                    ServerCert::Auto(_) => crate::tls::self_signed(&["localhost".into()])?.0,
-                };
-                crate::server::Server::new(settings, identity)?;
-                crate::say!("{}: the server configuration is valid", path.display());
-                return Ok(ExitCode::SUCCESS);
-            }
-            let settings = args.settings()?;
-            let identity = match &settings.cert {
-                ServerCert::Files { cert, key } => {
-                    crate::tls::ServerIdentity::from_files(cert, key)?
-                }
-                ServerCert::Auto(dir) => {
-                    let (identity, created) = crate::certs::load_or_create_self_signed(dir)?;
-                    // The absolute path, so an operator sees which identity this server uses.
-                    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
-                    if created {
-                        crate::say!(
-                            "created a self-signed server certificate in {} (key mode 0600)",
-                            shown.display()
-                        );
-                    } else {
-                        crate::say!(
-                            "using the self-signed server certificate in {}",
-                            shown.display()
-                        );
-                    }
-                    identity
-                }
-            };
-            let fingerprint = identity.fingerprint();
-            // Everything that can refuse the certificate or the settings runs before the
-            // fingerprint is printed: a fingerprint followed by an error is a server that never ran.
-            let server = crate::server::Server::new(settings.clone(), identity)?;
-            let listener = TcpListener::bind(settings.listen)
-                .await
-                .with_context(|| format!("binding {}", settings.listen))?;
-            crate::say!("server certificate fingerprint: {fingerprint}");
-            crate::say!("clients pin it with: --server-fingerprint {fingerprint}");
-            if let Some(limit) = crate::fdlimit::raise() {
-                tracing::debug!(?limit, "open-file limit");
-                let shortfall = crate::fdlimit::server_shortfall(
-                    limit,
-                    settings.max_visitors_per_session,
-                    settings.max_handshakes,
-                );
-                if let Some(warning) = shortfall {
-                    tracing::warn!("{warning}");
-                }
-            }
-            let bound = listener.local_addr()?;
-            crate::notify::ready(&format!("listening on {bound}"));
-            with_watchdog(server.run(listener, shutdown)).await;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Client(mut args) => {
-            if let Some(path) = args.check_config.take() {
-                args.connect.config = Some(path.clone());
-                let settings = args.settings()?;
-                crate::client::Client::new(settings)?;
-                crate::say!("{}: the client configuration is valid", path.display());
-                return Ok(ExitCode::SUCCESS);
-            }
-            let settings = args.settings()?;
-            if let Some(limit) = crate::fdlimit::raise() {
-                tracing::debug!(?limit, "open-file limit");
-            }
-            with_watchdog(crate::client::run(settings, shutdown)).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Visit(args) => {
-            let settings = args.settings()?;
-            if let Some(limit) = crate::fdlimit::raise() {
-                tracing::debug!(?limit, "open-file limit");
-            }
-            with_watchdog(crate::client::run(settings, shutdown)).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Certs(args) => {
-            let written = match &args.kind {
-                CertsKind::Ca { name } => crate::certs::create_ca(&args.dir, name, args.force)?,
-                CertsKind::Server { names } => crate::certs::create_leaf(
-                    &args.dir,
-                    crate::certs::LeafKind::Server,
-                    names,
-                    "server",
-                    args.force,
-                )?,
-                CertsKind::Client { name } => {
-                    let name = ncx_proto::Name::new(name.clone())
-                        .with_context(|| format!("identity {name:?}"))?;
-                    crate::certs::create_leaf(
-                        &args.dir,
-                        crate::certs::LeafKind::Client,
-                        &[name.to_string()],
-                        &format!("client-{name}"),
-                        args.force,
-                    )?
-                }
-            };
-            crate::say!("wrote {}", written.cert.display());
-            crate::say!("wrote {} (mode 0600)", written.key.display());
-            crate::say!("fingerprint: {}", written.fingerprint);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Demo(args) => {
-            crate::demo::run(args.check, shutdown).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Service(args) => {
-            args.action.execute()?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Completions { shell } => {
-            let mut out = Vec::new();
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "ncx",
-                &mut out,
-            );
-            print_all(&out)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man { dir: None } => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
-            print_all(&out)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man { dir: Some(dir) } => {
-            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
-                .with_context(|| format!("writing the man pages into {}", dir.display()))?;
-            crate::say!("wrote the man pages into {}", dir.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Echo(args) => {
-            let listener = TcpListener::bind(&args.listen)
-                .await
-                .with_context(|| format!("binding {}", args.listen))?;
-            crate::say!("echo service listening on {}", listener.local_addr()?);
-            crate::demo::serve_echo(listener, shutdown).await;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-/// Runs `work` while pinging systemd's watchdog (when the unit asks for it).
-async fn with_watchdog<T>(work: impl std::future::Future<Output = T>) -> T {
-    tokio::select! {
-        out = work => out,
-        never = crate::notify::watchdog() => match never {},
-    }
-}
-
-/// Writes a generated file to stdout; unlike [`crate::say!`] a failure is an error, since the
-/// output is the whole point.
-fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(bytes)
-        .and_then(|()| stdout.flush())
-        .context("writing to stdout")
 }
 
 /// The environment variable NCX_TOKEN, the token used when neither a flag nor a file names one.

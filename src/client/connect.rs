@@ -87,6 +87,7 @@ impl Client {
             accepting,
             handle,
             settings: self.settings.clone(),
+            rtt: self.metrics.rtt(),
         };
         let greeted = async {
             connected.hello(s.token.as_ref(), &exported).await?;

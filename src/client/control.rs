@@ -45,6 +45,8 @@ pub struct Connected {
     /// Opens visit substreams.
     pub(super) handle: mux::SessionHandle,
     pub(super) settings: Arc<ClientSettings>,
+    /// Where the pings' round trips go.
+    pub(super) rtt: crate::metrics::Rtt,
 }
 
 impl Drop for Connected {
@@ -110,7 +112,11 @@ impl Connected {
                             return Err(ClientError::SessionLost(format!("answering a ping: {e}")));
                         }
                     }
-                    Ok(Message::Pong(_)) => heartbeat.answered(),
+                    Ok(Message::Pong(seq)) => {
+                        if let Some(rtt) = heartbeat.answered(seq) {
+                            self.rtt.observe(rtt);
+                        }
+                    }
                     Ok(Message::GoAway { code: ErrorCode::Rotate, .. }) if !retiring => {
                         info!("the server asks for a fresh session (stream ids running out); visitors here will finish");
                         return Ok(Served::Rotate);

@@ -50,6 +50,8 @@ pub struct Client {
     /// The outer TLS of a `wss://` WebSocket transport (ALPN http/1.1, the system's CAs and
     /// `websocket_ca`).
     web_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The Prometheus series (served when `metrics_listen` is set).
+    metrics: Arc<crate::metrics::ClientMetrics>,
 }
 
 impl Client {
@@ -95,7 +97,19 @@ impl Client {
             connector: TlsConnector::from(Arc::new(tls)),
             proxy,
             web_tls,
+            metrics: Arc::default(),
         })
+    }
+
+    /// What the metrics endpoint serves for this client: its series, and ready while a session
+    /// is up.
+    pub fn metrics_source(&self) -> crate::metrics::endpoint::Source {
+        let render = self.metrics.clone();
+        let ready = self.metrics.clone();
+        crate::metrics::endpoint::Source {
+            render: Arc::new(move || render.render()),
+            ready: Arc::new(move || ready.is_ready()),
+        }
     }
 }
 
@@ -118,6 +132,14 @@ pub async fn run_bound(
 ) -> Result<(), ClientError> {
     let backoff_cfg = settings.reconnect;
     let client = Client::new(settings)?;
+    let metrics = match client.settings.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|cause| ClientError::Listen { addr, cause })?,
+        ),
+        None => None,
+    };
     // Visit listeners live across reconnects; each connection goes through whichever session is
     // current.
     let (targets, targets_rx) = tokio::sync::watch::channel(None);
@@ -128,10 +150,21 @@ pub async fn run_bound(
         targets_rx,
         listeners_cancel.clone(),
     );
+    let endpoint = metrics.map(|listener| {
+        tokio::spawn(crate::metrics::endpoint::serve(
+            listener,
+            client.metrics_source(),
+            listeners_cancel.clone(),
+        ))
+    });
     let result = run_sessions(&client, backoff_cfg, &targets, &shutdown).await;
     listeners_cancel.cancel();
     listeners.close();
     listeners.wait().await;
+    if let Some(endpoint) = endpoint {
+        // It ends when cancelled; a panic in it is already reported by the runtime.
+        let _ = endpoint.await;
+    }
     result
 }
 
@@ -155,6 +188,7 @@ async fn run_sessions(
             r = client.connect() => match r {
                 Ok(mut connected) => {
                     info!("connected to the server");
+                    client.metrics.connected(true);
                     let state = format!("connected to {server}");
                     if std::mem::take(&mut first) {
                         crate::notify::ready(&state);
@@ -166,6 +200,7 @@ async fn run_sessions(
                     targets.send_replace(Some(connected.visit_target()));
                     let served = connected.run_control(shutdown, false).await;
                     targets.send_replace(None);
+                    client.metrics.connected(false);
                     lived = Some(up.elapsed());
                     match served {
                         Ok(Served::Shutdown) => {
@@ -208,6 +243,7 @@ async fn run_sessions(
             }
         };
         let pause = jitter(base);
+        client.metrics.reconnecting();
         warn!(error = %err, retry_in = %crate::human::Human(pause), "not connected; retrying");
         let state = format!("not connected to {server} ({err}); retrying");
         if std::mem::take(&mut first) {

@@ -73,6 +73,8 @@ pub struct ClientSettings {
     pub max_visitors: usize,
     /// Exit (with the reasons) when the server refuses any service, instead of serving the rest.
     pub exit_on_forward_failure: bool,
+    /// Where the metrics endpoint listens, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Liveness and drain timing.
     pub timing: Timing,
     /// Reconnect backoff.
@@ -127,6 +129,7 @@ impl ClientSettings {
             local_connect_timeout: DEFAULT_LOCAL_CONNECT_TIMEOUT,
             max_visitors: MAX_VISITORS_PER_SESSION,
             exit_on_forward_failure: false,
+            metrics_listen: None,
             timing: Timing::default(),
             reconnect: Backoff::default(),
             services,
@@ -480,6 +483,7 @@ impl ClientSettings {
             local_connect_timeout,
             max_visitors,
             exit_on_forward_failure: file.exit_on_forward_failure.is_some_and(|b| *b.get_ref()),
+            metrics_listen: metrics_listen(src, &file.metrics_listen)?,
             timing,
             reconnect,
             services,

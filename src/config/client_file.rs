@@ -54,6 +54,8 @@ pub struct ClientFile {
     /// Exit when the server refuses any service, not only when it refuses all (like ssh's
     /// `ExitOnForwardFailure`).
     pub exit_on_forward_failure: Option<Spanned<bool>>,
+    /// Serve Prometheus metrics (`/metrics`) and `/ready` on this address (or port on loopback).
+    pub metrics_listen: Option<Spanned<String>>,
     /// Seconds between pings to the server.
     pub ping_interval_secs: Option<Spanned<u64>>,
     /// Seconds without an answered ping after which the server is dead.
@@ -192,6 +194,7 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
         local_connect_timeout_secs,
         max_visitors,
         exit_on_forward_failure,
+        metrics_listen,
         ping_interval_secs,
         liveness_timeout_secs,
         drain_timeout_secs,

@@ -63,6 +63,8 @@ pub struct ServerSettings {
     pub websocket_path: Option<String>,
     /// Connections passed to `fallback` at once; more are closed.
     pub max_fallback_connections: usize,
+    /// Where the metrics endpoint listens, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Known identities.
     pub identities: Vec<IdentityPolicy>,
 }
@@ -92,6 +94,7 @@ impl ServerSettings {
             fallback: None,
             websocket_path: None,
             max_fallback_connections: DEFAULT_MAX_FALLBACK_CONNECTIONS,
+            metrics_listen: None,
             identities,
         }
     }
@@ -287,6 +290,7 @@ impl ServerSettings {
             "max_fallback_connections",
             DEFAULT_MAX_FALLBACK_CONNECTIONS,
         )?;
+        let metrics_listen = metrics_listen(src, &file.metrics_listen)?;
         let identities =
             super::server_identities::resolve(src, file.identities, client_ca.as_ref())?;
         if identities.is_empty() {
@@ -316,6 +320,7 @@ impl ServerSettings {
             fallback,
             websocket_path,
             max_fallback_connections,
+            metrics_listen,
             identities,
         })
     }

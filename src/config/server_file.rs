@@ -51,6 +51,8 @@ pub struct ServerFile {
     pub websocket_path: Option<Spanned<String>>,
     /// Connections passed to `fallback` at once.
     pub max_fallback_connections: Option<Spanned<usize>>,
+    /// Serve Prometheus metrics (`/metrics`) and `/ready` on this address (or port on loopback).
+    pub metrics_listen: Option<Spanned<String>>,
     /// Who may connect, and what each may expose.
     #[serde(default)]
     pub identities: Vec<IdentityFile>,

@@ -102,3 +102,26 @@ pub(crate) fn count(
         None => Ok(default),
     }
 }
+
+/// `metrics_listen`: `HOST:PORT`, or a bare port for that port on 127.0.0.1 (the endpoint has no
+/// authentication: loopback unless an address says otherwise).
+pub(crate) fn metrics_listen(
+    src: &Source,
+    value: &Option<Spanned<String>>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let text = v.get_ref().trim();
+    let addr = match text.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => text.parse::<SocketAddr>().map_err(|e| {
+            src.at(
+                v.span(),
+                Some("metrics_listen"),
+                format!("{text:?}: {e} (an IP:PORT such as 127.0.0.1:9100, or a port)"),
+            )
+        })?,
+    };
+    Ok(Some(addr))
+}

@@ -56,10 +56,11 @@ pub(super) struct Admission {
     pub unauthenticated_log: LogLimiter,
     /// Limits warnings about evicted handshakes.
     eviction_log: LogLimiter,
+    metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl Admission {
-    pub fn new(settings: &ServerSettings) -> Self {
+    pub fn new(settings: &ServerSettings, metrics: Arc<crate::metrics::ServerMetrics>) -> Self {
         Admission {
             handshakes: HandshakeSlots::new(
                 settings.max_handshakes,
@@ -92,6 +93,7 @@ impl Admission {
             refusal_log: LogLimiter::default(),
             unauthenticated_log: LogLimiter::default(),
             eviction_log: LogLimiter::default(),
+            metrics,
         }
     }
 
@@ -105,6 +107,7 @@ impl Admission {
             Evicted::SameSource(s) => ("this address is at its share of handshake slots", s),
             Evicted::LargestSource(s) => ("all handshake slots are taken", s),
         };
+        self.metrics.handshake_evicted();
         if let Some(held_back) = self.eviction_log.allow() {
             warn!(
                 limit = self.max_handshakes,
@@ -115,6 +118,22 @@ impl Admission {
             );
         }
         slot
+    }
+
+    /// Handshakes in progress (connections not yet authenticated).
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.handshakes.total()
+    }
+
+    /// How many sessions each identity holds (retiring ones included).
+    pub fn sessions_by_identity(&self) -> impl Iterator<Item = (&Name, usize)> {
+        self.sessions_per_identity.iter().map(|(name, share)| {
+            (
+                name,
+                self.max_sessions_per_identity
+                    .saturating_sub(share.available_permits()),
+            )
+        })
     }
 
     /// A slot among `identity`'s sessions and among the server's, held for the session's life,

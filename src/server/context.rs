@@ -32,6 +32,9 @@ pub(super) struct Shared {
     pub admission: Admission,
     /// The website that connections other than ncx clients are passed to, if the port is shared.
     pub fallback: Option<Fallback>,
+    /// The Prometheus series (kept whether or not an endpoint serves them: they cost a few
+    /// atomic adds).
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
     next_session: AtomicU64,
 }
 
@@ -46,8 +49,10 @@ impl Shared {
             .iter()
             .map(|p| (p.name.clone(), p.clone()))
             .collect();
+        let metrics = Arc::new(crate::metrics::ServerMetrics::default());
         Shared {
-            admission: Admission::new(&settings),
+            admission: Admission::new(&settings, metrics.clone()),
+            metrics,
             fallback: settings
                 .fallback
                 .clone()
@@ -64,6 +69,16 @@ impl Shared {
     /// A new session id, never used before by this server.
     pub fn new_session_id(&self) -> SessionId {
         self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The metrics as a scrape sees them, with the gauges read from the admission first.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .set_handshakes(self.admission.handshakes_in_progress());
+        for (identity, sessions) in self.admission.sessions_by_identity() {
+            self.metrics.set_sessions(identity.as_str(), sessions);
+        }
+        self.metrics.render()
     }
 
     /// How many sessions have begun so far.

@@ -337,8 +337,10 @@ impl Control {
                 self.services.register_private(service, visitors)
             }
             Ok(Message::Ping(v)) => Message::Pong(v),
-            Ok(Message::Pong(_)) => {
-                self.heartbeat.answered();
+            Ok(Message::Pong(seq)) => {
+                if let Some(rtt) = self.heartbeat.answered(seq) {
+                    self.ctx.shared.metrics.rtt().observe(rtt);
+                }
                 return None;
             }
             Ok(Message::GoAway { code, message }) => {

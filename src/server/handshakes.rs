@@ -181,6 +181,15 @@ impl HandshakeSlots {
         )
     }
 
+    /// Handshakes in progress, in all.
+    pub fn total(&self) -> usize {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue
+            .len()
+    }
+
     /// Handshakes in progress, in all and from `ip`'s source.
     #[cfg(test)]
     pub fn in_progress(&self, ip: IpAddr) -> (usize, usize) {

@@ -108,6 +108,16 @@ impl Server {
         .await;
     }
 
+    /// What the metrics endpoint serves for this server: its series, and always ready (it
+    /// serves only while the server runs).
+    pub fn metrics_source(&self) -> crate::metrics::endpoint::Source {
+        let shared = self.shared.clone();
+        crate::metrics::endpoint::Source {
+            render: Arc::new(move || shared.render_metrics()),
+            ready: Arc::new(|| true),
+        }
+    }
+
     /// The fingerprint of the server's certificate, which clients pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint

@@ -71,6 +71,7 @@ pub(super) async fn open_to_client(
             "reset: session ended",
         )
     };
+    let _waiting = ctx.shared.metrics.open_waiting();
     // An open is "in flight" until the client answers; yamux stalls beyond 256 such streams.
     let in_flight = tokio::select! {
         _ = cancel.cancelled() => return Err(ended()),

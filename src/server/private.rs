@@ -19,7 +19,7 @@ use super::public::Places;
 use crate::audit::{AuditRecord, VisitorEnd};
 use crate::framed::{write_message, MessageReader};
 use crate::refusal::Refusal;
-use crate::splice::{splice, Substream};
+use crate::splice::{splice_metered, Substream};
 use crate::timeouts::FIRST_MESSAGE;
 
 /// Serves one visit substream that the session `ctx` (of `identity`) opened: reads which service
@@ -67,8 +67,11 @@ pub(super) async fn visit(
         identity: Some(&identity),
         started,
     };
-    let end = bridge(&ctx, sub, &identity, &owner, &service).await;
+    // Counted under the identity that offers the service, like its public visitors.
+    let metrics = ctx.shared.metrics.visitor(owner.as_str(), service.as_str());
+    let end = bridge(&ctx, sub, &identity, &owner, &service, &metrics.meter).await;
     record.emit(&end);
+    metrics.ended(&end.how);
 }
 
 /// Checks the visit and joins `sub` to a substream on the owner's session.
@@ -78,6 +81,7 @@ async fn bridge(
     identity: &Name,
     owner: &Name,
     service: &Name,
+    meter: &crate::splice::Meter,
 ) -> VisitorEnd {
     let (owner, _permits) = match check(ctx, identity, owner, service) {
         Ok(ok) => ok,
@@ -106,7 +110,7 @@ async fn bridge(
             _ = owner.visitors.cancelled() => {}
         }
     };
-    let spliced = splice(sub, theirs, cancel).await;
+    let spliced = splice_metered(sub, theirs, cancel, meter.clone()).await;
     VisitorEnd {
         bytes_in: spliced.from_a,
         bytes_out: spliced.from_b,

@@ -17,7 +17,7 @@ use crate::audit::{AuditRecord, VisitorEnd};
 use crate::config::IdentityPolicy;
 use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
-use crate::splice::{abort, splice};
+use crate::splice::{abort, splice_metered};
 
 /// Pending connections the kernel queues on a public port.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -164,6 +164,7 @@ pub(super) async fn accept_visitors(
     port: u16,
     access: AccessRules,
     identity_permits: Arc<Semaphore>,
+    identity: Name,
 ) {
     let service_permits = Arc::new(Semaphore::new(ctx.shared.settings.max_visitors_per_service));
     let denied_log = LogLimiter::default();
@@ -215,7 +216,8 @@ pub(super) async fn accept_visitors(
             };
             let span = tracing::info_span!("visitor", %peer);
             ctx.visitors.spawn(
-                visitor(ctx.clone(), tcp, peer, service.clone(), permits).instrument(span),
+                visitor(ctx.clone(), tcp, peer, &identity, service.clone(), permits)
+                    .instrument(span),
             );
         },
     )
@@ -234,12 +236,29 @@ pub(super) type Places = (
 );
 
 /// One public visitor, from its arrival to the audit line.
-async fn visitor(
+fn visitor(
+    ctx: Arc<SessionCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    identity: &Name,
+    service: Name,
+    permits: Places,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    // Counted as active from its arrival.
+    let metrics = ctx
+        .shared
+        .metrics
+        .visitor(identity.as_str(), service.as_str());
+    served(ctx, tcp, peer, service, permits, metrics)
+}
+
+async fn served(
     ctx: Arc<SessionCtx>,
     tcp: TcpStream,
     peer: SocketAddr,
     service: Name,
     _permits: Places,
+    metrics: crate::metrics::VisitorMetrics,
 ) {
     let record = AuditRecord {
         service: &service,
@@ -248,8 +267,9 @@ async fn visitor(
         identity: None,
         started: tokio::time::Instant::now(),
     };
-    let end = connect_visitor(&ctx, tcp, peer, &service).await;
+    let end = connect_visitor(&ctx, tcp, peer, &service, &metrics.meter).await;
     record.emit(&end);
+    metrics.ended(&end.how);
 }
 
 /// Connects one visitor to its service through a substream and splices until the end.
@@ -258,6 +278,7 @@ async fn connect_visitor(
     mut tcp: TcpStream,
     peer: SocketAddr,
     service: &Name,
+    meter: &crate::splice::Meter,
 ) -> VisitorEnd {
     crate::net::tune_visitor(&tcp);
     // The address the visitor connected to, for the PROXY protocol's destination.
@@ -270,7 +291,8 @@ async fn connect_visitor(
         }
     };
     debug!("visitor connected");
-    let spliced = splice(tcp, sub, ctx.visitors.cancelled()).await;
+    meter.a_to_b.inc_by(early);
+    let spliced = splice_metered(tcp, sub, ctx.visitors.cancelled(), meter.clone()).await;
     VisitorEnd {
         bytes_in: early + spliced.from_a,
         bytes_out: spliced.from_b,

@@ -71,6 +71,7 @@ impl Services {
                 port,
                 access,
                 self.ctx.shared.admission.identity_visitors(&self.identity),
+                self.identity.clone(),
             )
             .instrument(span),
         );

@@ -61,6 +61,9 @@ pub(super) async fn run<S>(
                 .and_then(|i| i.downcast_ref::<rustls::Error>())
                 .is_some_and(|t| matches!(t, rustls::Error::InvalidCertificate(_)));
             if bad_cert {
+                shared
+                    .metrics
+                    .auth_failure(ncx_proto::ErrorCode::CertificateRefused);
                 shared.admission.certificate_refused(peer.ip(), &e);
             } else {
                 debug!(error = %e, "TLS handshake with a client failed");
@@ -243,6 +246,7 @@ async fn admit(
     let identity = match admission.authenticate(&shared.identities, facts, ctx.peer, msg) {
         Ok(identity) => identity,
         Err(refusal) => {
+            shared.metrics.auth_failure(refusal.code);
             if let Some(held_back) = admission.refusal_log.allow() {
                 warn!(code = %refusal.code, reason = %refusal.message, held_back, "client refused");
             }
@@ -254,6 +258,7 @@ async fn admit(
     let session_slot = match admission.session_slot(&identity) {
         Ok(s) => s,
         Err(refusal) => {
+            shared.metrics.auth_failure(refusal.code);
             warn!(reason = %refusal.message, "client refused");
             refuse(&mut ctrl, &refusal).await;
             return Err(Outcome::Refused);
