@@ -49,7 +49,9 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        // The server reloads on SIGHUP (src/cli/execute.rs); for the others it stops them.
+        let hup_stops = !matches!(cli.command, ncx::cli::Command::Server(_));
+        tokio::spawn(signals(shutdown.clone(), hup_stops));
         match ncx::cli::execute(cli.command, shutdown).await {
             Ok(code) => code,
             Err(e) => {
@@ -144,13 +146,13 @@ fn keep_freed_buffers() {
 }
 
 /// The first SIGINT, SIGTERM or SIGHUP asks for a graceful shutdown; a second one exits at once.
-/// SIGHUP (the terminal went away) used to kill the process without a line or a drain (exit 129);
-/// ncx does not reload its configuration on it.
+/// SIGHUP (the terminal went away) used to kill the process without a line or a drain (exit 129).
+/// With `hup_stops` false (the server) SIGHUP is left to the reload instead.
 ///
 /// On Windows the same holds for Ctrl-C and Ctrl-Break (the console's two interrupts; a service
 /// stop comes through the service manager instead).
-async fn signals(shutdown: CancellationToken) {
-    let mut other = match OtherStop::new() {
+async fn signals(shutdown: CancellationToken, hup_stops: bool) {
+    let mut other = match OtherStop::new(hup_stops) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch {}", OtherStop::NAME);
@@ -176,23 +178,34 @@ async fn signals(shutdown: CancellationToken) {
 #[cfg(unix)]
 struct OtherStop {
     term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+    /// Absent for the server, which reloads on SIGHUP instead.
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 #[cfg(unix)]
 impl OtherStop {
     const NAME: &'static str = "SIGTERM and SIGHUP";
-    fn new() -> std::io::Result<Self> {
+    fn new(hup_stops: bool) -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(OtherStop {
             term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
+            hup: if hup_stops {
+                Some(signal(SignalKind::hangup())?)
+            } else {
+                None
+            },
         })
     }
     async fn recv(&mut self) {
+        let hup = async {
+            match &mut self.hup {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => {}
-            _ = self.hup.recv() => tracing::info!("SIGHUP: stopping as for SIGTERM (ncx does not reload its configuration)"),
+            _ = hup => tracing::info!("SIGHUP: stopping as for SIGTERM (only the server reloads its configuration)"),
         }
     }
 }
@@ -203,7 +216,7 @@ struct OtherStop(tokio::signal::windows::CtrlBreak);
 #[cfg(windows)]
 impl OtherStop {
     const NAME: &'static str = "Ctrl-Break";
-    fn new() -> std::io::Result<Self> {
+    fn new(_hup_stops: bool) -> std::io::Result<Self> {
         tokio::signal::windows::ctrl_break().map(OtherStop)
     }
     async fn recv(&mut self) {

@@ -25,6 +25,20 @@ fn status_line(status: &str) -> String {
     format!("STATUS={}", status.replace(['\n', '\r'], " "))
 }
 
+/// A reload has begun; [`ready`] says when it is done. systemd (`Type=notify-reload`) wants the
+/// monotonic time of the start with it.
+pub fn reloading() {
+    #[cfg(unix)]
+    let now = sd_notify::NotifyState::monotonic_usec_now()
+        .map(|t| t.to_string())
+        .ok();
+    #[cfg(not(unix))]
+    let now: Option<String> = None;
+    let mut lines = vec!["RELOADING=1".to_owned(), "STATUS=reloading".to_owned()];
+    lines.extend(now);
+    send(&lines);
+}
+
 /// A graceful shutdown has begun.
 pub fn stopping() {
     send(&["STOPPING=1".into(), "STATUS=shutting down".into()]);

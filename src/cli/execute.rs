@@ -24,7 +24,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 crate::say!("{}: the server configuration is valid", path.display());
                 return Ok(ExitCode::SUCCESS);
             }
-            let settings = args.settings()?;
+            let settings = args.clone().settings()?;
             let identity = match &settings.cert {
                 ServerCert::Files { cert, key } => {
                     crate::tls::ServerIdentity::from_files(cert, key)?
@@ -83,8 +83,15 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                     crate::metrics::endpoint::serve(listener, source, shutdown.clone()).await;
                 }
             };
-            with_watchdog(async { tokio::join!(server.run(listener, shutdown.clone()), endpoint) })
-                .await;
+            let serving = async { tokio::join!(server.run(listener, shutdown.clone()), endpoint) };
+            let status = format!("listening on {bound}");
+            with_watchdog(async {
+                tokio::select! {
+                    _ = serving => {}
+                    never = reload_on_hangup(&args, &server, &status) => match never {},
+                }
+            })
+            .await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(mut args) => {
@@ -179,6 +186,63 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
     }
 }
 
+/// On SIGHUP, re-reads the configuration (the file and the flags, as at start) and reloads the
+/// server with it; a configuration that does not check out is refused whole, with its error,
+/// and the one in force stays. Pending forever where there is no SIGHUP (Windows).
+async fn reload_on_hangup(
+    args: &ServerArgs,
+    server: &crate::server::Server,
+    status: &str,
+) -> std::convert::Infallible {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    reload(args, server, status);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP: no reloads"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (args, server, status);
+    std::future::pending().await
+}
+
+/// One reload of the server from `args`, logged with what it changed.
+fn reload(args: &ServerArgs, server: &crate::server::Server, status: &str) {
+    crate::notify::reloading();
+    match args.clone().settings() {
+        Err(e) => tracing::error!("reload refused; the configuration in force stays: {e:#}"),
+        Ok(new) => {
+            let r = server.reload(&new);
+            let names = |v: &[ncx_proto::Name]| match v {
+                [] => "none".to_owned(),
+                v => v
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            tracing::info!(
+                added = %names(&r.added),
+                removed = %names(&r.removed),
+                changed = %names(&r.changed),
+                "configuration reloaded"
+            );
+            if !r.need_restart.is_empty() {
+                tracing::warn!(
+                    settings = %r.need_restart.join(", "),
+                    "these settings changed but apply only at the next start"
+                );
+            }
+        }
+    }
+    crate::notify::ready(status);
+}
+
 /// Runs `work` while pinging systemd's watchdog (when the unit asks for it).
 async fn with_watchdog<T>(work: impl std::future::Future<Output = T>) -> T {
     tokio::select! {
@@ -197,4 +261,3 @@ fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
         .and_then(|()| stdout.flush())
         .context("writing to stdout")
 }
-

@@ -111,7 +111,7 @@ pub struct EchoArgs {
 }
 
 /// `ncx server`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// TOML configuration file (see README); flags given as well override its values.
     #[arg(long, short)]

@@ -3,7 +3,7 @@
 use super::*;
 
 /// What an identity must present to authenticate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAuth {
     /// A proof of the token (HMAC over the TLS exporter value).
     Token(Token),
@@ -29,7 +29,7 @@ impl ClientAuth {
 }
 
 /// What one identity may do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityPolicy {
     /// The identity.
     pub name: Name,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ncx_proto::{ErrorCode, Message, Name, PROTOCOL_VERSION};
@@ -43,10 +43,11 @@ pub(super) struct Admission {
     sessions: Arc<Semaphore>,
     max_sessions: usize,
     /// Each identity's share of the sessions, so one identity cannot take them all.
-    sessions_per_identity: HashMap<Name, Arc<Semaphore>>,
+    sessions_per_identity: RwLock<HashMap<Name, Arc<Semaphore>>>,
     max_sessions_per_identity: usize,
     /// Each identity's share of visitors, over all its sessions.
-    visitors_per_identity: HashMap<Name, Arc<Semaphore>>,
+    visitors_per_identity: RwLock<HashMap<Name, Arc<Semaphore>>>,
+    max_visitors_per_identity: usize,
     guard: AuthGuard,
     block: Duration,
     failures_before_block: u32,
@@ -70,23 +71,10 @@ impl Admission {
             max_handshakes_per_source: settings.max_handshakes_per_source,
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
             max_sessions: settings.max_sessions,
-            sessions_per_identity: settings
-                .identities
-                .iter()
-                .map(|p| {
-                    let share = Semaphore::new(settings.max_sessions_per_identity);
-                    (p.name.clone(), Arc::new(share))
-                })
-                .collect(),
+            sessions_per_identity: RwLock::default(),
             max_sessions_per_identity: settings.max_sessions_per_identity,
-            visitors_per_identity: settings
-                .identities
-                .iter()
-                .map(|p| {
-                    let share = Semaphore::new(settings.max_visitors_per_identity);
-                    (p.name.clone(), Arc::new(share))
-                })
-                .collect(),
+            visitors_per_identity: RwLock::default(),
+            max_visitors_per_identity: settings.max_visitors_per_identity,
             guard: AuthGuard::new(settings.auth_failures_before_block, settings.auth_block),
             block: settings.auth_block,
             failures_before_block: settings.auth_failures_before_block,
@@ -95,6 +83,28 @@ impl Admission {
             eviction_log: LogLimiter::default(),
             metrics,
         }
+        .with_identities(settings.identities.iter().map(|p| &p.name))
+    }
+
+    /// Gives identities that have none yet their shares of sessions and visitors (at start, and
+    /// for identities a reload adds). An identity a reload removes keeps its shares: its sessions
+    /// are closed, and a later reload may add it back.
+    pub fn admit_identities<'a>(&self, names: impl Iterator<Item = &'a Name>) {
+        let mut sessions = write(&self.sessions_per_identity);
+        let mut visitors = write(&self.visitors_per_identity);
+        for name in names {
+            sessions
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max_sessions_per_identity)));
+            visitors
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max_visitors_per_identity)));
+        }
+    }
+
+    fn with_identities<'a>(self, names: impl Iterator<Item = &'a Name>) -> Self {
+        self.admit_identities(names);
+        self
     }
 
     /// A handshake slot for a new connection from `ip`. When its source is at its share, its own
@@ -126,24 +136,30 @@ impl Admission {
     }
 
     /// How many sessions each identity holds (retiring ones included).
-    pub fn sessions_by_identity(&self) -> impl Iterator<Item = (&Name, usize)> {
-        self.sessions_per_identity.iter().map(|(name, share)| {
-            (
-                name,
-                self.max_sessions_per_identity
-                    .saturating_sub(share.available_permits()),
-            )
-        })
+    pub fn sessions_by_identity(&self) -> Vec<(Name, usize)> {
+        read(&self.sessions_per_identity)
+            .iter()
+            .map(|(name, share)| {
+                let held = self
+                    .max_sessions_per_identity
+                    .saturating_sub(share.available_permits());
+                (name.clone(), held)
+            })
+            .collect()
     }
 
     /// A slot among `identity`'s sessions and among the server's, held for the session's life,
     /// or the refusal. The identity's share is taken first: an identity at its share is refused
     /// as such, and never uses up a slot another identity could have.
     pub fn session_slot(&self, identity: &Name) -> Result<SessionSlot, Refusal> {
-        let share = self
-            .sessions_per_identity
-            .get(identity)
-            .expect("authenticate only returns configured identities");
+        let share = read(&self.sessions_per_identity).get(identity).cloned();
+        // A reload may have removed the identity since it authenticated.
+        let Some(share) = share else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownIdentity,
+                format!("identity {identity} is no longer configured on this server"),
+            ));
+        };
         let Ok(own) = share.clone().try_acquire_owned() else {
             return Err(Refusal::new(
                 ErrorCode::LimitReached,
@@ -169,11 +185,8 @@ impl Admission {
     }
 
     /// `identity`'s share of visitors: every visitor of its services holds a place of it.
-    pub fn identity_visitors(&self, identity: &Name) -> Arc<Semaphore> {
-        self.visitors_per_identity
-            .get(identity)
-            .expect("only configured identities have sessions")
-            .clone()
+    pub fn identity_visitors(&self, identity: &Name) -> Option<Arc<Semaphore>> {
+        read(&self.visitors_per_identity).get(identity).cloned()
     }
 
     /// The refusal for `who` at `ip` while that pair is blocked.
@@ -325,4 +338,13 @@ fn check_credentials(
         }
     }
     Ok(())
+}
+
+/// The shares' maps hold only semaphores, which stay consistent whatever a panicking holder did.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }

@@ -20,10 +20,14 @@ use crate::mux::SessionHandle;
 use crate::ratelimit::LogLimiter;
 use crate::tasks::TaskGroup;
 
+/// The configured identities by name, as one snapshot: a reload replaces it whole.
+pub(super) type Identities = Arc<HashMap<Name, IdentityPolicy>>;
+
 /// State shared by every task of one server.
 pub(super) struct Shared {
     pub settings: ServerSettings,
-    pub identities: HashMap<Name, IdentityPolicy>,
+    /// The identities in force; sessions watch it to follow a reload.
+    pub identities: tokio::sync::watch::Sender<Identities>,
     pub acceptor: TlsAcceptor,
     /// Verifies client certificates after the handshake, when the server has a client CA.
     pub client_certs: Option<crate::tls::ClientCertCheck>,
@@ -44,11 +48,7 @@ impl Shared {
         acceptor: TlsAcceptor,
         client_certs: Option<crate::tls::ClientCertCheck>,
     ) -> Self {
-        let identities = settings
-            .identities
-            .iter()
-            .map(|p| (p.name.clone(), p.clone()))
-            .collect();
+        let identities = tokio::sync::watch::Sender::new(identity_map(&settings.identities));
         let metrics = Arc::new(crate::metrics::ServerMetrics::default());
         Shared {
             admission: Admission::new(&settings, metrics.clone()),
@@ -64,6 +64,11 @@ impl Shared {
             registry: Registry::default(),
             next_session: AtomicU64::new(1),
         }
+    }
+
+    /// The identities in force now.
+    pub fn identities(&self) -> Identities {
+        self.identities.borrow().clone()
     }
 
     /// A new session id, never used before by this server.
@@ -85,6 +90,16 @@ impl Shared {
     pub fn sessions_started(&self) -> u64 {
         self.next_session.load(Ordering::Relaxed) - 1
     }
+}
+
+/// `policies` by name.
+pub(super) fn identity_map(policies: &[IdentityPolicy]) -> Identities {
+    Arc::new(
+        policies
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect(),
+    )
 }
 
 /// Everything one session's tasks share.

@@ -92,6 +92,8 @@ enum Event {
     RotationDue,
     /// The server shuts down.
     ShuttingDown,
+    /// A reload changed the identities.
+    Reloaded,
     /// The drain ended.
     Drained(DrainEnd),
     /// The ping schedule fired.
@@ -117,6 +119,8 @@ pub(super) struct Control {
     live: bool,
     /// The server's shutdown.
     shutdown: CancellationToken,
+    /// The identities in force, to follow a reload.
+    identities: tokio::sync::watch::Receiver<super::context::Identities>,
     /// The session's place among the server's sessions, held until the loop ends.
     _slot: SessionSlot,
 }
@@ -137,11 +141,22 @@ impl Control {
         shutdown: CancellationToken,
     ) -> Self {
         let shared = &ctx.shared;
-        let policy = shared
-            .identities
+        let mut identities = shared.identities.subscribe();
+        let policy = identities
+            .borrow_and_update()
             .get(&admitted.identity)
-            .expect("admission only lets configured identities in")
-            .clone();
+            .cloned();
+        // A reload removed the identity between its authentication and now: the first event
+        // closes the session as a reload does, with a policy that grants nothing until then.
+        let policy = policy.unwrap_or_else(|| {
+            identities.mark_changed();
+            crate::config::IdentityPolicy {
+                name: admitted.identity.clone(),
+                auth: crate::config::ClientAuth::Certificate,
+                bind: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                ports: Vec::new(),
+            }
+        });
         let timing = shared.settings.timing;
         Control {
             services: Services::new(ctx.clone(), admitted.identity.clone(), policy),
@@ -154,6 +169,7 @@ impl Control {
             phase: Phase::Serving,
             live: false,
             shutdown,
+            identities,
             _slot: admitted.slot,
         }
     }
@@ -182,6 +198,7 @@ impl Control {
             _ = self.ctx.takeover.replace.cancelled(), if !draining => Event::Replaced,
             _ = self.ctx.rotation.due(), if rotation_open => Event::RotationDue,
             _ = self.shutdown.cancelled(), if !draining => Event::ShuttingDown,
+            Ok(()) = self.identities.changed() => Event::Reloaded,
             end = async { drain.expect("guarded by is_draining").end(self.ctx.visitors.tracker()).await }, if draining => Event::Drained(end),
             beat = self.heartbeat.due() => Event::Beat(beat),
             Some(stream) = self.inbound.recv() => Event::Visit(stream),
@@ -242,6 +259,7 @@ impl Control {
                     .await;
                 None
             }
+            Event::Reloaded => self.reloaded().await,
             Event::Drained(end) => {
                 let reason = match std::mem::replace(&mut self.phase, Phase::Serving) {
                     Phase::Draining { reason, .. } => reason,
@@ -274,6 +292,71 @@ impl Control {
 
     /// Sends nothing more but a drain: the session's services stop (a newer session may take the
     /// ports), and its visitors get `timeout` to finish.
+    /// Follows a reload: a session whose identity was removed, or whose credentials changed,
+    /// is closed with the reason (visitors in flight get the drain deadline); one whose new
+    /// policy no longer allows a port it serves is asked to open a fresh session, which
+    /// registers its services under the new policy while visitors here finish; otherwise later
+    /// registrations follow the new policy and nothing else changes. A session already draining
+    /// (replaced, or shutting down) ends at once when its identity lost its credentials: its
+    /// visitors are reset rather than served under credentials that no longer hold.
+    async fn reloaded(&mut self) -> Option<Outcome> {
+        let new = self
+            .identities
+            .borrow_and_update()
+            .get(&self.identity)
+            .cloned();
+        let drain = self.ctx.shared.settings.timing.drain_timeout;
+        let identity = self.identity.clone();
+        if self.phase.is_draining() {
+            let revoked = match &new {
+                None => "was removed from the server's configuration",
+                Some(new) if new.auth != self.services.policy().auth => {
+                    "had its credentials changed on the server"
+                }
+                Some(_) => return None,
+            };
+            info!("the identity {revoked}; ending its draining session");
+            return Some(Outcome::Abort(format!("identity {identity} {revoked}")));
+        }
+        match new {
+            None => {
+                info!("the identity was removed from the configuration; closing its session");
+                let why =
+                    format!("identity {identity} was removed from the server's configuration");
+                self.go_away(ErrorCode::NotAllowed, &why).await;
+                self.begin_drain(drain, &why).await;
+            }
+            Some(new) if new.auth != self.services.policy().auth => {
+                info!("the identity's credentials changed; closing its session");
+                let why = format!("the credentials of identity {identity} changed on the server");
+                self.go_away(ErrorCode::NotAllowed, &why).await;
+                self.begin_drain(drain, &why).await;
+            }
+            Some(new) if self.services.outgrown_by(&new) && !self.phase.rotation_asked() => {
+                info!(ports = %new.ports_text(), bind = %new.bind, "the identity's ports changed; asking the client for a fresh session");
+                self.services.set_policy(new);
+                self.go_away(
+                    ErrorCode::Rotate,
+                    "the server's ports for this identity changed; open a new session",
+                )
+                .await;
+                self.phase = match self.phase {
+                    Phase::ClientLeaving { .. } => Phase::ClientLeaving {
+                        rotation_asked: true,
+                    },
+                    _ => Phase::RotationAsked,
+                };
+            }
+            Some(new) => {
+                if new != *self.services.policy() {
+                    info!(ports = %new.ports_text(), bind = %new.bind, "the identity's policy changed; later registrations follow it");
+                }
+                self.services.set_policy(new);
+            }
+        }
+        None
+    }
+
     async fn begin_drain(&mut self, timeout: Duration, reason: &str) {
         self.ctx.stop_services().await;
         self.phase = Phase::Draining {

@@ -28,6 +28,7 @@ mod opener;
 mod private;
 mod public;
 mod registry;
+mod reload;
 mod services;
 mod session;
 
@@ -45,6 +46,7 @@ use crate::accept::accept_until;
 use crate::config::ServerSettings;
 use crate::tls::{Fingerprint, ServerIdentity, TlsError};
 use context::Shared;
+pub use reload::Reloaded;
 
 /// A configured server, ready to run on a listener.
 #[derive(Clone)]

@@ -162,10 +162,11 @@ fn check(
     if owner.services_stopped() {
         return Err(offline());
     }
-    let own = shared
-        .admission
-        .identity_visitors(owner_name)
-        .try_acquire_owned();
+    // The owner has shares as long as it has a session (a removed identity keeps them).
+    let Some(owner_share) = shared.admission.identity_visitors(owner_name) else {
+        return Err(offline());
+    };
+    let own = owner_share.try_acquire_owned();
     let session = owner.limits.visitors.clone().try_acquire_owned();
     let service_permit = target.permits.clone().try_acquire_owned();
     match (own, session, service_permit) {

@@ -24,6 +24,8 @@ pub(super) struct Services {
     policy: IdentityPolicy,
     /// Every service name of the session, public and private.
     names: HashSet<Name>,
+    /// The public ports bound for its services.
+    ports: Vec<u16>,
     /// Limits warnings about refused registrations: a client may send thousands.
     refusal_log: LogLimiter,
 }
@@ -35,8 +37,26 @@ impl Services {
             identity,
             policy,
             names: HashSet::new(),
+            ports: Vec::new(),
             refusal_log: LogLimiter::default(),
         }
+    }
+
+    /// The identity's policy the services are registered under.
+    pub fn policy(&self) -> &IdentityPolicy {
+        &self.policy
+    }
+
+    /// Whether `new` would refuse a service this session already serves: one of its ports is no
+    /// longer allowed, or the ports are to be bound on another address.
+    pub fn outgrown_by(&self, new: &IdentityPolicy) -> bool {
+        !self.ports.is_empty()
+            && (new.bind != self.policy.bind || self.ports.iter().any(|p| !new.allows(*p)))
+    }
+
+    /// Registers later services under `new` (a reload changed what the identity may use).
+    pub fn set_policy(&mut self, new: IdentityPolicy) {
+        self.policy = new;
     }
 
     /// Handles one `Register`: binds the port and starts serving it, or says why not.
@@ -51,10 +71,18 @@ impl Services {
         if let Err(r) = self.may_register(&service) {
             return refused(r);
         }
+        let Some(identity_permits) = self.ctx.shared.admission.identity_visitors(&self.identity)
+        else {
+            return refused(Refusal::new(
+                ErrorCode::UnknownIdentity,
+                format!("identity {} is no longer configured", self.identity),
+            ));
+        };
         let (listener, port) = match bind_port(&self.ctx, &self.identity, &self.policy, port) {
             Ok(b) => b,
             Err(r) => return refused(r),
         };
+        self.ports.push(port);
         self.names.insert(service.clone());
         let addr = SocketAddr::new(self.policy.bind, port);
         if access.is_open() {
@@ -70,7 +98,7 @@ impl Services {
                 service.clone(),
                 port,
                 access,
-                self.ctx.shared.admission.identity_visitors(&self.identity),
+                identity_permits,
                 self.identity.clone(),
             )
             .instrument(span),

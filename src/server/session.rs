@@ -243,7 +243,7 @@ async fn admit(
         },
     };
     let admission = &shared.admission;
-    let identity = match admission.authenticate(&shared.identities, facts, ctx.peer, msg) {
+    let identity = match admission.authenticate(&shared.identities(), facts, ctx.peer, msg) {
         Ok(identity) => identity,
         Err(refusal) => {
             shared.metrics.auth_failure(refusal.code);
