@@ -20,6 +20,7 @@
 //! - [`auth`]: token proofs bound to the TLS connection.
 //! - [`proxy`]: reaching the server through an HTTP or SOCKS5 proxy; [`websocket`]: the
 //!   WebSocket transport.
+//! - [`admin`]: the local admin socket behind `ncx status` and `ncx ctl reload`.
 //! - [`logging`]: the log's filter, format and audit file; [`notify`]: systemd's notifications;
 //!   [`metrics`]: the Prometheus series and their endpoint.
 //! - [`net`]: socket options; [`prefixed`]: a connection with bytes read ahead; [`fdlimit`]: the
@@ -49,6 +50,7 @@ macro_rules! say {
 }
 
 pub mod accept;
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod certs;

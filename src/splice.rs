@@ -133,10 +133,19 @@ pub struct Spliced {
 /// end: a remote desktop session can last all day.
 #[derive(Clone, Debug, Default)]
 pub struct Meter {
-    /// Bytes from side `a` to side `b`.
-    pub a_to_b: prometheus_client::metrics::counter::Counter,
-    /// Bytes from side `b` to side `a`.
-    pub b_to_a: prometheus_client::metrics::counter::Counter,
+    /// Counters of the bytes from side `a` to side `b` (the service's, the session's).
+    pub a_to_b: Vec<prometheus_client::metrics::counter::Counter>,
+    /// Counters of the bytes from side `b` to side `a`.
+    pub b_to_a: Vec<prometheus_client::metrics::counter::Counter>,
+}
+
+impl Meter {
+    /// Counts `n` bytes from side `a` that moved before the splice began (early bytes).
+    pub fn a_to_b_before(&self, n: u64) {
+        for c in &self.a_to_b {
+            c.inc_by(n);
+        }
+    }
 }
 
 /// [`splice`], adding the bytes to `meter` as they move.
@@ -174,7 +183,10 @@ async fn splice_inner<A: Abort, B: Abort>(
     cancel: impl std::future::Future<Output = ()>,
     meter: Option<Meter>,
 ) -> Spliced {
-    let (a_meter, b_meter) = meter.map(|m| (m.a_to_b, m.b_to_a)).unzip();
+    let Meter {
+        a_to_b: a_meter,
+        b_to_a: b_meter,
+    } = meter.unwrap_or_default();
     let mut a_to_b = Direction {
         meter: a_meter,
         ..Direction::default()
@@ -224,7 +236,7 @@ struct Direction {
     /// Bytes moved.
     total: u64,
     /// Where the bytes are counted as they move, too.
-    meter: Option<prometheus_client::metrics::counter::Counter>,
+    meter: Vec<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Direction {
@@ -255,7 +267,7 @@ impl Direction {
                 }
                 self.pos += n;
                 self.total += n as u64;
-                if let Some(meter) = &self.meter {
+                for meter in &self.meter {
                     meter.inc_by(n as u64);
                 }
                 continue;

@@ -118,7 +118,10 @@ async fn units_run_their_example_configurations_as_systemd_would_start_them() {
         );
     std::fs::write(credentials.join("server.toml"), config).unwrap();
     std::fs::write(credentials.join("office.token"), "a long random secret\n").unwrap();
-    let mut server = exec_start("ncx-server.service", &credentials);
+    let runtime = d.join("run");
+    std::fs::create_dir_all(runtime.join("ncx")).unwrap();
+    std::fs::create_dir_all(runtime.join("ncx-client-office")).unwrap();
+    let mut server = exec_start("ncx-server.service", &credentials, &runtime);
     let line = wait_for_line(&mut server, "server listening").await;
     let addr = log_field(&line, "addr");
 
@@ -146,23 +149,38 @@ async fn units_run_their_example_configurations_as_systemd_would_start_them() {
         .replace("remote_port = 13389", "remote_port = 0");
     std::fs::write(credentials.join("client.toml"), config).unwrap();
     std::fs::write(credentials.join("token"), "a long random secret\n").unwrap();
-    let mut client = exec_start("ncx-client@.service", &credentials);
+    let mut client = exec_start("ncx-client@.service", &credentials, &runtime);
     let line = wait_for_line(&mut client, "service available").await;
     let public: std::net::SocketAddr = log_field(&line, "public").parse().unwrap();
     assert_eq!(
         exchange(public, b"through the units").await.unwrap(),
         b"through the units"
     );
+    // Their admin sockets answer `ncx status`.
+    for socket in ["ncx/server.sock", "ncx-client-office/client.sock"] {
+        let out = ncx_process()
+            .args(["status", "--socket"])
+            .arg(runtime.join(socket))
+            .output()
+            .await
+            .unwrap();
+        let text = succeeded(&out, "ncx status");
+        assert!(text.starts_with("ncx "), "{text}");
+    }
     client.kill().await.unwrap();
     server.kill().await.unwrap();
 }
 
 /// The unit's `ExecStart=` as systemd runs it: `%d` is the credentials directory, which the
-/// process also finds in CREDENTIALS_DIRECTORY.
+/// process also finds in CREDENTIALS_DIRECTORY, `%t` the runtime directory (`/run`) and `%i`
+/// the instance, here `office`.
 #[cfg(unix)]
-fn exec_start(unit: &str, credentials: &Path) -> tokio::process::Child {
+fn exec_start(unit: &str, credentials: &Path, runtime: &Path) -> tokio::process::Child {
     let [line] = values(unit, "ExecStart").try_into().unwrap();
-    let line = line.replace("%d", &credentials.display().to_string());
+    let line = line
+        .replace("%d", &credentials.display().to_string())
+        .replace("%t", &runtime.display().to_string())
+        .replace("%i", "office");
     let mut words = line.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/ncx"), "{line}");
     let mut c = ncx_process();

@@ -62,6 +62,17 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 ),
                 None => None,
             };
+            #[cfg(unix)]
+            let admin = match &settings.admin_socket {
+                Some(path) => Some((crate::admin::bind(path).await?, path.clone())),
+                None => None,
+            };
+            #[cfg(not(unix))]
+            if settings.admin_socket.is_some() {
+                anyhow::bail!(
+                    "admin_socket: Unix sockets only; ncx status is not available on Windows yet"
+                );
+            }
             crate::say!("server certificate fingerprint: {fingerprint}");
             crate::say!("clients pin it with: --server-fingerprint {fingerprint}");
             if let Some(limit) = crate::fdlimit::raise() {
@@ -83,8 +94,21 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                     crate::metrics::endpoint::serve(listener, source, shutdown.clone()).await;
                 }
             };
-            let serving = async { tokio::join!(server.run(listener, shutdown.clone()), endpoint) };
             let status = format!("listening on {bound}");
+            let admin_endpoint = async {
+                #[cfg(unix)]
+                if let Some((listener, path)) = admin {
+                    let handler = server_admin(args.clone(), server.clone(), status.clone());
+                    crate::admin::serve(listener, path, handler, shutdown.clone()).await;
+                }
+            };
+            let serving = async {
+                tokio::join!(
+                    server.run(listener, shutdown.clone()),
+                    endpoint,
+                    admin_endpoint
+                )
+            };
             with_watchdog(async {
                 tokio::select! {
                     _ = serving => {}
@@ -152,6 +176,50 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             args.action.execute()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status(args) => {
+            let answer = admin_request(&args.admin.socket, "status").await?;
+            if args.json {
+                print_all(format!("{}\n", answer.trim()).as_bytes())?;
+            } else {
+                let now = crate::admin::epoch_secs(std::time::SystemTime::now());
+                print_all(crate::admin::show::human(&answer, now)?.as_bytes())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl(args) => match args.action {
+            CtlAction::Reload => {
+                let answer = admin_request(&args.admin.socket, "reload").await?;
+                let v: serde_json::Value = serde_json::from_str(&answer)
+                    .with_context(|| format!("not an answer to a reload: {answer:.200}"))?;
+                if v["reloaded"] == true {
+                    let list = |k: &str| {
+                        let names: Vec<&str> = v[k]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+                            .unwrap_or_default();
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    };
+                    crate::say!(
+                        "reloaded: added {}; removed {}; changed {}",
+                        list("added"),
+                        list("removed"),
+                        list("changed")
+                    );
+                    let later = list("need_restart");
+                    if later != "none" {
+                        crate::say!("apply at the next start: {later}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    let why = v["error"].as_str().unwrap_or("no reason given");
+                    anyhow::bail!("reload refused; the configuration in force stays: {why}")
+                }
+            }
+        },
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(
@@ -200,7 +268,7 @@ async fn reload_on_hangup(
         match signal(SignalKind::hangup()) {
             Ok(mut hup) => {
                 while hup.recv().await.is_some() {
-                    reload(args, server, status);
+                    let _ = reload(args, server, status);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP: no reloads"),
@@ -211,11 +279,57 @@ async fn reload_on_hangup(
     std::future::pending().await
 }
 
-/// One reload of the server from `args`, logged with what it changed.
-fn reload(args: &ServerArgs, server: &crate::server::Server, status: &str) {
+/// The server's admin requests: `status`, and `reload` (as SIGHUP does, answered with what it
+/// changed or why it was refused).
+#[cfg(unix)]
+fn server_admin(
+    args: ServerArgs,
+    server: crate::server::Server,
+    status: String,
+) -> crate::admin::Handler {
+    std::sync::Arc::new(move |request: String| {
+        let answer = match request.as_str() {
+            "status" => serde_json::to_string(&server.status()),
+            "reload" => {
+                let report = match reload(&args, &server, &status) {
+                    Ok(r) => serde_json::json!({
+                        "reloaded": true,
+                        "added": r.added.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                        "removed": r.removed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                        "changed": r.changed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                        "need_restart": r.need_restart,
+                    }),
+                    Err(e) => serde_json::json!({ "reloaded": false, "error": e }),
+                };
+                Ok(report.to_string())
+            }
+            other => Ok(
+                serde_json::json!({ "error": format!("unknown request {other:?}") }).to_string(),
+            ),
+        };
+        let answer =
+            answer.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
+        Box::pin(std::future::ready(answer))
+    })
+}
+
+/// One reload of the server from `args`, logged with what it changed; the error is the
+/// configuration's, when it was refused.
+#[cfg(unix)]
+fn reload(
+    args: &ServerArgs,
+    server: &crate::server::Server,
+    status: &str,
+) -> Result<crate::server::Reloaded, String> {
+    // One reload at a time, whether SIGHUP or `ncx ctl reload` asked for it.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     crate::notify::reloading();
-    match args.clone().settings() {
-        Err(e) => tracing::error!("reload refused; the configuration in force stays: {e:#}"),
+    let result = match args.clone().settings() {
+        Err(e) => {
+            tracing::error!("reload refused; the configuration in force stays: {e:#}");
+            Err(format!("{e:#}"))
+        }
         Ok(new) => {
             let r = server.reload(&new);
             let names = |v: &[ncx_proto::Name]| match v {
@@ -238,9 +352,22 @@ fn reload(args: &ServerArgs, server: &crate::server::Server, status: &str) {
                     "these settings changed but apply only at the next start"
                 );
             }
+            Ok(r)
         }
-    }
+    };
     crate::notify::ready(status);
+    result
+}
+
+/// One request to an admin socket.
+#[cfg(unix)]
+async fn admin_request(socket: &std::path::Path, request: &str) -> anyhow::Result<String> {
+    crate::admin::request(socket, request).await
+}
+
+#[cfg(not(unix))]
+async fn admin_request(_: &std::path::Path, _: &str) -> anyhow::Result<String> {
+    anyhow::bail!("ncx status and ncx ctl need a Unix admin socket; not available on Windows yet")
 }
 
 /// Runs `work` while pinging systemd's watchdog (when the unit asks for it).

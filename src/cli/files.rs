@@ -14,6 +14,7 @@ impl ServerArgs {
             fallback: self.fallback.map(spanned),
             websocket_path: self.websocket_path.map(spanned),
             metrics_listen: self.metrics_listen.map(spanned),
+            admin_socket: self.admin_socket.map(spanned),
             ..Default::default()
         };
         if self.cert.is_some() || self.auto_cert_dir.is_some() {
@@ -63,6 +64,7 @@ impl ServerArgs {
                 file.fallback = flags.fallback.or(file.fallback);
                 file.websocket_path = flags.websocket_path.or(file.websocket_path);
                 file.metrics_listen = flags.metrics_listen.or(file.metrics_listen);
+                file.admin_socket = flags.admin_socket.or(file.admin_socket);
                 // Certificate flags replace the file's certificate; its client CA stays.
                 let client_ca = file.tls.as_mut().and_then(|t| t.client_ca.take());
                 file.tls = flags.tls.or(file.tls);
@@ -83,6 +85,7 @@ impl ClientArgs {
             local_connect_timeout_secs: self.local_connect_timeout_secs.map(spanned),
             exit_on_forward_failure: self.exit_on_forward_failure.then(|| spanned(true)),
             metrics_listen: self.metrics_listen.map(spanned),
+            admin_socket: self.admin_socket.map(spanned),
             services: self
                 .services
                 .into_iter()

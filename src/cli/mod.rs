@@ -75,6 +75,10 @@ pub enum Command {
     Echo(EchoArgs),
     /// Register `ncx client` or `ncx visit` as a Windows service, or remove it.
     Service(crate::service::ServiceArgs),
+    /// Show a running server's sessions, or a running client's state, through its admin socket.
+    Status(StatusArgs),
+    /// Control a running server through its admin socket.
+    Ctl(CtlArgs),
     /// Print the shell completion script for SHELL, e.g.
     /// `ncx completions bash > /etc/bash_completion.d/ncx`.
     Completions {
@@ -100,6 +104,41 @@ impl Command {
             _ => anyhow::bail!("not a client or visit command"),
         }
     }
+}
+
+/// Where `ncx status` and `ncx ctl` find the process.
+#[derive(Debug, Args)]
+pub struct AdminSocketArg {
+    /// The admin socket of the server or client (its `admin_socket`).
+    #[arg(long, default_value = "/run/ncx/server.sock")]
+    pub socket: PathBuf,
+}
+
+/// `ncx status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+    /// Print the answer as JSON (one object) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ncx ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+/// What `ncx ctl` asks for.
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// Reload the server's configuration, as SIGHUP does; prints what changed, or why the new
+    /// configuration was refused (exit 1).
+    Reload,
 }
 
 /// `ncx echo`.
@@ -174,6 +213,9 @@ pub struct ServerArgs {
     /// 127.0.0.1. No authentication: keep it off the internet.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Unix socket (made with mode 0600) for `ncx status` and `ncx ctl reload`.
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// How to reach and authenticate to the server: shared by `ncx client` and `ncx visit`.
@@ -251,6 +293,9 @@ pub struct ClientArgs {
     /// or on PORT of 127.0.0.1.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Unix socket (made with mode 0600) for `ncx status`.
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// `ncx visit`.

@@ -210,6 +210,19 @@ impl Connected {
 impl Connected {
     /// Logs each service's outcome: its public address, that it is offered privately, or why the
     /// server refused it. Called once the session is up, after "connected to the server".
+    /// Each service as `ncx status` shows it: `NAME -> PUBLIC ADDRESS`, private, or refused.
+    pub fn service_lines(&self) -> Vec<String> {
+        let host = server_host(&self.settings.server);
+        self.services
+            .iter()
+            .map(|st| match &st.result {
+                Ok(0) => format!("{} (private)", st.name),
+                Ok(port) => format!("{} -> {host}:{port}", st.name),
+                Err(r) => format!("{} refused: {}", st.name, r.message),
+            })
+            .collect()
+    }
+
     pub fn log_services(&self) {
         let host = server_host(&self.settings.server);
         for st in &self.services {

@@ -93,6 +93,10 @@ pub enum ClientError {
         /// Why.
         cause: std::io::Error,
     },
+    /// The metrics endpoint or the admin socket could not be set up (or the admin socket is not
+    /// available on this platform).
+    #[error("{0}")]
+    Endpoint(String),
 }
 
 impl ClientError {
@@ -104,7 +108,10 @@ impl ClientError {
             ClientError::NoServices { permanent, .. } => *permanent,
             ClientError::ServiceRefused { .. } => true,
             ClientError::Proxy(f) | ClientError::WebSocket(f) => f.permanent,
-            ClientError::Tls(_) | ClientError::Config(_) | ClientError::Listen { .. } => true,
+            ClientError::Tls(_)
+            | ClientError::Config(_)
+            | ClientError::Listen { .. }
+            | ClientError::Endpoint(_) => true,
             _ => false,
         }
     }

@@ -52,6 +52,8 @@ pub struct Client {
     web_tls: Option<Arc<rustls::ClientConfig>>,
     /// The Prometheus series (served when `metrics_listen` is set).
     metrics: Arc<crate::metrics::ClientMetrics>,
+    /// What `ncx status` shows (served when `admin_socket` is set).
+    status: Arc<std::sync::Mutex<crate::admin::ClientStatus>>,
 }
 
 impl Client {
@@ -92,13 +94,29 @@ impl Client {
         if let Some(ws) = &settings.websocket {
             info!(url = %ws.url, "reaching the server through a WebSocket");
         }
+        let settings_for_status = settings.clone();
         Ok(Client {
             settings: Arc::new(settings),
             connector: TlsConnector::from(Arc::new(tls)),
             proxy,
             web_tls,
             metrics: Arc::default(),
+            status: Arc::new(std::sync::Mutex::new(initial_status(&settings_for_status))),
         })
+    }
+
+    /// The client's state as `ncx status` shows it.
+    pub fn status(&self) -> crate::admin::ClientStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_status(&self, change: impl FnOnce(&mut crate::admin::ClientStatus)) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut status);
+        status.since = crate::admin::epoch_secs(std::time::SystemTime::now());
     }
 
     /// What the metrics endpoint serves for this client: its series, and ready while a session
@@ -110,6 +128,28 @@ impl Client {
             render: Arc::new(move || render.render()),
             ready: Arc::new(move || ready.is_ready()),
         }
+    }
+}
+
+/// What `ncx status` says before the first attempt.
+fn initial_status(settings: &ClientSettings) -> crate::admin::ClientStatus {
+    use crate::tls::ServerTrust;
+    crate::admin::ClientStatus {
+        kind: "client".into(),
+        server: settings.server.clone(),
+        identity: settings.identity.to_string(),
+        server_verified_by: match &settings.trust {
+            ServerTrust::Pinned(fp) => format!("its pinned fingerprint {fp}"),
+            ServerTrust::Ca { path, .. } => format!("the CA in {}", path.display()),
+            ServerTrust::InsecureSkipVerify => "nothing (insecure_skip_verify)".into(),
+        },
+        since: crate::admin::epoch_secs(std::time::SystemTime::now()),
+        visits: settings
+            .visits
+            .iter()
+            .map(|v| format!("{}/{} on {}", v.owner, v.service, v.listen))
+            .collect(),
+        ..Default::default()
     }
 }
 
@@ -132,14 +172,13 @@ pub async fn run_bound(
 ) -> Result<(), ClientError> {
     let backoff_cfg = settings.reconnect;
     let client = Client::new(settings)?;
-    let metrics = match client.settings.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|cause| ClientError::Listen { addr, cause })?,
-        ),
-        None => None,
-    };
+    let metrics =
+        match client.settings.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                ClientError::Endpoint(format!("binding metrics_listen {addr}: {e}"))
+            })?),
+            None => None,
+        };
     // Visit listeners live across reconnects; each connection goes through whichever session is
     // current.
     let (targets, targets_rx) = tokio::sync::watch::channel(None);
@@ -150,6 +189,37 @@ pub async fn run_bound(
         targets_rx,
         listeners_cancel.clone(),
     );
+    #[cfg(unix)]
+    let admin = match &client.settings.admin_socket {
+        Some(path) => {
+            let listener = crate::admin::bind(path)
+                .await
+                .map_err(|e| ClientError::Endpoint(format!("{e:#}")))?;
+            let status = client.status.clone();
+            let handler: crate::admin::Handler = Arc::new(move |request: String| {
+                let answer = match request.as_str() {
+                    "status" => serde_json::to_string(&*status.lock().unwrap_or_else(|e| e.into_inner()))
+                        .unwrap_or_default(),
+                    other => serde_json::json!({ "error": format!("a client answers only status, not {other:?}") })
+                        .to_string(),
+                };
+                Box::pin(std::future::ready(answer))
+            });
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                path.clone(),
+                handler,
+                listeners_cancel.clone(),
+            )))
+        }
+        None => None,
+    };
+    #[cfg(not(unix))]
+    if client.settings.admin_socket.is_some() {
+        return Err(ClientError::Endpoint(
+            "admin_socket: Unix sockets only; ncx status is not available on Windows yet".into(),
+        ));
+    }
     let endpoint = metrics.map(|listener| {
         tokio::spawn(crate::metrics::endpoint::serve(
             listener,
@@ -164,6 +234,10 @@ pub async fn run_bound(
     if let Some(endpoint) = endpoint {
         // It ends when cancelled; a panic in it is already reported by the runtime.
         let _ = endpoint.await;
+    }
+    #[cfg(unix)]
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
     result
 }
@@ -189,6 +263,12 @@ async fn run_sessions(
                 Ok(mut connected) => {
                     info!("connected to the server");
                     client.metrics.connected(true);
+                    let services = connected.service_lines();
+                    client.set_status(|s| {
+                        s.connected = true;
+                        s.last_error = None;
+                        s.services = services;
+                    });
                     let state = format!("connected to {server}");
                     if std::mem::take(&mut first) {
                         crate::notify::ready(&state);
@@ -244,6 +324,10 @@ async fn run_sessions(
         };
         let pause = jitter(base);
         client.metrics.reconnecting();
+        client.set_status(|s| {
+            s.connected = false;
+            s.last_error = Some(err.to_string());
+        });
         warn!(error = %err, retry_in = %crate::human::Human(pause), "not connected; retrying");
         let state = format!("not connected to {server} ({err}); retrying");
         if std::mem::take(&mut first) {

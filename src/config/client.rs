@@ -75,6 +75,8 @@ pub struct ClientSettings {
     pub exit_on_forward_failure: bool,
     /// Where the metrics endpoint listens, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The admin socket, if any.
+    pub admin_socket: Option<PathBuf>,
     /// Liveness and drain timing.
     pub timing: Timing,
     /// Reconnect backoff.
@@ -130,6 +132,7 @@ impl ClientSettings {
             max_visitors: MAX_VISITORS_PER_SESSION,
             exit_on_forward_failure: false,
             metrics_listen: None,
+            admin_socket: None,
             timing: Timing::default(),
             reconnect: Backoff::default(),
             services,
@@ -484,6 +487,7 @@ impl ClientSettings {
             max_visitors,
             exit_on_forward_failure: file.exit_on_forward_failure.is_some_and(|b| *b.get_ref()),
             metrics_listen: metrics_listen(src, &file.metrics_listen)?,
+            admin_socket: file.admin_socket.clone().map(Spanned::into_inner),
             timing,
             reconnect,
             services,

@@ -56,6 +56,8 @@ pub struct ClientFile {
     pub exit_on_forward_failure: Option<Spanned<bool>>,
     /// Serve Prometheus metrics (`/metrics`) and `/ready` on this address (or port on loopback).
     pub metrics_listen: Option<Spanned<String>>,
+    /// The Unix socket `ncx status` talks to.
+    pub admin_socket: Option<Spanned<PathBuf>>,
     /// Seconds between pings to the server.
     pub ping_interval_secs: Option<Spanned<u64>>,
     /// Seconds without an answered ping after which the server is dead.
@@ -195,6 +197,7 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
         max_visitors,
         exit_on_forward_failure,
         metrics_listen,
+        admin_socket,
         ping_interval_secs,
         liveness_timeout_secs,
         drain_timeout_secs,
@@ -214,6 +217,7 @@ impl ClientFile {
         src.resolve_field(&mut self.key);
         src.resolve_field(&mut self.proxy_password_file);
         src.resolve_field(&mut self.proxy_ca);
+        src.resolve_field(&mut self.admin_socket);
         src.resolve_field(&mut self.websocket_ca);
         if super::token_file::credentials_directory().is_none() {
             src.resolve_field(&mut self.token_file);

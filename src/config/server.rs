@@ -65,6 +65,8 @@ pub struct ServerSettings {
     pub max_fallback_connections: usize,
     /// Where the metrics endpoint listens, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The admin socket, if any.
+    pub admin_socket: Option<PathBuf>,
     /// Known identities.
     pub identities: Vec<IdentityPolicy>,
 }
@@ -95,6 +97,7 @@ impl ServerSettings {
             websocket_path: None,
             max_fallback_connections: DEFAULT_MAX_FALLBACK_CONNECTIONS,
             metrics_listen: None,
+            admin_socket: None,
             identities,
         }
     }
@@ -321,6 +324,7 @@ impl ServerSettings {
             websocket_path,
             max_fallback_connections,
             metrics_listen,
+            admin_socket: file.admin_socket.map(Spanned::into_inner),
             identities,
         })
     }

@@ -53,6 +53,8 @@ pub struct ServerFile {
     pub max_fallback_connections: Option<Spanned<usize>>,
     /// Serve Prometheus metrics (`/metrics`) and `/ready` on this address (or port on loopback).
     pub metrics_listen: Option<Spanned<String>>,
+    /// The Unix socket `ncx status` and `ncx ctl reload` talk to.
+    pub admin_socket: Option<Spanned<PathBuf>>,
     /// Who may connect, and what each may expose.
     #[serde(default)]
     pub identities: Vec<IdentityFile>,
@@ -123,6 +125,7 @@ impl ServerFile {
     /// Makes the file's relative paths relative to the file itself (see [`Source::resolve`]).
     /// Call it on the parsed file before flags are laid over it.
     pub fn resolve_paths(&mut self, src: &Source) {
+        src.resolve_field(&mut self.admin_socket);
         if let Some(tls) = &mut self.tls {
             src.resolve_field(&mut tls.cert);
             src.resolve_field(&mut tls.key);

@@ -206,8 +206,8 @@ impl ServerMetrics {
         };
         VisitorMetrics {
             meter: crate::splice::Meter {
-                a_to_b: bytes("in"),
-                b_to_a: bytes("out"),
+                a_to_b: vec![bytes("in")],
+                b_to_a: vec![bytes("out")],
             },
             ended: self.visitors.clone(),
             identity,

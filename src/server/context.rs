@@ -39,6 +39,8 @@ pub(super) struct Shared {
     /// The Prometheus series (kept whether or not an endpoint serves them: they cost a few
     /// atomic adds).
     pub metrics: Arc<crate::metrics::ServerMetrics>,
+    /// Every session that exists, for `ncx status` (weak: this never keeps one alive).
+    pub live: Mutex<HashMap<SessionId, std::sync::Weak<SessionCtx>>>,
     next_session: AtomicU64,
 }
 
@@ -62,6 +64,7 @@ impl Shared {
             acceptor,
             client_certs,
             registry: Registry::default(),
+            live: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         }
     }
@@ -124,6 +127,36 @@ pub(super) struct SessionCtx {
     pub takeover: Takeover,
     /// Private services this session registered, as (owner, name), released with its ports.
     private_names: Mutex<Vec<(Name, Name)>>,
+    /// What `ncx status` shows of the session.
+    pub status: SessionStatus,
+}
+
+/// What `ncx status` shows of one session, kept up to date by its tasks.
+#[derive(Debug)]
+pub(super) struct SessionStatus {
+    pub since: std::time::SystemTime,
+    /// Set once the client has authenticated.
+    pub identity: std::sync::OnceLock<Name>,
+    /// The services registered: public with their port, private without.
+    pub services: Mutex<Vec<(Name, Option<u16>)>>,
+    /// Bytes from and to the session's visitors, counted as they move.
+    pub bytes_in: prometheus_client::metrics::counter::Counter,
+    pub bytes_out: prometheus_client::metrics::counter::Counter,
+    /// The last ping's round trip, in microseconds (0: none yet).
+    pub rtt_micros: AtomicU64,
+}
+
+impl Default for SessionStatus {
+    fn default() -> Self {
+        SessionStatus {
+            since: std::time::SystemTime::now(),
+            identity: std::sync::OnceLock::new(),
+            services: Mutex::new(Vec::new()),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+            rtt_micros: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The caps on one session's visitors.
@@ -183,13 +216,34 @@ pub(super) struct Takeover {
     pub ports_released: CancellationToken,
 }
 
+impl Drop for SessionCtx {
+    fn drop(&mut self) {
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 impl SessionCtx {
-    pub fn new(
+    /// A new session's context, listed among the server's live sessions.
+    pub fn start(
         shared: Arc<Shared>,
         mux: SessionHandle,
         peer: SocketAddr,
         local: SocketAddr,
-    ) -> Self {
+    ) -> Arc<Self> {
+        let ctx = Arc::new(SessionCtx::new(shared, mux, peer, local));
+        ctx.shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ctx.id, Arc::downgrade(&ctx));
+        ctx
+    }
+
+    fn new(shared: Arc<Shared>, mux: SessionHandle, peer: SocketAddr, local: SocketAddr) -> Self {
         let settings = &shared.settings;
         SessionCtx {
             id: shared.new_session_id(),
@@ -207,6 +261,7 @@ impl SessionCtx {
             rotation: Rotation::new(settings.rotate_after_opens),
             takeover: Takeover::default(),
             private_names: Mutex::new(Vec::new()),
+            status: SessionStatus::default(),
             shared,
         }
     }
@@ -218,6 +273,15 @@ impl SessionCtx {
             replace: self.takeover.replace.clone(),
             ports_released: self.takeover.ports_released.clone(),
         }
+    }
+
+    /// Records a registered service for `ncx status`.
+    pub fn record_service(&self, service: &Name, port: Option<u16>) {
+        self.status
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((service.clone(), port));
     }
 
     /// Remembers a private service to release when the session's services stop.

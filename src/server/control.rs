@@ -5,6 +5,7 @@
 //! Kept as one piece of a little over 400 lines: the events, their handlers and the phase they
 //! move between are one state machine, and every handler reads or changes the same phase.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -423,6 +424,8 @@ impl Control {
             Ok(Message::Pong(seq)) => {
                 if let Some(rtt) = self.heartbeat.answered(seq) {
                     self.ctx.shared.metrics.rtt().observe(rtt);
+                    let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+                    self.ctx.status.rtt_micros.store(micros, Ordering::Relaxed);
                 }
                 return None;
             }

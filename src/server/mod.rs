@@ -31,6 +31,7 @@ mod registry;
 mod reload;
 mod services;
 mod session;
+mod status;
 
 use std::sync::Arc;
 

@@ -68,7 +68,10 @@ pub(super) async fn visit(
         started,
     };
     // Counted under the identity that offers the service, like its public visitors.
-    let metrics = ctx.shared.metrics.visitor(owner.as_str(), service.as_str());
+    let mut metrics = ctx.shared.metrics.visitor(owner.as_str(), service.as_str());
+    // The visiting session's bytes: what its identity moved.
+    metrics.meter.a_to_b.push(ctx.status.bytes_in.clone());
+    metrics.meter.b_to_a.push(ctx.status.bytes_out.clone());
     let end = bridge(&ctx, sub, &identity, &owner, &service, &metrics.meter).await;
     record.emit(&end);
     metrics.ended(&end.how);

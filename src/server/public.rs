@@ -245,10 +245,12 @@ fn visitor(
     permits: Places,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     // Counted as active from its arrival.
-    let metrics = ctx
+    let mut metrics = ctx
         .shared
         .metrics
         .visitor(identity.as_str(), service.as_str());
+    metrics.meter.a_to_b.push(ctx.status.bytes_in.clone());
+    metrics.meter.b_to_a.push(ctx.status.bytes_out.clone());
     served(ctx, tcp, peer, service, permits, metrics)
 }
 
@@ -291,7 +293,7 @@ async fn connect_visitor(
         }
     };
     debug!("visitor connected");
-    meter.a_to_b.inc_by(early);
+    meter.a_to_b_before(early);
     let spliced = splice_metered(tcp, sub, ctx.visitors.cancelled(), meter.clone()).await;
     VisitorEnd {
         bytes_in: early + spliced.from_a,

@@ -78,6 +78,7 @@ fn restart_only_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<&'sta
         websocket_path: _,
         max_fallback_connections: _,
         metrics_listen: _,
+        admin_socket: _,
         identities: _,
     } = old;
     let mut changed = Vec::new();
@@ -113,6 +114,7 @@ fn restart_only_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<&'sta
         websocket_path => "websocket_path",
         max_fallback_connections => "max_fallback_connections",
         metrics_listen => "metrics_listen",
+        admin_socket => "admin_socket",
     );
     changed
 }

@@ -103,6 +103,7 @@ impl Services {
             )
             .instrument(span),
         );
+        self.ctx.record_service(&service, Some(port));
         Message::Registered {
             service,
             remote_port: port,
@@ -152,6 +153,7 @@ impl Services {
         self.ctx
             .hold_private(self.identity.clone(), service.clone());
         info!(%service, ?visitors, "private service offered");
+        self.ctx.record_service(&service, None);
         Message::Registered {
             service,
             remote_port: 0,

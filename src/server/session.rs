@@ -139,7 +139,7 @@ pub(crate) async fn run_decrypted<T>(
     let driver_cancel = CancellationToken::new();
     let (handle, driver) = mux::start(io, yamux::Mode::Server, on_inbound, driver_cancel.clone());
     let driver = tokio::spawn(driver.in_current_span());
-    let ctx = Arc::new(SessionCtx::new(shared.clone(), handle, peer, facts.local));
+    let ctx = SessionCtx::start(shared.clone(), handle, peer, facts.local);
 
     let mut identity = None;
     let outcome = match admit(&ctx, &mut inbound, &gate, &facts, slot, deadline, &cancel).await {
@@ -255,6 +255,7 @@ async fn admit(
         }
     };
     tracing::Span::current().record("client", identity.as_str());
+    let _ = ctx.status.identity.set(identity.clone());
     let session_slot = match admission.session_slot(&identity) {
         Ok(s) => s,
         Err(refusal) => {

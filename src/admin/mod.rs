@@ -1,0 +1,77 @@
+//! The local admin endpoint behind `ncx status` and `ncx ctl reload`: a Unix socket of mode 0600
+//! (`admin_socket`), so only the operator (the process's user, and root) can reach it.
+//!
+//! The protocol is one request line, `status` or `reload`, answered with one JSON object and the
+//! end of the connection. A request is at most [`MAX_REQUEST`] bytes and must arrive within
+//! [`REQUEST_TIMEOUT`]; [`MAX_CONNECTIONS`] are served at once.
+
+pub mod show;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes of a request line.
+pub const MAX_REQUEST: usize = 64;
+/// Time for a request line to arrive.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests served at once.
+pub const MAX_CONNECTIONS: usize = 4;
+/// Bytes of an answer `ncx status` reads (a server with thousands of sessions stays far below).
+pub const MAX_ANSWER: u64 = 64 * 1024 * 1024;
+
+/// What `ncx status` shows of a server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerStatus {
+    pub kind: String,
+    pub listen: String,
+    pub fingerprint: String,
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// One authenticated session of a server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionStatus {
+    pub identity: String,
+    pub address: String,
+    /// Seconds since the Unix epoch when the session began.
+    pub since: u64,
+    /// `NAME:PORT` for public services, `NAME (private)` for private ones.
+    pub services: Vec<String>,
+    pub visitors: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// The last ping's round trip in milliseconds, once one was answered.
+    pub rtt_ms: Option<f64>,
+}
+
+/// What `ncx status` shows of a client (or `ncx visit`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ClientStatus {
+    pub kind: String,
+    pub server: String,
+    pub identity: String,
+    /// How the server is verified: its pinned fingerprint, the CA file, or "not verified".
+    pub server_verified_by: String,
+    pub connected: bool,
+    /// Seconds since the Unix epoch when the current session began, or the last attempt failed.
+    pub since: u64,
+    /// Why the client is not connected, when it is not.
+    pub last_error: Option<String>,
+    /// `NAME -> PUBLIC ADDRESS` for each service, or the refusal.
+    pub services: Vec<String>,
+    /// `OWNER/SERVICE on LISTEN` for each visit.
+    pub visits: Vec<String>,
+}
+
+/// Seconds since the Unix epoch of `t`.
+pub fn epoch_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub use unix::{bind, request, serve, Handler};
