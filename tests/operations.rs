@@ -307,11 +307,8 @@ async fn systemd_hears_ready_status_watchdog_and_stopping() {
     let client_dir = tempfile::tempdir().unwrap();
     let mut client_systemd = Systemd::new(client_dir.path());
     let echo = echo_service().await;
-    let mut client = ncx_process()
-        .args(["client", "--server", &addr, "--identity", "a"])
-        .args(["--server-fingerprint", &fingerprint(dir.path())])
-        .args(["--service", &format!("echo={echo}@0")])
-        .env("NCX_TOKEN", "t")
+    let fp = fingerprint(dir.path());
+    let mut client = client_command(&addr, &fp, "a", "t", &[format!("echo={echo}@0")])
         .env("NOTIFY_SOCKET", &client_systemd.path)
         .spawn()
         .unwrap();
@@ -419,18 +416,8 @@ async fn metrics_move_with_real_traffic_and_ready_follows_the_session() {
     );
 
     // A client with the wrong token is counted by reason.
-    let wrong = ncx_process()
-        .args([
-            "client",
-            "--server",
-            &addr,
-            "--identity",
-            "a",
-            "--token",
-            "wrong",
-        ])
-        .args(["--server-fingerprint", &fingerprint(dir.path())])
-        .args(["--service", "x=127.0.0.1:9@0"])
+    let fp = fingerprint(dir.path());
+    let wrong = client_command(&addr, &fp, "a", "wrong", &["x=127.0.0.1:9@0".into()])
         .output()
         .await
         .unwrap();

@@ -38,19 +38,22 @@ fn hup(child: &tokio::process::Child) {
 }
 
 /// `ncx client` as `identity` with `token`, exposing an echo service on any allowed port.
-async fn client(
+fn client(
     server: &str,
     fingerprint: &str,
     identity: &str,
     token: &str,
     echo: SocketAddr,
 ) -> (tokio::process::Child, LogLines) {
-    let mut child = ncx_process()
-        .args(["client", "--server", server, "--identity", identity])
-        .args(["--token", token, "--server-fingerprint", fingerprint])
-        .args(["--service", &format!("echo={echo}@0")])
-        .spawn()
-        .unwrap();
+    let mut child = client_command(
+        server,
+        fingerprint,
+        identity,
+        token,
+        &[format!("echo={echo}@0")],
+    )
+    .spawn()
+    .unwrap();
     let log = LogLines::new(&mut child);
     (child, log)
 }
@@ -88,13 +91,13 @@ async fn sighup_reloads_identities_without_dropping_unaffected_visitors() {
     let fp = fingerprint(&d.join("tls"));
     let echo = echo_service().await;
 
-    let (mut a, mut a_log) = client(&addr, &fp, "a", "ta", echo).await;
+    let (mut a, mut a_log) = client(&addr, &fp, "a", "ta", echo);
     let a_public: SocketAddr = log_field(&a_log.wait_for("service available").await, "public")
         .parse()
         .unwrap();
     let mut visitor = tokio::net::TcpStream::connect(a_public).await.unwrap();
     round_trip(&mut visitor, b"before any reload").await;
-    let (mut c, mut c_log) = client(&addr, &fp, "c", "tc", echo).await;
+    let (mut c, mut c_log) = client(&addr, &fp, "c", "tc", echo);
     c_log.wait_for("service available").await;
 
     // 1. Add b, remove c, leave a alone.
@@ -135,7 +138,7 @@ async fn sighup_reloads_identities_without_dropping_unaffected_visitors() {
     let status = tokio::time::timeout(WAIT, c.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(1));
     assert!(c_log.all().await.join("\n").contains("unknown identity"));
-    let (mut b, mut b_log) = client(&addr, &fp, "b", "tb", echo).await;
+    let (mut b, mut b_log) = client(&addr, &fp, "b", "tb", echo);
     b_log.wait_for("service available").await;
 
     // 2. A file that does not check out is refused whole, with its place; all stays as it was.

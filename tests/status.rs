@@ -55,18 +55,8 @@ async fn status_shows_sessions_and_client_state_and_ctl_reloads() {
 
     let client_socket = d.join("client.sock").to_str().unwrap().to_owned();
     let echo = echo_service().await;
-    let mut client = ncx_process()
-        .args([
-            "client",
-            "--server",
-            &addr,
-            "--identity",
-            "a",
-            "--token",
-            "t",
-        ])
-        .args(["--server-fingerprint", &fingerprint(&d.join("tls"))])
-        .args(["--service", &format!("echo={echo}@0")])
+    let fp = fingerprint(&d.join("tls"));
+    let mut client = client_command(&addr, &fp, "a", "t", &[format!("echo={echo}@0")])
         .args(["--admin-socket", &client_socket])
         .spawn()
         .unwrap();

@@ -688,26 +688,34 @@ pub fn fingerprint(dir: &std::path::Path) -> String {
         .to_string()
 }
 
+/// `ncx client` of `identity` with `token`, pinning `fp`, exposing `services`
+/// (`NAME=HOST:PORT@REMOTE_PORT`); more flags may be added before it is spawned.
+pub fn client_command(
+    server: &str,
+    fp: &str,
+    identity: &str,
+    token: &str,
+    services: &[String],
+) -> tokio::process::Command {
+    let mut c = ncx_process();
+    c.args(["client", "--server", server, "--identity", identity])
+        .args(["--server-fingerprint", fp])
+        .env("NCX_TOKEN", token);
+    for s in services {
+        c.args(["--service", s]);
+    }
+    c
+}
+
+/// [`client_command`] as `a`/`t`, started; returns it and the first service's public address.
 pub async fn client_process(
     server: SocketAddr,
     fp: &str,
     services: &[String],
 ) -> (tokio::process::Child, String) {
-    let mut c = ncx_process();
-    c.args([
-        "client",
-        "--server",
-        &server.to_string(),
-        "--identity",
-        "a",
-        "--server-fingerprint",
-        fp,
-    ])
-    .env("NCX_TOKEN", "t");
-    for s in services {
-        c.args(["--service", s]);
-    }
-    let mut child = c.spawn().unwrap();
+    let mut child = client_command(&server.to_string(), fp, "a", "t", services)
+        .spawn()
+        .unwrap();
     let line = wait_for_line(&mut child, "service available").await;
     (child, log_field(&line, "public"))
 }
