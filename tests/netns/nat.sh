@@ -173,7 +173,7 @@ time.sleep(600)
 PIDS+=($!)
 for _ in $(seq 100); do grep -q HELD-OK "$TMP/held.log" && break; sleep 0.1; done
 grep -q HELD-OK "$TMP/held.log" || fail "(d) the held visitor was not served"
-before=$(grep -c 'ncx::audit.*visitor=10.77.3.2' "$TMP/server.log" || true)
+before=$(grep -c 'visitor connection service=.*visitor=10.77.3.2' "$TMP/server.log" || true)
 x visitor iptables -A INPUT -j DROP
 touch "$TMP/go"
 for _ in $(seq 100); do grep -q SENT "$TMP/held.log" && break; sleep 0.1; done
@@ -182,8 +182,8 @@ x visitor iptables -A OUTPUT -j DROP
 start=$(date +%s)
 gone=""
 for _ in $(seq 240); do   # at most 120 s
-  now=$(grep -c 'ncx::audit.*visitor=10.77.3.2.*end=reset' "$TMP/server.log" || true)
-  if [ "$now" -gt 0 ] && [ "$(grep -c 'ncx::audit.*visitor=10.77.3.2' "$TMP/server.log")" -gt "$before" ]; then
+  now=$(grep -c 'visitor connection service=.*visitor=10.77.3.2.*end=reset' "$TMP/server.log" || true)
+  if [ "$now" -gt 0 ] && [ "$(grep -c 'visitor connection service=.*visitor=10.77.3.2' "$TMP/server.log")" -gt "$before" ]; then
     gone=yes; break
   fi
   sleep 0.5
