@@ -243,17 +243,8 @@ impl Control {
                     opens = self.ctx.rotation.opens(),
                     "asking the client to rotate to a fresh session before yamux runs out of stream ids"
                 );
-                self.go_away(
-                    ErrorCode::Rotate,
-                    "this session used most of its stream ids; open a new one",
-                )
-                .await;
-                self.phase = match self.phase {
-                    Phase::ClientLeaving { .. } => Phase::ClientLeaving {
-                        rotation_asked: true,
-                    },
-                    _ => Phase::RotationAsked,
-                };
+                self.ask_rotation("this session used most of its stream ids; open a new one")
+                    .await;
                 None
             }
             Event::ShuttingDown => {
@@ -292,6 +283,18 @@ impl Control {
             }
             Event::Message(msg) => self.message(msg).await,
         }
+    }
+
+    /// Asks the client for a fresh session (GoAway `Rotate` with `why`), which takes over the
+    /// ports (ending this one through the takeover) while visitors here finish.
+    async fn ask_rotation(&mut self, why: &str) {
+        self.go_away(ErrorCode::Rotate, why).await;
+        self.phase = match self.phase {
+            Phase::ClientLeaving { .. } => Phase::ClientLeaving {
+                rotation_asked: true,
+            },
+            _ => Phase::RotationAsked,
+        };
     }
 
     /// Sends nothing more but a drain: the session's services stop (a newer session may take the

@@ -47,17 +47,10 @@ impl Control {
             Some(new) if self.services.outgrown_by(&new) && !self.phase.rotation_asked() => {
                 info!(ports = %new.ports_text(), bind = %new.bind, "the identity's ports changed; asking the client for a fresh session");
                 self.services.set_policy(new);
-                self.go_away(
-                    ErrorCode::Rotate,
+                self.ask_rotation(
                     "the server's ports for this identity changed; open a new session",
                 )
                 .await;
-                self.phase = match self.phase {
-                    Phase::ClientLeaving { .. } => Phase::ClientLeaving {
-                        rotation_asked: true,
-                    },
-                    _ => Phase::RotationAsked,
-                };
             }
             Some(new) => {
                 if new != *self.services.policy() {
