@@ -49,8 +49,11 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        // The server reloads on SIGHUP (src/cli/execute.rs); for the others it stops them.
-        let hup_stops = !matches!(cli.command, ncx::cli::Command::Server(_));
+        // The server and the client reload on SIGHUP (src/cli/execute.rs); it stops the others.
+        let hup_stops = !matches!(
+            cli.command,
+            ncx::cli::Command::Server(_) | ncx::cli::Command::Client(_)
+        );
         tokio::spawn(signals(shutdown.clone(), hup_stops));
         match ncx::cli::execute(cli.command, shutdown).await {
             Ok(code) => code,
@@ -147,7 +150,7 @@ fn keep_freed_buffers() {
 
 /// The first SIGINT, SIGTERM or SIGHUP asks for a graceful shutdown; a second one exits at once.
 /// SIGHUP (the terminal went away) used to kill the process without a line or a drain (exit 129).
-/// With `hup_stops` false (the server) SIGHUP is left to the reload instead.
+/// With `hup_stops` false (the server, the client) SIGHUP is left to the reload instead.
 ///
 /// On Windows the same holds for Ctrl-C and Ctrl-Break (the console's two interrupts; a service
 /// stop comes through the service manager instead).
@@ -178,7 +181,7 @@ async fn signals(shutdown: CancellationToken, hup_stops: bool) {
 #[cfg(unix)]
 struct OtherStop {
     term: tokio::signal::unix::Signal,
-    /// Absent for the server, which reloads on SIGHUP instead.
+    /// Absent for the server and the client, which reload on SIGHUP instead.
     hup: Option<tokio::signal::unix::Signal>,
 }
 
@@ -205,7 +208,7 @@ impl OtherStop {
         };
         tokio::select! {
             _ = self.term.recv() => {}
-            _ = hup => tracing::info!("SIGHUP: stopping as for SIGTERM (only the server reloads its configuration)"),
+            _ = hup => tracing::info!("SIGHUP: stopping as for SIGTERM (the server and the client reload on it; this command does not)"),
         }
     }
 }

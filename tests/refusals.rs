@@ -190,7 +190,7 @@ async fn hello_with_another_version_is_refused_as_version_mismatch() {
     let stream = handle.open().await.unwrap();
     let mut ctrl = tokio_util::compat::FuturesAsyncReadCompatExt::compat(stream);
     let hello = Message::Hello {
-        version: 2,
+        version: ncx_proto::PROTOCOL_VERSION + 1,
         identity: name("a"),
         proof: [0; 32],
     };

@@ -201,3 +201,190 @@ async fn sighup_reloads_identities_without_dropping_unaffected_visitors() {
     b.kill().await.unwrap();
     server.kill().await.unwrap();
 }
+
+/// `ncx client`'s configuration file: identity `a` (token `ta`), a 2 s drain, an admin socket,
+/// `extra` top-level lines, and `services` as (name, local address, extra lines).
+fn client_config(
+    server: &str,
+    fp: &str,
+    socket: &Path,
+    extra: &str,
+    services: &[(&str, SocketAddr, &str)],
+) -> String {
+    let mut c = format!(
+        "server = \"{server}\"\nidentity = \"a\"\ntoken = \"ta\"\nserver_fingerprint = \"{fp}\"\n\
+         drain_timeout_secs = 2\nadmin_socket = \"{}\"\n{extra}\n",
+        socket.display()
+    );
+    for (name, local, lines) in services {
+        c.push_str(&format!(
+            "[[services]]\nname = \"{name}\"\nlocal = \"{local}\"\nremote_port = 0\n{lines}\n"
+        ));
+    }
+    c
+}
+
+/// The public address of each service as the client logs them, in the order they come.
+async fn available(log: &mut LogLines, services: &[&str]) -> Vec<SocketAddr> {
+    let mut found = std::collections::HashMap::new();
+    while found.len() < services.len() {
+        let line = log.wait_for("service available").await;
+        let service = log_field(&line, "service");
+        if services.contains(&service.as_str()) {
+            found.insert(service, log_field(&line, "public").parse().unwrap());
+        }
+    }
+    services.iter().map(|s| found[*s]).collect()
+}
+
+/// Reads from `v` until the connection ends (EOF or reset) and returns what came.
+async fn until_closed(v: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, v.read_to_end(&mut got))
+        .await
+        .expect("the connection ends in time");
+    got
+}
+
+async fn ncx_out(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = ncx_process().args(args).output().await.unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_client_reloads_its_services_in_place_and_keeps_unaffected_visitors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server_toml = d.join("server.toml");
+    std::fs::write(&server_toml, config(d, &[("a", "ta", "1024-65535")])).unwrap();
+    let mut server = ncx_process()
+        .args(["server", "--config"])
+        .arg(&server_toml)
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut server);
+    let addr = log_field(&log.wait_for("server listening").await, "addr");
+    let fp = fingerprint(&d.join("tls"));
+    let echo = echo_service().await;
+    let one = banner_service(b"one:").await;
+    let two = banner_service(b"two:").await;
+    let socket = d.join("client.sock");
+    let path = d.join("client.toml");
+    let write = |extra: &str, services: &[(&str, SocketAddr, &str)]| {
+        std::fs::write(&path, client_config(&addr, &fp, &socket, extra, services)).unwrap();
+    };
+    write(
+        "",
+        &[
+            ("keep", echo, ""),
+            ("gone", echo, ""),
+            ("moved", one, ""),
+            ("rules", echo, ""),
+        ],
+    );
+    let mut client = ncx_process()
+        .args(["client", "--config"])
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    let mut c_log = LogLines::new(&mut client);
+    let [keep, gone, moved, rules] = available(&mut c_log, &["keep", "gone", "moved", "rules"])
+        .await[..]
+    else {
+        unreachable!()
+    };
+    let mut v_keep = tokio::net::TcpStream::connect(keep).await.unwrap();
+    round_trip(&mut v_keep, b"before the reload").await;
+    let mut v_gone = tokio::net::TcpStream::connect(gone).await.unwrap();
+    round_trip(&mut v_gone, b"on a service about to go").await;
+
+    // 1. SIGHUP: gone removed, new added, moved to another local address, rules restricted to
+    // addresses this test does not have. keep is untouched.
+    write(
+        "",
+        &[
+            ("keep", echo, ""),
+            ("moved", two, ""),
+            ("rules", echo, "allow = [\"10.0.0.0/8\"]"),
+            ("new", echo, ""),
+        ],
+    );
+    hup(&client);
+    let line = c_log.wait_for("configuration reloaded").await;
+    assert!(
+        line.contains("added=new removed=gone changed=moved,rules new_session=no"),
+        "{line}"
+    );
+    let [new, rules_after] = available(&mut c_log, &["new", "rules"]).await[..] else {
+        unreachable!()
+    };
+    round_trip(&mut v_keep, b"across the reload").await;
+    assert_eq!(exchange(new, b"added").await.unwrap(), b"added");
+    // A port the server picked stays the service's when only its rules change.
+    assert_eq!(rules_after, rules);
+    // Refused by a reset, which may come before the connect returns.
+    match tokio::net::TcpStream::connect(rules).await {
+        Ok(mut refused) => assert_eq!(
+            until_closed(&mut refused).await,
+            b"",
+            "the new rules refuse 127.0.0.1"
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    // Only where its visitors go changed: same port, the new local service.
+    let mut v_moved = tokio::net::TcpStream::connect(moved).await.unwrap();
+    let mut banner = [0u8; 4];
+    tokio::time::timeout(WAIT, v_moved.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&banner, b"two:");
+    // The withdrawn service's port is released at once; its visitor is reset after the drain.
+    wait_until_refused(gone, Duration::from_secs(5)).await;
+    until_closed(&mut v_gone).await;
+    c_log.wait_for("its service was withdrawn by a reload").await;
+    round_trip(&mut v_keep, b"after the drain").await;
+
+    // 2. ncx ctl reload with a file that does not check out: refused with its place.
+    std::fs::write(&path, "server = 1\n").unwrap();
+    let sock = socket.to_str().unwrap();
+    let (code, _, err) = ncx_out(&["ctl", "--socket", sock, "reload"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("client.toml:1:"),
+        "{err}"
+    );
+    round_trip(&mut v_keep, b"after a refused reload").await;
+
+    // 3. A setting of the connection: a new session takes over while keep's visitor stays on the
+    // old one.
+    write(
+        "handshake_timeout_secs = 7",
+        &[
+            ("keep", echo, ""),
+            ("moved", two, ""),
+            ("rules", echo, "allow = [\"10.0.0.0/8\"]"),
+            ("new", echo, ""),
+        ],
+    );
+    let (code, out, err) = ncx_out(&["ctl", "--socket", sock, "reload"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        "reloaded: added none; removed none; changed none\na new session took these: timeouts\n"
+    );
+    let [keep_after] = available(&mut c_log, &["keep"]).await[..] else {
+        unreachable!()
+    };
+    assert_eq!(exchange(keep_after, b"new session").await.unwrap(), b"new session");
+    round_trip(&mut v_keep, b"on the retired session").await;
+    log.wait_for("the client announces a new session").await;
+
+    client.kill().await.unwrap();
+    server.kill().await.unwrap();
+}

@@ -92,7 +92,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
 }
 
 fn is_known_type(t: u8) -> bool {
-    matches!(t, 0x01..=0x0a | 0x10..=0x12)
+    matches!(t, 0x01..=0x0c | 0x10..=0x12)
 }
 
 fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
@@ -137,6 +137,12 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         0x0a => Message::RegisterPrivate {
             service: r.name("service")?,
             visitors: r.names("visitors")?,
+        },
+        0x0b => Message::Withdraw {
+            service: r.name("service")?,
+        },
+        0x0c => Message::Withdrawn {
+            service: r.name("service")?,
         },
         0x10 => Message::VisitorHeader {
             service: r.name("service")?,
@@ -304,6 +310,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_name(out, owner);
             put_name(out, service);
         }
+        Message::Withdraw { service } | Message::Withdrawn { service } => put_name(out, service),
         Message::Registered {
             service,
             remote_port,

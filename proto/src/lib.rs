@@ -40,8 +40,17 @@ pub use websocket::{
     MAX_WS_CONTROL_PAYLOAD, MAX_WS_HEADER_LEN, MAX_WS_PAYLOAD, MAX_WS_WRITE_PAYLOAD,
 };
 
-/// The protocol version this crate speaks. Sent in [`Message::Hello`] and [`Message::Welcome`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this crate speaks. A client sends it in [`Message::Hello`]; the
+/// server answers in [`Message::Welcome`] with the version the session uses, the lower of the two.
+/// Version 2 added [`Message::Withdraw`] and [`Message::Withdrawn`].
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this crate still speaks: a server accepts a `Hello` of any version
+/// from this one to [`PROTOCOL_VERSION`].
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// The first version in which a client may withdraw a service ([`Message::Withdraw`]).
+pub const WITHDRAW_VERSION: u16 = 2;
 
 /// The TLS ALPN identifier of this protocol version. A server refuses a client that does not offer it,
 /// so a peer of another major version fails at the TLS handshake with a clear alert instead of

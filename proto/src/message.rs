@@ -165,7 +165,7 @@ pub enum Message {
     /// Client → server, first on the control stream: who the client is and the proof that it holds
     /// the identity's token (HMAC-SHA256 keyed by the token over the TLS exporter value).
     Hello {
-        /// [`crate::PROTOCOL_VERSION`] of the client.
+        /// The newest version the client speaks ([`crate::PROTOCOL_VERSION`] of its crate).
         version: u16,
         /// The identity the client claims.
         identity: Name,
@@ -174,7 +174,7 @@ pub enum Message {
     },
     /// Server → client: the hello was accepted.
     Welcome {
-        /// [`crate::PROTOCOL_VERSION`] of the server.
+        /// The version the session uses: the lower of the client's and the server's newest.
         version: u16,
     },
     /// Client → server: expose a service on a public port (0: the server picks one).
@@ -203,6 +203,19 @@ pub enum Message {
         service: Name,
         /// The public port actually bound; 0 for a private service.
         remote_port: u16,
+    },
+    /// Client → server (version 2): stop offering a service this session registered. The server
+    /// releases its port (or its private name) and answers [`Message::Withdrawn`]; visitors
+    /// already connected to it are the client's to end.
+    Withdraw {
+        /// The service's name as registered.
+        service: Name,
+    },
+    /// Server → client (version 2): the service is withdrawn, its port released; or it was not
+    /// registered in this session, which comes to the same.
+    Withdrawn {
+        /// The service's name as in the withdraw.
+        service: Name,
     },
     /// Server → client: the service was not registered; the session goes on.
     ServiceRefused {
@@ -278,6 +291,8 @@ impl Message {
             Message::Pong(_) => 0x08,
             Message::GoAway { .. } => 0x09,
             Message::RegisterPrivate { .. } => 0x0a,
+            Message::Withdraw { .. } => 0x0b,
+            Message::Withdrawn { .. } => 0x0c,
             Message::VisitorHeader { .. } => 0x10,
             Message::VisitorStatus { .. } => 0x11,
             Message::Visit { .. } => 0x12,

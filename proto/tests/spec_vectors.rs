@@ -65,6 +65,8 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
                 },
             },
         ),
+        ("withdraw", Message::Withdraw { service: n("rdp") }),
+        ("withdrawn", Message::Withdrawn { service: n("rdp") }),
         (
             "registered",
             Message::Registered {

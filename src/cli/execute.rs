@@ -126,11 +126,23 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 crate::say!("{}: the client configuration is valid", path.display());
                 return Ok(ExitCode::SUCCESS);
             }
-            let settings = args.settings()?;
+            let settings = args.clone().settings()?;
             if let Some(limit) = crate::fdlimit::raise() {
                 tracing::debug!(?limit, "open-file limit");
             }
-            with_watchdog(crate::client::run(settings, shutdown)).await?;
+            let reread: crate::client::Reread = {
+                let args = args.clone();
+                std::sync::Arc::new(move || args.clone().settings().map_err(|e| format!("{e:#}")))
+            };
+            let (reloader, reloads) = crate::client::reloads(reread);
+            let running = crate::client::run_reloading(settings, reloads, shutdown);
+            with_watchdog(async {
+                tokio::select! {
+                    r = running => r,
+                    never = client_reload_on_hangup(reloader) => match never {},
+                }
+            })
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Visit(args) => {
@@ -209,6 +221,14 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                         list("removed"),
                         list("changed")
                     );
+                    let session = list("new_session");
+                    if session != "none" {
+                        crate::say!("a new session took these: {session}");
+                    }
+                    let refused = list("refused");
+                    if refused != "none" {
+                        crate::say!("refused by the server: {refused}");
+                    }
                     let later = list("need_restart");
                     if later != "none" {
                         crate::say!("apply at the next start: {later}");
@@ -276,6 +296,26 @@ async fn reload_on_hangup(
     }
     #[cfg(not(unix))]
     let _ = (args, server, status);
+    std::future::pending().await
+}
+
+/// On SIGHUP, has the client re-read its configuration and take it (what the reload did, or
+/// why it was refused, is logged). Pending forever where there is no SIGHUP (Windows).
+async fn client_reload_on_hangup(reloader: crate::client::Reloader) -> std::convert::Infallible {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    let _ = reloader.reload().await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP: no reloads"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reloader;
     std::future::pending().await
 }
 

@@ -219,7 +219,7 @@ pub struct ServerArgs {
 }
 
 /// How to reach and authenticate to the server: shared by `ncx client` and `ncx visit`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// TOML configuration file (see README); flags given as well override its values.
     #[arg(long, short)]
@@ -269,7 +269,7 @@ pub struct ConnectArgs {
 }
 
 /// `ncx client`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,

@@ -14,7 +14,8 @@ use tracing::{warn, Instrument};
 
 use super::control::Connected;
 use super::error::{ClientError, ServiceStatus};
-use super::{inbound, Client};
+use super::inbound::{self, LocalService, LocalServices};
+use super::Client;
 use crate::config::ServiceSpec;
 use crate::framed::{write_message, MessageReader, ReadError};
 use crate::mux;
@@ -43,15 +44,16 @@ impl Client {
         let session_cancel = tokio_util::sync::CancellationToken::new();
         let visitors = TaskGroup::child_of(&session_cancel);
         let accepting = Arc::new(AtomicBool::new(true));
+        let (local, local_rx) = tokio::sync::watch::channel(Arc::new(
+            s.services
+                .iter()
+                .map(|svc| (svc.name.clone(), Arc::new(LocalService::new(svc.clone()))))
+                .collect(),
+        ));
         let inbound = Inbound {
             accepting: accepting.clone(),
             visitors: visitors.clone(),
-            services: Arc::new(
-                s.services
-                    .iter()
-                    .map(|svc| (svc.name.clone(), svc.clone()))
-                    .collect(),
-            ),
+            services: local_rx,
             local_timeout: s.local_connect_timeout,
             permits: Arc::new(Semaphore::new(s.max_visitors)),
             limit: s.max_visitors,
@@ -79,6 +81,8 @@ impl Client {
         };
         let mut connected = Connected {
             services: Vec::new(),
+            version: PROTOCOL_VERSION,
+            local,
             ctrl,
             reader: MessageReader::new(),
             driver,
@@ -144,7 +148,8 @@ struct Inbound {
     /// Cleared when draining: new substreams from the server are refused.
     accepting: Arc<AtomicBool>,
     visitors: TaskGroup,
-    services: Arc<HashMap<Name, ServiceSpec>>,
+    /// The session's services, replaced whole by a reload.
+    services: tokio::sync::watch::Receiver<LocalServices>,
     local_timeout: std::time::Duration,
     /// Caps the visitors the server may have open through this client.
     permits: Arc<Semaphore>,
@@ -178,7 +183,7 @@ impl Inbound {
             inbound::serve_visitor(
                 stream,
                 state.clone(),
-                self.services.clone(),
+                self.services.borrow().clone(),
                 self.local_timeout,
                 self.visitors.token().clone(),
                 permit,
@@ -209,7 +214,16 @@ impl Connected {
             .await
             .map_err(|e| ClientError::Protocol(format!("sending the hello: {e}")))?;
         match self.reader.read(&mut self.ctrl).await {
-            Ok(Message::Welcome { .. }) => Ok(()),
+            Ok(Message::Welcome { version })
+                if (ncx_proto::MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) =>
+            {
+                self.version = version;
+                Ok(())
+            }
+            Ok(Message::Welcome { version }) => Err(ClientError::Protocol(format!(
+                "the server welcomed this client with protocol version {version}, which it does not speak (it speaks {} to {PROTOCOL_VERSION})",
+                ncx_proto::MIN_PROTOCOL_VERSION
+            ))),
             Ok(Message::Error { code, message }) => {
                 let mut message = message.to_string();
                 // Which token was wrong is the first thing to check.
@@ -236,18 +250,7 @@ impl Connected {
     /// when the server refuses them all.
     async fn register(&mut self, services: &[ServiceSpec]) -> Result<(), ClientError> {
         for svc in services {
-            let reg = match &svc.visitors {
-                Some(visitors) => Message::RegisterPrivate {
-                    service: svc.name.clone(),
-                    visitors: visitors.clone(),
-                },
-                None => Message::Register {
-                    service: svc.name.clone(),
-                    remote_port: svc.remote_port,
-                    access: svc.access.clone(),
-                },
-            };
-            write_message(&mut self.ctrl, &reg)
+            write_message(&mut self.ctrl, &registration(svc))
                 .await
                 .map_err(|e| ClientError::Protocol(format!("registering services: {e}")))?;
         }
@@ -327,6 +330,21 @@ impl Connected {
             return Err(ClientError::NoServices { reasons, permanent });
         }
         Ok(())
+    }
+}
+
+/// The message that registers `svc`: public or private.
+pub(super) fn registration(svc: &ServiceSpec) -> Message {
+    match &svc.visitors {
+        Some(visitors) => Message::RegisterPrivate {
+            service: svc.name.clone(),
+            visitors: visitors.clone(),
+        },
+        None => Message::Register {
+            service: svc.name.clone(),
+            remote_port: svc.remote_port,
+            access: svc.access.clone(),
+        },
     }
 }
 

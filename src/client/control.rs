@@ -27,12 +27,18 @@ pub(super) enum Served {
     Shutdown,
     /// The server asked for a fresh session.
     Rotate,
+    /// A reload came in; the session goes on after it is applied.
+    Reload(super::reload::Request),
 }
 
 /// An authenticated session with its services registered.
 pub struct Connected {
     /// What became of each configured service.
     pub services: Vec<ServiceStatus>,
+    /// The protocol version the server welcomed the session with.
+    pub(super) version: u16,
+    /// The services as the session's visitors are served; a reload replaces them.
+    pub(super) local: tokio::sync::watch::Sender<super::inbound::LocalServices>,
     pub(super) ctrl: Compat<yamux::Stream>,
     pub(super) reader: MessageReader,
     pub(super) driver: JoinHandle<SessionEnd>,
@@ -80,17 +86,19 @@ impl Connected {
     /// `liveness_timeout`. On shutdown it sends go-away (the server releases the ports), refuses new
     /// visitors, and lets those in flight finish for up to `drain_timeout` before resetting them.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClientError> {
-        let result = self.run_control(&shutdown, false).await.map(|_| ());
+        let result = self.run_control(&shutdown, false, None).await.map(|_| ());
         self.close().await;
         result
     }
 
     /// The body of [`Connected::run`]. With `retiring`, the session has handed over to a newer one:
     /// it goes on serving its visitors until the server closes it, and ignores further rotation.
+    /// A request from `reloads` returns [`Served::Reload`] (not while draining).
     pub(super) async fn run_control(
         &mut self,
         shutdown: &CancellationToken,
         retiring: bool,
+        mut reloads: Option<&mut tokio::sync::mpsc::Receiver<super::reload::Request>>,
     ) -> Result<Served, ClientError> {
         let timing = self.settings.timing;
         let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.liveness_timeout);
@@ -145,6 +153,12 @@ impl Connected {
                         None => ClientError::SessionLost(format!("the control stream failed: {e}")),
                     }),
                 },
+                Some(request) = async {
+                    match reloads.as_deref_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !draining => return Ok(Served::Reload(request)),
                 _ = shutdown.cancelled(), if !draining => {
                     let bye = Message::GoAway { code: ErrorCode::ShuttingDown, message: Text::new("the client is shutting down") };
                     let _ = write_message(&mut self.ctrl, &bye).await;

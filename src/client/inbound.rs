@@ -9,6 +9,8 @@ use std::time::Duration;
 use ncx_proto::{ErrorCode, Message, Name};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -19,13 +21,77 @@ use crate::refusal::Refusal;
 use crate::splice::{splice, SpliceEnd, Substream};
 use crate::timeouts::FIRST_MESSAGE;
 
+/// A service as this session serves its visitors: where they go, and when they must end
+/// because the service was withdrawn by a reload.
+pub(super) struct LocalService {
+    pub spec: ServiceSpec,
+    /// Set to a deadline when the service is withdrawn: its visitors are reset then. Shared by
+    /// the entries a reload puts in place of this one without withdrawing the service (a new
+    /// local address), so a later withdraw reaches visitors of every one of them.
+    withdrawn: Arc<watch::Sender<Option<Instant>>>,
+}
+
+/// The services of one session by name, as the visitors it accepts see them (replaced whole by
+/// a reload).
+pub(super) type LocalServices = Arc<HashMap<Name, Arc<LocalService>>>;
+
+impl LocalService {
+    pub fn new(spec: ServiceSpec) -> Self {
+        LocalService {
+            spec,
+            withdrawn: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// The same service with another spec; visitors of both end with a later withdraw.
+    pub fn respecified(&self, spec: ServiceSpec) -> Self {
+        LocalService {
+            spec,
+            withdrawn: self.withdrawn.clone(),
+        }
+    }
+
+    /// The service is withdrawn: its visitors are reset at `deadline`.
+    pub fn withdraw_at(&self, deadline: Instant) {
+        self.withdrawn.send_if_modified(|d| {
+            let first = d.is_none();
+            if first {
+                *d = Some(deadline);
+            }
+            first
+        });
+    }
+
+    /// Completes at the deadline of a withdraw; pending while there is none.
+    fn withdrawn(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.withdrawn.subscribe();
+        async move {
+            let deadline = loop {
+                let now = *rx.borrow_and_update();
+                if let Some(d) = now {
+                    break d;
+                }
+                if rx.changed().await.is_err() {
+                    // The sender is kept by every entry of the service; gone, no withdraw comes.
+                    let last = *rx.borrow();
+                    match last {
+                        Some(d) => break d,
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// Serves one substream the server opened for a visitor of one of `services`; `local_timeout`
 /// bounds the connect to the local service, `cancel` resets the visitor, and the permit holds the
 /// visitor's place under `max_visitors` until it ends.
 pub(super) async fn serve_visitor(
     stream: yamux::Stream,
     state: Arc<SessionState>,
-    services: Arc<HashMap<Name, ServiceSpec>>,
+    services: LocalServices,
     local_timeout: Duration,
     cancel: CancellationToken,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -62,7 +128,7 @@ pub(super) async fn serve_visitor(
     span.record("service", service.as_str());
     span.record("peer", tracing::field::display(visitor));
 
-    let Some(spec) = services.get(&service) else {
+    let Some(local) = services.get(&service).cloned() else {
         refuse(
             &mut sub,
             ErrorCode::UnknownService,
@@ -71,6 +137,8 @@ pub(super) async fn serve_visitor(
         .await;
         return;
     };
+    drop(services);
+    let spec = &local.spec;
     let connect = tokio::select! {
         _ = cancel.cancelled() => return,
         r = tokio::time::timeout(local_timeout, TcpStream::connect(&spec.local)) => r,
@@ -117,8 +185,19 @@ pub(super) async fn serve_visitor(
         return;
     }
     debug!(local = %spec.local, "visitor connected");
-    let spliced = splice(tcp, sub, cancel.cancelled()).await;
+    let withdrawn = local.withdrawn();
+    let mut by_withdraw = false;
+    let stop = async {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = withdrawn => by_withdraw = true,
+        }
+    };
+    let spliced = splice(tcp, sub, stop).await;
     match spliced.end {
+        SpliceEnd::Cancelled if by_withdraw => {
+            info!("visitor reset: its service was withdrawn by a reload and the drain deadline passed")
+        }
         SpliceEnd::Finished => debug!(
             bytes_to_service = spliced.from_b,
             bytes_from_service = spliced.from_a,

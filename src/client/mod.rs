@@ -7,6 +7,7 @@
 //! - `dial.rs`: reaching the server: TCP, directly or through a proxy, and the WebSocket.
 //! - `control.rs`: a connected session's control stream, drain and close ([`Connected::run`]).
 //! - `inbound.rs`: one visitor substream the server opened, from header to splice.
+//! - `reload.rs`: a reload (SIGHUP, `ncx ctl reload`): what changed, and taking it in a session.
 //! - `retiring.rs`: sessions that rotated and serve their last visitors, at most two at once.
 //! - `retry.rs`: when to try again: backoff, the quick retry after a session, the takeover pause.
 //! - `outbound.rs`: local listeners whose connections reach private services of other clients
@@ -18,6 +19,7 @@ mod dial;
 mod error;
 mod inbound;
 mod outbound;
+mod reload;
 mod retiring;
 mod retry;
 
@@ -36,6 +38,7 @@ use retry::{jitter, Retry};
 
 pub use control::Connected;
 pub use error::{ClientError, ServiceStatus};
+pub use reload::{reloads, ClientReloaded, Reloader, Reloads, Reread};
 
 pub use retry::{BACKOFF_RESET_AFTER, QUICK_RETRY};
 
@@ -105,6 +108,14 @@ impl Client {
         })
     }
 
+    /// A client for `settings` that keeps this one's metrics and status (a reload).
+    fn with_settings(&self, settings: ClientSettings) -> Result<Self, ClientError> {
+        let mut next = Client::new(settings)?;
+        next.metrics = self.metrics.clone();
+        next.status = self.status.clone();
+        Ok(next)
+    }
+
     /// The client's state as `ncx status` shows it.
     pub fn status(&self) -> crate::admin::ClientStatus {
         self.status
@@ -163,6 +174,16 @@ pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Resul
 
 pub use outbound::bind as bind_visits;
 
+/// [`run`] taking reloads from `reloads` (made by [`reloads`]): SIGHUP and `ncx ctl reload`.
+pub async fn run_reloading(
+    settings: ClientSettings,
+    reloads: Reloads,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    let listeners = outbound::bind(&settings).await?;
+    run_inner(settings, listeners, Some(reloads), shutdown).await
+}
+
 /// [`run`] with the visit listeners already bound (by [`bind_visits`]), so a caller can learn
 /// their addresses first.
 pub async fn run_bound(
@@ -170,7 +191,15 @@ pub async fn run_bound(
     visit_listeners: Vec<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
-    let backoff_cfg = settings.reconnect;
+    run_inner(settings, visit_listeners, None, shutdown).await
+}
+
+async fn run_inner(
+    settings: ClientSettings,
+    visit_listeners: Vec<tokio::net::TcpListener>,
+    reloads: Option<Reloads>,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
     let client = Client::new(settings)?;
     let metrics =
         match client.settings.metrics_listen {
@@ -195,16 +224,10 @@ pub async fn run_bound(
             let listener = crate::admin::bind(path)
                 .await
                 .map_err(|e| ClientError::Endpoint(format!("{e:#}")))?;
-            let status = client.status.clone();
-            let handler: crate::admin::Handler = Arc::new(move |request: String| {
-                let answer = match request.as_str() {
-                    "status" => serde_json::to_string(&*status.lock().unwrap_or_else(|e| e.into_inner()))
-                        .unwrap_or_default(),
-                    other => serde_json::json!({ "error": format!("a client answers only status, not {other:?}") })
-                        .to_string(),
-                };
-                Box::pin(std::future::ready(answer))
-            });
+            let handler = admin_handler(
+                client.status.clone(),
+                reloads.as_ref().map(Reloads::reloader),
+            );
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 path.clone(),
@@ -227,7 +250,8 @@ pub async fn run_bound(
             listeners_cancel.clone(),
         ))
     });
-    let result = run_sessions(&client, backoff_cfg, &targets, &shutdown).await;
+    let requests = reloads.map(|r| r.requests);
+    let result = run_sessions(client, requests, &targets, &shutdown).await;
     listeners_cancel.cancel();
     listeners.close();
     listeners.wait().await;
@@ -242,23 +266,93 @@ pub async fn run_bound(
     result
 }
 
+/// The client's admin requests: `status`, and `reload` when the client takes reloads.
+#[cfg(unix)]
+fn admin_handler(
+    status: Arc<std::sync::Mutex<crate::admin::ClientStatus>>,
+    reloader: Option<Reloader>,
+) -> crate::admin::Handler {
+    Arc::new(move |request: String| {
+        let status = status.clone();
+        let reloader = reloader.clone();
+        Box::pin(async move {
+            match (request.as_str(), reloader) {
+                ("status", _) => {
+                    serde_json::to_string(&*status.lock().unwrap_or_else(|e| e.into_inner()))
+                        .unwrap_or_default()
+                }
+                ("reload", Some(reloader)) => reload_answer(reloader.reload().await),
+                (other, _) => serde_json::json!({
+                    "error": format!("this client does not answer {other:?}")
+                })
+                .to_string(),
+            }
+        })
+    })
+}
+
+/// A reload's outcome as `ncx ctl reload` reads it (the server's shape, and what a client adds).
+#[cfg(unix)]
+fn reload_answer(result: Result<ClientReloaded, String>) -> String {
+    let names = |v: &[ncx_proto::Name]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    match result {
+        Ok(r) => serde_json::json!({
+            "reloaded": true,
+            "added": names(&r.added),
+            "removed": names(&r.removed),
+            "changed": names(&r.changed),
+            "new_session": r.new_session,
+            "need_restart": r.need_restart,
+            "refused": r.refused,
+        }),
+        Err(e) => serde_json::json!({ "reloaded": false, "error": e }),
+    }
+    .to_string()
+}
+
+/// The next reload request, or never when the client takes none.
+async fn next_reload(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<reload::Request>>,
+) -> Option<reload::Request> {
+    match requests {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A reload while not connected: the next attempt, at once, uses the new settings.
+fn take_offline(client: &mut Client, retry: &mut Retry, request: reload::Request) {
+    let report = reload::plan(&client.settings, &request.settings);
+    let answer = client.with_settings(request.settings).map(|next| {
+        *client = next;
+        *retry = Retry::new(client.settings.reconnect);
+        report.log();
+        report
+    });
+    let _ = request.answer.send(answer.map_err(|e| e.to_string()));
+}
+
 /// The reconnect loop of [`run`]; publishes each session for the visit listeners in `targets`.
 async fn run_sessions(
-    client: &Client,
-    backoff_cfg: crate::config::Backoff,
+    mut client: Client,
+    mut reloads: Option<tokio::sync::mpsc::Receiver<reload::Request>>,
     targets: &tokio::sync::watch::Sender<Option<outbound::Target>>,
     shutdown: &CancellationToken,
 ) -> Result<(), ClientError> {
-    let mut retry = Retry::new(backoff_cfg);
+    let mut retry = Retry::new(client.settings.reconnect);
     // Sessions that handed over to a newer one and serve their last visitors.
     let mut retiring = Retiring::new(MAX_RETIRING);
-    let server = &client.settings.server;
     let mut first = true;
     let result = loop {
+        let server = client.settings.server.clone();
         // How long the session was up, if one was.
         let mut lived = None;
         let err = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            Some(request) = next_reload(&mut reloads) => {
+                take_offline(&mut client, &mut retry, request);
+                continue;
+            }
             r = client.connect() => match r {
                 Ok(mut connected) => {
                     info!("connected to the server");
@@ -278,18 +372,39 @@ async fn run_sessions(
                     connected.log_services();
                     let up = Instant::now();
                     targets.send_replace(Some(connected.visit_target()));
-                    let served = connected.run_control(shutdown, false).await;
+                    // `Some(leaving)`: the session retires, and ends at once when leaving.
+                    let served = loop {
+                        let served = connected.run_control(shutdown, false, reloads.as_mut()).await;
+                        let request = match served {
+                            Ok(Served::Reload(request)) => request,
+                            Ok(Served::Rotate) => break Ok(Some(false)),
+                            Ok(Served::Shutdown) => break Ok(None),
+                            Err(e) => break Err(e),
+                        };
+                        match reload::take(&mut client, &mut connected, request).await {
+                            reload::Taken::InSession => {
+                                connected.log_services();
+                                let services = connected.service_lines();
+                                client.set_status(|s| s.services = services);
+                            }
+                            reload::Taken::NewSession { leaving } => break Ok(Some(leaving)),
+                            reload::Taken::Lost(e) => break Err(e),
+                        }
+                    };
                     targets.send_replace(None);
                     client.metrics.connected(false);
                     lived = Some(up.elapsed());
                     match served {
-                        Ok(Served::Shutdown) => {
+                        Ok(None) => {
                             connected.close().await;
                             break Ok(());
                         }
-                        Ok(Served::Rotate) => {
+                        Ok(Some(leaving)) => {
                             retiring.retire(shutdown, |stop| async move {
-                                if let Err(e) = connected.run_control(&stop, true).await {
+                                if leaving {
+                                    stop.cancel();
+                                }
+                                if let Err(e) = connected.run_control(&stop, true, None).await {
                                     debug!(error = %e, "retired session ended");
                                 }
                                 connected.close().await;
@@ -338,8 +453,13 @@ async fn run_sessions(
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tokio::time::sleep(pause) => {}
+            Some(request) = next_reload(&mut reloads) => take_offline(&mut client, &mut retry, request),
         }
     };
+    if result.is_err() {
+        // A permanent refusal ends the client; sessions that retired end with it (drained).
+        retiring.finish_all();
+    }
     retiring.wait().await;
     result
 }

@@ -53,6 +53,13 @@ impl Retiring {
         });
     }
 
+    /// Tells every retiring session to finish (each drains as on shutdown).
+    pub fn finish_all(&mut self) {
+        for (stop, _) in self.live.drain(..) {
+            stop.cancel();
+        }
+    }
+
     /// Waits until every retiring session has ended.
     pub async fn wait(&self) {
         self.tracker.close();

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ncx_proto::{ErrorCode, Message, Name, PROTOCOL_VERSION};
+use ncx_proto::{ErrorCode, Message, Name, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
@@ -257,11 +257,11 @@ impl Admission {
                 ),
             ));
         };
-        if version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
             return Err(Refusal::new(
                 ErrorCode::VersionMismatch,
                 format!(
-                    "the server speaks protocol version {PROTOCOL_VERSION} and the client {version}: upgrade the older side"
+                    "the server speaks protocol versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION} and the client {version}: upgrade the older side"
                 ),
             ));
         }

@@ -284,6 +284,24 @@ impl SessionCtx {
             .push((service.clone(), port));
     }
 
+    /// Takes a withdrawn service off what `ncx status` shows.
+    pub fn forget_service(&self, service: &Name) {
+        self.status
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(name, _)| name != service);
+    }
+
+    /// Releases one private service now (the client withdrew it).
+    pub fn release_private(&self, owner: &Name, name: &Name) {
+        self.private_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(o, n)| !(o == owner && n == name));
+        self.shared.registry.release_private(owner, name, self.id);
+    }
+
     /// Remembers a private service to release when the session's services stop.
     pub fn hold_private(&self, owner: Name, name: Name) {
         self.private_names

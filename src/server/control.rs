@@ -361,6 +361,7 @@ impl Control {
             Ok(Message::RegisterPrivate { service, visitors }) => {
                 self.services.register_private(service, visitors)
             }
+            Ok(Message::Withdraw { service }) => self.services.withdraw(service).await,
             Ok(Message::Ping(v)) => Message::Pong(v),
             Ok(Message::Pong(seq)) => {
                 if let Some(rtt) = self.heartbeat.answered(seq) {
@@ -368,6 +369,16 @@ impl Control {
                     let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
                     self.ctx.status.rtt_micros.store(micros, Ordering::Relaxed);
                 }
+                return None;
+            }
+            Ok(Message::GoAway {
+                code: ErrorCode::Rotate,
+                message,
+            }) if self.phase.accepts_registrations() => {
+                // The client reloads its connection: its new session takes over as after a
+                // rotation this side asked for, and the visitors here finish without a deadline.
+                info!(reason = %message, "the client announces a new session; its ports and visitors stay until that session takes over");
+                self.phase = Phase::RotationAsked;
                 return None;
             }
             Ok(Message::GoAway { code, message }) => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ncx_proto::{AccessRules, ErrorCode, Name};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use super::context::SessionCtx;
@@ -155,23 +156,36 @@ fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Accepts visitors on one public port until the session's listeners are cancelled, then releases
-/// the port.
-pub(super) async fn accept_visitors(
-    ctx: Arc<SessionCtx>,
-    listener: TcpListener,
-    service: Name,
-    port: u16,
-    access: AccessRules,
-    identity_permits: Arc<Semaphore>,
-    identity: Name,
-) {
+/// One public service as its listener serves it.
+pub(super) struct Public {
+    pub service: Name,
+    pub port: u16,
+    /// Checked on every visitor before anything reaches the client.
+    pub access: AccessRules,
+    pub identity: Name,
+    /// The identity's visitor places, shared by all its sessions.
+    pub identity_permits: Arc<Semaphore>,
+    /// Stops the listener.
+    pub stop: CancellationToken,
+}
+
+/// Accepts visitors on one public port until `stop` (a child of the session's listeners, so
+/// also when they stop) is cancelled, then releases the port.
+pub(super) async fn accept_visitors(ctx: Arc<SessionCtx>, listener: TcpListener, public: Public) {
+    let Public {
+        service,
+        port,
+        access,
+        identity,
+        identity_permits,
+        stop,
+    } = public;
     let service_permits = Arc::new(Semaphore::new(ctx.shared.settings.max_visitors_per_service));
     let denied_log = LogLimiter::default();
     let mut denied: u64 = 0;
     accept_until(
         &listener,
-        ctx.listeners.token(),
+        &stop,
         "a visitor",
         |tcp, peer| {
             // The access rules and the limits are checked here, before a task or a substream

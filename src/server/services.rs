@@ -2,30 +2,48 @@
 //! `public.rs`) and private ones (a name in the registry, reached through
 //! `private.rs`). Each registration is answered with `Registered` or a refusal.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ncx_proto::{AccessRules, ErrorCode, Message, Name};
 use tokio::sync::Semaphore;
-use tracing::{info, warn, Instrument};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
 
 use super::context::SessionCtx;
-use super::public::{accept_visitors, bind_port};
+use super::public::{accept_visitors, bind_port, Public};
 use super::registry::PrivateService;
 use crate::config::IdentityPolicy;
 use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
+
+/// How long a withdraw waits for the service's listener to let go of its port. Stopping an
+/// accept loop takes a wake-up, so this bound is only reached by a runtime that is stuck.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One service a session registered.
+enum Held {
+    /// A public port, served by a listener task.
+    Public {
+        port: u16,
+        /// Stops the listener (a child of the session's listeners).
+        stop: CancellationToken,
+        /// Cancelled by the listener task once it has released the port.
+        released: CancellationToken,
+    },
+    /// A name in the registry's private services.
+    Private,
+}
 
 /// The services of one session.
 pub(super) struct Services {
     ctx: Arc<SessionCtx>,
     identity: Name,
     policy: IdentityPolicy,
-    /// Every service name of the session, public and private.
-    names: HashSet<Name>,
-    /// The public ports bound for its services.
-    ports: Vec<u16>,
+    /// Every service of the session, public and private, by name.
+    held: HashMap<Name, Held>,
     /// Limits warnings about refused registrations: a client may send thousands.
     refusal_log: LogLimiter,
 }
@@ -36,8 +54,7 @@ impl Services {
             ctx,
             identity,
             policy,
-            names: HashSet::new(),
-            ports: Vec::new(),
+            held: HashMap::new(),
             refusal_log: LogLimiter::default(),
         }
     }
@@ -50,8 +67,16 @@ impl Services {
     /// Whether `new` would refuse a service this session already serves: one of its ports is no
     /// longer allowed, or the ports are to be bound on another address.
     pub fn outgrown_by(&self, new: &IdentityPolicy) -> bool {
-        !self.ports.is_empty()
-            && (new.bind != self.policy.bind || self.ports.iter().any(|p| !new.allows(*p)))
+        let mut ports = self.held.values().filter_map(|h| match h {
+            Held::Public { port, .. } => Some(*port),
+            Held::Private => None,
+        });
+        let mut any = false;
+        let outside = ports.any(|p| {
+            any = true;
+            !new.allows(p)
+        });
+        outside || (any && new.bind != self.policy.bind)
     }
 
     /// Registers later services under `new` (a reload changed what the identity may use).
@@ -82,8 +107,6 @@ impl Services {
             Ok(b) => b,
             Err(r) => return refused(r),
         };
-        self.ports.push(port);
-        self.names.insert(service.clone());
         let addr = SocketAddr::new(self.policy.bind, port);
         if access.is_open() {
             info!(%service, %addr, "service exposed");
@@ -91,17 +114,35 @@ impl Services {
             info!(%service, %addr, allow = ?access.allow, deny = ?access.deny, "service exposed to the allowed addresses");
         }
         let span = tracing::info_span!("service", %service, port);
-        self.ctx.listeners.spawn(
-            accept_visitors(
-                self.ctx.clone(),
-                listener,
-                service.clone(),
+        let stop = self.ctx.listeners.token().child_token();
+        let released = CancellationToken::new();
+        let accepting = accept_visitors(
+            self.ctx.clone(),
+            listener,
+            Public {
+                service: service.clone(),
                 port,
                 access,
+                identity: self.identity.clone(),
                 identity_permits,
-                self.identity.clone(),
-            )
+                stop: stop.clone(),
+            },
+        );
+        let done = released.clone();
+        self.ctx.listeners.spawn(
+            async move {
+                accepting.await;
+                done.cancel();
+            }
             .instrument(span),
+        );
+        self.held.insert(
+            service.clone(),
+            Held::Public {
+                port,
+                stop,
+                released,
+            },
         );
         self.ctx.record_service(&service, Some(port));
         Message::Registered {
@@ -149,7 +190,7 @@ impl Services {
                 format!("private service {service} is still held by an earlier session of this identity"),
             ));
         }
-        self.names.insert(service.clone());
+        self.held.insert(service.clone(), Held::Private);
         self.ctx
             .hold_private(self.identity.clone(), service.clone());
         info!(%service, ?visitors, "private service offered");
@@ -160,17 +201,47 @@ impl Services {
         }
     }
 
+    /// Handles one `Withdraw`: stops offering the service and releases its port (awaited, so
+    /// the client may register the name again at once) or its private name. Visitors already
+    /// connected stay: the client ends them. A name this session does not hold is answered the
+    /// same way, since it is not offered afterwards either.
+    pub async fn withdraw(&mut self, service: Name) -> Message {
+        match self.held.remove(&service) {
+            Some(Held::Public {
+                port,
+                stop,
+                released,
+            }) => {
+                stop.cancel();
+                if tokio::time::timeout(WITHDRAW_TIMEOUT, released.cancelled())
+                    .await
+                    .is_err()
+                {
+                    warn!(%service, port, "the withdrawn service's listener did not stop in time");
+                }
+                info!(%service, port, "service withdrawn by the client; port released");
+            }
+            Some(Held::Private) => {
+                self.ctx.release_private(&self.identity, &service);
+                info!(%service, "private service withdrawn by the client");
+            }
+            None => debug!(%service, "withdraw of a service this session does not hold"),
+        }
+        self.ctx.forget_service(&service);
+        Message::Withdrawn { service }
+    }
+
     /// A service name is registered at most once per session, public or private, and a session
     /// registers at most `max_services_per_session` services.
     fn may_register(&self, service: &Name) -> Result<(), Refusal> {
         let max = self.ctx.shared.settings.max_services_per_session;
-        if self.names.len() >= max {
+        if self.held.len() >= max {
             return Err(Refusal::new(
                 ErrorCode::LimitReached,
                 format!("this session registered its maximum of {max} services"),
             ));
         }
-        if self.names.contains(service) {
+        if self.held.contains_key(service) {
             return Err(Refusal::new(
                 ErrorCode::DuplicateService,
                 format!("service {service} is already registered in this session"),

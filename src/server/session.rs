@@ -242,6 +242,11 @@ async fn admit(
             Err(_) => return Err(Outcome::Abort("the client did not say hello in time".into())),
         },
     };
+    // The session speaks the lower of the two versions (admission refuses one out of range).
+    let version = match &msg {
+        Message::Hello { version, .. } => (*version).min(PROTOCOL_VERSION),
+        _ => PROTOCOL_VERSION,
+    };
     let admission = &shared.admission;
     let identity = match admission.authenticate(&shared.identities(), facts, ctx.peer, msg) {
         Ok(identity) => identity,
@@ -267,9 +272,7 @@ async fn admit(
     };
     // Open before the welcome leaves: a client may open a visit the moment it reads it.
     gate.admit();
-    let welcome = Message::Welcome {
-        version: PROTOCOL_VERSION,
-    };
+    let welcome = Message::Welcome { version };
     if let Err(e) = write_message(&mut ctrl, &welcome).await {
         return Err(Outcome::Abort(format!("sending welcome: {e}")));
     }
