@@ -293,8 +293,8 @@ async fn the_client_reloads_its_services_in_place_and_keeps_unaffected_visitors(
         .spawn()
         .unwrap();
     let mut c_log = LogLines::new(&mut client);
-    let [keep, gone, moved, rules] = available(&mut c_log, &["keep", "gone", "moved", "rules"])
-        .await[..]
+    let [keep, gone, moved, rules] =
+        available(&mut c_log, &["keep", "gone", "moved", "rules"]).await[..]
     else {
         unreachable!()
     };
@@ -347,7 +347,9 @@ async fn the_client_reloads_its_services_in_place_and_keeps_unaffected_visitors(
     // The withdrawn service's port is released at once; its visitor is reset after the drain.
     wait_until_refused(gone, Duration::from_secs(5)).await;
     until_closed(&mut v_gone).await;
-    c_log.wait_for("its service was withdrawn by a reload").await;
+    c_log
+        .wait_for("its service was withdrawn by a reload")
+        .await;
     round_trip(&mut v_keep, b"after the drain").await;
 
     // 2. ncx ctl reload with a file that does not check out: refused with its place.
@@ -381,7 +383,10 @@ async fn the_client_reloads_its_services_in_place_and_keeps_unaffected_visitors(
     let [keep_after] = available(&mut c_log, &["keep"]).await[..] else {
         unreachable!()
     };
-    assert_eq!(exchange(keep_after, b"new session").await.unwrap(), b"new session");
+    assert_eq!(
+        exchange(keep_after, b"new session").await.unwrap(),
+        b"new session"
+    );
     round_trip(&mut v_keep, b"on the retired session").await;
     log.wait_for("the client announces a new session").await;
 

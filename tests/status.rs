@@ -123,8 +123,11 @@ async fn status_shows_sessions_and_client_state_and_ctl_reloads() {
     // The client re-reads its flags: nothing changed.
     let (code, out, err) = ncx(&["ctl", "--socket", &client_socket, "reload"]).await;
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!(out, "reloaded: added none; removed none; changed none
-");
+    assert_eq!(
+        out,
+        "reloaded: added none; removed none; changed none
+"
+    );
 
     client.kill().await.unwrap();
     server.kill().await.unwrap();

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 mod execute;
 mod files;
+mod reloading;
 pub mod service;
 
 pub use execute::execute;

@@ -28,7 +28,7 @@ pub(super) enum Served {
     /// The server asked for a fresh session.
     Rotate,
     /// A reload came in; the session goes on after it is applied.
-    Reload(super::reload::Request),
+    Reload(Box<super::report::Request>),
 }
 
 /// An authenticated session with its services registered.
@@ -98,7 +98,7 @@ impl Connected {
         &mut self,
         shutdown: &CancellationToken,
         retiring: bool,
-        mut reloads: Option<&mut tokio::sync::mpsc::Receiver<super::reload::Request>>,
+        mut reloads: Option<&mut tokio::sync::mpsc::Receiver<super::report::Request>>,
     ) -> Result<Served, ClientError> {
         let timing = self.settings.timing;
         let mut heartbeat = Heartbeat::new(timing.ping_interval, timing.liveness_timeout);
@@ -158,7 +158,7 @@ impl Connected {
                         Some(r) => r.recv().await,
                         None => std::future::pending().await,
                     }
-                }, if !draining => return Ok(Served::Reload(request)),
+                }, if !draining => return Ok(Served::Reload(Box::new(request))),
                 _ = shutdown.cancelled(), if !draining => {
                     let bye = Message::GoAway { code: ErrorCode::ShuttingDown, message: Text::new("the client is shutting down") };
                     let _ = write_message(&mut self.ctrl, &bye).await;

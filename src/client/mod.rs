@@ -1,18 +1,26 @@
 //! `ncx client`: dials the server once, authenticates, registers services, and splices every
 //! visitor substream the server opens to the local service.
 //!
-//! - `mod.rs`: [`Client`] and the reconnect loop ([`run`]).
+//! - `mod.rs`: [`Client`] and what runs beside its sessions ([`run`]): visit listeners, metrics,
+//!   the admin socket.
 //! - `error.rs`: why a client could not connect or lost its session, and what became of a service.
+//! - `admin.rs`: what the client answers on its admin socket (`ncx status`, `ncx ctl reload`).
+//! - `apply.rs`: a reload taken in a connected session (withdraws, registrations, answers).
 //! - `connect.rs`: TLS, the hello and the registrations ([`Client::connect`]).
 //! - `dial.rs`: reaching the server: TCP, directly or through a proxy, and the WebSocket.
 //! - `control.rs`: a connected session's control stream, drain and close ([`Connected::run`]).
 //! - `inbound.rs`: one visitor substream the server opened, from header to splice.
 //! - `reload.rs`: a reload (SIGHUP, `ncx ctl reload`): what changed, and taking it in a session.
+//! - `report.rs`: a reload's request to the loop and its report of what changed.
 //! - `retiring.rs`: sessions that rotated and serve their last visitors, at most two at once.
+//! - `sessions.rs`: the reconnect loop: one session after another, reloads taken between and in them.
 //! - `retry.rs`: when to try again: backoff, the quick retry after a session, the takeover pause.
 //! - `outbound.rs`: local listeners whose connections reach private services of other clients
 //!   (`ncx visit`), each through a visit substream this client opens.
 
+#[cfg(unix)]
+mod admin;
+mod apply;
 mod connect;
 mod control;
 mod dial;
@@ -20,8 +28,10 @@ mod error;
 mod inbound;
 mod outbound;
 mod reload;
+mod report;
 mod retiring;
 mod retry;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -38,7 +48,8 @@ use retry::{jitter, Retry};
 
 pub use control::Connected;
 pub use error::{ClientError, ServiceStatus};
-pub use reload::{reloads, ClientReloaded, Reloader, Reloads, Reread};
+pub use reload::{reloads, Reloader, Reloads, Reread};
+pub use report::ClientReloaded;
 
 pub use retry::{BACKOFF_RESET_AFTER, QUICK_RETRY};
 
@@ -224,7 +235,7 @@ async fn run_inner(
             let listener = crate::admin::bind(path)
                 .await
                 .map_err(|e| ClientError::Endpoint(format!("{e:#}")))?;
-            let handler = admin_handler(
+            let handler = admin::handler(
                 client.status.clone(),
                 reloads.as_ref().map(Reloads::reloader),
             );
@@ -251,7 +262,7 @@ async fn run_inner(
         ))
     });
     let requests = reloads.map(|r| r.requests);
-    let result = run_sessions(client, requests, &targets, &shutdown).await;
+    let result = sessions::run_sessions(client, requests, &targets, &shutdown).await;
     listeners_cancel.cancel();
     listeners.close();
     listeners.wait().await;
@@ -263,203 +274,5 @@ async fn run_inner(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    result
-}
-
-/// The client's admin requests: `status`, and `reload` when the client takes reloads.
-#[cfg(unix)]
-fn admin_handler(
-    status: Arc<std::sync::Mutex<crate::admin::ClientStatus>>,
-    reloader: Option<Reloader>,
-) -> crate::admin::Handler {
-    Arc::new(move |request: String| {
-        let status = status.clone();
-        let reloader = reloader.clone();
-        Box::pin(async move {
-            match (request.as_str(), reloader) {
-                ("status", _) => {
-                    serde_json::to_string(&*status.lock().unwrap_or_else(|e| e.into_inner()))
-                        .unwrap_or_default()
-                }
-                ("reload", Some(reloader)) => reload_answer(reloader.reload().await),
-                (other, _) => serde_json::json!({
-                    "error": format!("this client does not answer {other:?}")
-                })
-                .to_string(),
-            }
-        })
-    })
-}
-
-/// A reload's outcome as `ncx ctl reload` reads it (the server's shape, and what a client adds).
-#[cfg(unix)]
-fn reload_answer(result: Result<ClientReloaded, String>) -> String {
-    let names = |v: &[ncx_proto::Name]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    match result {
-        Ok(r) => serde_json::json!({
-            "reloaded": true,
-            "added": names(&r.added),
-            "removed": names(&r.removed),
-            "changed": names(&r.changed),
-            "new_session": r.new_session,
-            "need_restart": r.need_restart,
-            "refused": r.refused,
-        }),
-        Err(e) => serde_json::json!({ "reloaded": false, "error": e }),
-    }
-    .to_string()
-}
-
-/// The next reload request, or never when the client takes none.
-async fn next_reload(
-    requests: &mut Option<tokio::sync::mpsc::Receiver<reload::Request>>,
-) -> Option<reload::Request> {
-    match requests {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A reload while not connected: the next attempt, at once, uses the new settings.
-fn take_offline(client: &mut Client, retry: &mut Retry, request: reload::Request) {
-    let report = reload::plan(&client.settings, &request.settings);
-    let answer = client.with_settings(request.settings).map(|next| {
-        *client = next;
-        *retry = Retry::new(client.settings.reconnect);
-        report.log();
-        report
-    });
-    let _ = request.answer.send(answer.map_err(|e| e.to_string()));
-}
-
-/// The reconnect loop of [`run`]; publishes each session for the visit listeners in `targets`.
-async fn run_sessions(
-    mut client: Client,
-    mut reloads: Option<tokio::sync::mpsc::Receiver<reload::Request>>,
-    targets: &tokio::sync::watch::Sender<Option<outbound::Target>>,
-    shutdown: &CancellationToken,
-) -> Result<(), ClientError> {
-    let mut retry = Retry::new(client.settings.reconnect);
-    // Sessions that handed over to a newer one and serve their last visitors.
-    let mut retiring = Retiring::new(MAX_RETIRING);
-    let mut first = true;
-    let result = loop {
-        let server = client.settings.server.clone();
-        // How long the session was up, if one was.
-        let mut lived = None;
-        let err = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            Some(request) = next_reload(&mut reloads) => {
-                take_offline(&mut client, &mut retry, request);
-                continue;
-            }
-            r = client.connect() => match r {
-                Ok(mut connected) => {
-                    info!("connected to the server");
-                    client.metrics.connected(true);
-                    let services = connected.service_lines();
-                    client.set_status(|s| {
-                        s.connected = true;
-                        s.last_error = None;
-                        s.services = services;
-                    });
-                    let state = format!("connected to {server}");
-                    if std::mem::take(&mut first) {
-                        crate::notify::ready(&state);
-                    } else {
-                        crate::notify::status(&state);
-                    }
-                    connected.log_services();
-                    let up = Instant::now();
-                    targets.send_replace(Some(connected.visit_target()));
-                    // `Some(leaving)`: the session retires, and ends at once when leaving.
-                    let served = loop {
-                        let served = connected.run_control(shutdown, false, reloads.as_mut()).await;
-                        let request = match served {
-                            Ok(Served::Reload(request)) => request,
-                            Ok(Served::Rotate) => break Ok(Some(false)),
-                            Ok(Served::Shutdown) => break Ok(None),
-                            Err(e) => break Err(e),
-                        };
-                        match reload::take(&mut client, &mut connected, request).await {
-                            reload::Taken::InSession => {
-                                connected.log_services();
-                                let services = connected.service_lines();
-                                client.set_status(|s| s.services = services);
-                            }
-                            reload::Taken::NewSession { leaving } => break Ok(Some(leaving)),
-                            reload::Taken::Lost(e) => break Err(e),
-                        }
-                    };
-                    targets.send_replace(None);
-                    client.metrics.connected(false);
-                    lived = Some(up.elapsed());
-                    match served {
-                        Ok(None) => {
-                            connected.close().await;
-                            break Ok(());
-                        }
-                        Ok(Some(leaving)) => {
-                            retiring.retire(shutdown, |stop| async move {
-                                if leaving {
-                                    stop.cancel();
-                                }
-                                if let Err(e) = connected.run_control(&stop, true, None).await {
-                                    debug!(error = %e, "retired session ended");
-                                }
-                                connected.close().await;
-                            }.in_current_span());
-                            retry.after_rotation();
-                            continue;
-                        }
-                        Err(e) => {
-                            connected.close().await;
-                            e
-                        }
-                    }
-                }
-                Err(e) => e,
-            },
-        };
-        if err.is_permanent() {
-            break Err(err);
-        }
-        let base = if let ClientError::GoneAway {
-            code: ErrorCode::SessionReplaced,
-            ..
-        } = err
-        {
-            warn!("another client with the same identity took over this client's services; two clients must not share an identity");
-            retry.after_replaced()
-        } else {
-            match lived {
-                Some(lived) => retry.after_session(lived),
-                None => retry.after_failed_attempt(),
-            }
-        };
-        let pause = jitter(base);
-        client.metrics.reconnecting();
-        client.set_status(|s| {
-            s.connected = false;
-            s.last_error = Some(err.to_string());
-        });
-        warn!(error = %err, retry_in = %crate::human::Human(pause), "not connected; retrying");
-        let state = format!("not connected to {server} ({err}); retrying");
-        if std::mem::take(&mut first) {
-            crate::notify::ready(&state);
-        } else {
-            crate::notify::status(&state);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = tokio::time::sleep(pause) => {}
-            Some(request) = next_reload(&mut reloads) => take_offline(&mut client, &mut retry, request),
-        }
-    };
-    if result.is_err() {
-        // A permanent refusal ends the client; sessions that retired end with it (drained).
-        retiring.finish_all();
-    }
-    retiring.wait().await;
     result
 }
