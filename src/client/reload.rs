@@ -167,3 +167,85 @@ fn same_trust(a: &crate::tls::ServerTrust, b: &crate::tls::ServerTrust) -> bool 
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Token;
+    use crate::tls::ServerTrust;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).unwrap()
+    }
+
+    fn svc(n: &str, local: &str, port: u16) -> ServiceSpec {
+        ServiceSpec {
+            name: name(n),
+            local: local.into(),
+            remote_port: port,
+            access: Default::default(),
+            proxy_protocol: None,
+            visitors: None,
+        }
+    }
+
+    fn settings(token: &str, services: Vec<ServiceSpec>) -> ClientSettings {
+        ClientSettings::new(
+            "127.0.0.1:7835".into(),
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            ServerTrust::InsecureSkipVerify,
+            name("a"),
+            Token::new(token),
+            services,
+        )
+    }
+
+    #[test]
+    fn the_same_settings_change_nothing() {
+        let s = settings("t", vec![svc("web", "127.0.0.1:80", 0)]);
+        assert_eq!(plan(&s, &s.clone()), ClientReloaded::default());
+    }
+
+    #[test]
+    fn services_are_added_removed_and_changed_by_name_in_the_new_order() {
+        let old = settings(
+            "t",
+            vec![
+                svc("keep", "127.0.0.1:1", 0),
+                svc("gone", "127.0.0.1:2", 0),
+                svc("local", "127.0.0.1:3", 0),
+                svc("port", "127.0.0.1:4", 0),
+            ],
+        );
+        let new = settings(
+            "t",
+            vec![
+                svc("port", "127.0.0.1:4", 4444),
+                svc("new", "127.0.0.1:5", 0),
+                svc("local", "127.0.0.1:33", 0),
+                svc("keep", "127.0.0.1:1", 0),
+            ],
+        );
+        let r = plan(&old, &new);
+        assert_eq!(r.added, vec![name("new")]);
+        assert_eq!(r.removed, vec![name("gone")]);
+        assert_eq!(r.changed, vec![name("port"), name("local")]);
+        assert!(
+            r.new_session.is_empty() && r.need_restart.is_empty(),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn connection_settings_take_a_new_session_and_listeners_a_restart() {
+        let old = settings("t", Vec::new());
+        let mut new = settings("other", Vec::new());
+        new.handshake_timeout += std::time::Duration::from_secs(1);
+        new.server = "127.0.0.1:7836".into();
+        new.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
+        let r = plan(&old, &new);
+        assert_eq!(r.new_session, vec!["server", "token", "timeouts"]);
+        assert_eq!(r.need_restart, vec!["metrics_listen"]);
+        assert!(r.added.is_empty() && r.removed.is_empty() && r.changed.is_empty());
+    }
+}
