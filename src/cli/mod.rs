@@ -137,8 +137,8 @@ pub struct CtlArgs {
 /// What `ncx ctl` asks for.
 #[derive(Debug, Subcommand)]
 pub enum CtlAction {
-    /// Reload the server's configuration, as SIGHUP does; prints what changed, or why the new
-    /// configuration was refused (exit 1).
+    /// Reload the configuration of the server or client behind the socket, as SIGHUP does;
+    /// prints what changed, or why the new configuration was refused (exit 1).
     Reload,
 }
 
@@ -294,7 +294,7 @@ pub struct ClientArgs {
     /// or on PORT of 127.0.0.1.
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// Unix socket (made with mode 0600) for `ncx status`.
+    /// Unix socket (made with mode 0600) for `ncx status` and `ncx ctl reload`.
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
 }
