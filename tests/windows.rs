@@ -1,5 +1,6 @@
 //! The Windows build under wine: `ncx.exe demo --check`, a Windows `ncx.exe client` serving a
-//! visitor through a Linux `ncx server`, and a Windows `ncx.exe visit` reaching a private service
+//! visitor through a Linux `ncx server` (and answering `ncx.exe status` and `ncx.exe ctl reload`
+//! on its named pipe), and a Windows `ncx.exe visit` reaching a private service
 //! offered by a Linux client; and `ncx.exe service install`, a client as a Windows service that
 //! wine's service manager starts when the prefix boots, that serves a visitor and that lets it
 //! finish when `sc stop` stops it. Real bytes through each, checked.
@@ -177,18 +178,26 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
     let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let fp = fingerprint(dir.path());
     let echo = echo_service().await;
+    // Its admin endpoint is a named pipe, unique to this run.
+    let pipe = format!(r"\\.\pipe\ncx-test-{}", std::process::id());
+    let service = format!("e={echo}@0");
+    let client_args = [
+        "client",
+        "--server",
+        &addr.to_string(),
+        "--identity",
+        "a",
+        "--server-fingerprint",
+        &fp,
+        "--service",
+        &service,
+        "--admin-socket",
+        &pipe,
+    ]
+    .map(str::to_owned);
+    let client_args: Vec<&str> = client_args.iter().map(String::as_str).collect();
     let mut client = wine
-        .ncx(&[
-            "client",
-            "--server",
-            &addr.to_string(),
-            "--identity",
-            "a",
-            "--server-fingerprint",
-            &fp,
-            "--service",
-            &format!("e={echo}@0"),
-        ])
+        .ncx(&client_args)
         .env("NCX_TOKEN", "t")
         .spawn()
         .unwrap();
@@ -200,6 +209,27 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         payload,
         "a visitor's bytes through the Windows client"
     );
+    // ncx status and ncx ctl reload through the pipe.
+    let out = output(&mut wine.ncx(&["status", "--socket", &pipe])).await;
+    let table = succeeded(&out, "ncx.exe status");
+    assert!(
+        table.starts_with(&format!("ncx client a -> {addr}: connected for ")),
+        "{table}"
+    );
+    assert!(table.contains(&format!("service e -> {public}")), "{table}");
+    let out = output(&mut wine.ncx(&["ctl", "--socket", &pipe, "reload"])).await;
+    assert_eq!(
+        succeeded(&out, "ncx.exe ctl reload"),
+        "reloaded: added none; removed none; changed none\n"
+    );
+    // A second process cannot take the pipe's name.
+    let out = output(&mut wine.ncx(&client_args).env("NCX_TOKEN", "t")).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("another process serves it"),
+        "{err}"
+    );
+    assert_eq!(exchange(public, b"still").await.unwrap(), b"still");
     client.kill().await.unwrap();
 
     // 3. A Windows `ncx visit` reaches a private service a Linux client offers.

@@ -1,5 +1,8 @@
-//! The local admin endpoint behind `ncx status` and `ncx ctl reload`: a Unix socket of mode 0600
-//! (`admin_socket`), so only the operator (the process's user, and root) can reach it.
+//! The local admin endpoint behind `ncx status` and `ncx ctl reload` (`admin_socket`): on Unix a
+//! socket of mode 0600, so only the operator (the process's user, and root) can reach it; on
+//! Windows a named pipe (`\\.\pipe\NAME`) refusing remote clients, whose default security
+//! lets only the process's user, administrators and SYSTEM write to it (others may open it for
+//! reading only, so they cannot send a request).
 //!
 //! The protocol is one request line, `status` or `reload`, answered with one JSON object and the
 //! end of the connection. A request is at most [`MAX_REQUEST`] bytes and must arrive within
@@ -7,9 +10,17 @@
 
 pub mod show;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Answers one request (`status` or `reload`) with its JSON.
+pub type Handler =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
 /// Bytes of a request line.
 pub const MAX_REQUEST: usize = 64;
@@ -71,7 +82,44 @@ pub fn epoch_secs(t: std::time::SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Reads one request line from `stream` (bounded in bytes and time) and writes `handler`'s answer.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(stream: S, handler: &Handler) {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut line = String::new();
+    let mut limited = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64));
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await;
+    let reply = match read {
+        Ok(Ok(_)) if line.ends_with('\n') => handler(line.trim().to_owned()).await,
+        _ => return,
+    };
+    let _ = write.write_all(reply.as_bytes()).await;
+    let _ = write.write_all(b"\n").await;
+    let _ = write.shutdown().await;
+}
+
+/// Sends `request` on a connected `stream` and reads the whole answer (bounded in bytes and time).
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &str,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    stream.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        REQUEST_TIMEOUT * 6,
+        stream.take(MAX_ANSWER).read_to_string(&mut answer),
+    )
+    .await
+    .context("no answer from the admin endpoint in time")??;
+    Ok(answer)
+}
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{bind, request, serve, Handler};
+pub use unix::{bind, request, serve, Listener};
+
+#[cfg(windows)]
+mod pipe;
+#[cfg(windows)]
+pub use pipe::{bind, request, serve, Listener};

@@ -1,21 +1,17 @@
 //! The admin endpoint on a Unix socket: binding it safely, serving requests, and asking one.
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::tasks::TaskGroup;
 
-/// Answers one request (`status` or `reload`) with its JSON.
-pub type Handler =
-    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+/// The bound admin endpoint.
+pub type Listener = UnixListener;
 
 /// Binds the admin socket at `path`, mode 0600. A socket file left by a process that is gone is
 /// replaced; one a running process still answers on is an error, as is anything that is not a
@@ -89,20 +85,6 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
 }
 
-async fn answer(stream: UnixStream, handler: &Handler) {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut limited = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64));
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_line(&mut line)).await;
-    let reply = match read {
-        Ok(Ok(_)) if line.ends_with('\n') => handler(line.trim().to_owned()).await,
-        _ => return,
-    };
-    let _ = write.write_all(reply.as_bytes()).await;
-    let _ = write.write_all(b"\n").await;
-    let _ = write.shutdown().await;
-}
-
 /// Sends `request` to the admin socket at `path` and returns the answer.
 pub async fn request(path: &Path, request: &str) -> anyhow::Result<String> {
     use anyhow::Context;
@@ -112,15 +94,7 @@ pub async fn request(path: &Path, request: &str) -> anyhow::Result<String> {
             path.display()
         )
     })?;
-    stream.write_all(format!("{request}\n").as_bytes()).await?;
-    let mut answer = String::new();
-    tokio::time::timeout(
-        REQUEST_TIMEOUT * 6,
-        (&mut stream).take(MAX_ANSWER).read_to_string(&mut answer),
-    )
-    .await
-    .context("no answer from the admin socket in time")??;
-    Ok(answer)
+    ask(&mut stream, request).await
 }
 
 /// Sets the process umask to 0o077 while alive.

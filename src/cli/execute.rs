@@ -62,17 +62,10 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 ),
                 None => None,
             };
-            #[cfg(unix)]
             let admin = match &settings.admin_socket {
                 Some(path) => Some((crate::admin::bind(path).await?, path.clone())),
                 None => None,
             };
-            #[cfg(not(unix))]
-            if settings.admin_socket.is_some() {
-                anyhow::bail!(
-                    "admin_socket: Unix sockets only; ncx status is not available on Windows yet"
-                );
-            }
             crate::say!("server certificate fingerprint: {fingerprint}");
             crate::say!("clients pin it with: --server-fingerprint {fingerprint}");
             if let Some(limit) = crate::fdlimit::raise() {
@@ -96,7 +89,6 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             };
             let status = format!("listening on {bound}");
             let admin_endpoint = async {
-                #[cfg(unix)]
                 if let Some((listener, path)) = admin {
                     let handler =
                         reloading::server_admin(args.clone(), server.clone(), status.clone());
@@ -275,15 +267,9 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
     }
 }
 
-/// One request to an admin socket.
-#[cfg(unix)]
+/// One request to an admin socket (a named pipe on Windows).
 async fn admin_request(socket: &std::path::Path, request: &str) -> anyhow::Result<String> {
     crate::admin::request(socket, request).await
-}
-
-#[cfg(not(unix))]
-async fn admin_request(_: &std::path::Path, _: &str) -> anyhow::Result<String> {
-    anyhow::bail!("ncx status and ncx ctl need a Unix admin socket; not available on Windows yet")
 }
 
 /// Runs `work` while pinging systemd's watchdog (when the unit asks for it).

@@ -110,8 +110,9 @@ impl Command {
 /// Where `ncx status` and `ncx ctl` find the process.
 #[derive(Debug, Args)]
 pub struct AdminSocketArg {
-    /// The admin socket of the server or client (its `admin_socket`).
-    #[arg(long, default_value = "/run/ncx/server.sock")]
+    /// The admin socket of the server or client (its `admin_socket`; on Windows a named pipe).
+    #[cfg_attr(not(windows), arg(long, default_value = "/run/ncx/server.sock"))]
+    #[cfg_attr(windows, arg(long, default_value = r"\\.\pipe\ncx-server"))]
     pub socket: PathBuf,
 }
 
@@ -214,7 +215,8 @@ pub struct ServerArgs {
     /// 127.0.0.1. No authentication: keep it off the internet.
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// Unix socket (made with mode 0600) for `ncx status` and `ncx ctl reload`.
+    /// Unix socket (made with mode 0600) for `ncx status` and `ncx ctl reload`; on Windows a
+    /// named pipe, `\\.\pipe\NAME`.
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
 }
@@ -294,7 +296,8 @@ pub struct ClientArgs {
     /// or on PORT of 127.0.0.1.
     #[arg(long)]
     pub metrics_listen: Option<String>,
-    /// Unix socket (made with mode 0600) for `ncx status` and `ncx ctl reload`.
+    /// Unix socket (made with mode 0600) for `ncx status` and `ncx ctl reload`; on Windows a
+    /// named pipe, `\\.\pipe\NAME`.
     #[arg(long)]
     pub admin_socket: Option<PathBuf>,
 }

@@ -53,7 +53,6 @@ pub(super) async fn client_reload_on_hangup(
 
 /// The server's admin requests: `status`, and `reload` (as SIGHUP does, answered with what it
 /// changed or why it was refused).
-#[cfg(unix)]
 pub(super) fn server_admin(
     args: ServerArgs,
     server: crate::server::Server,
@@ -87,7 +86,6 @@ pub(super) fn server_admin(
 
 /// One reload of the server from `args`, logged with what it changed; the error is the
 /// configuration's, when it was refused.
-#[cfg(unix)]
 fn reload(
     args: &ServerArgs,
     server: &crate::server::Server,

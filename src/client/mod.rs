@@ -18,7 +18,6 @@
 //! - `outbound.rs`: local listeners whose connections reach private services of other clients
 //!   (`ncx visit`), each through a visit substream this client opens.
 
-#[cfg(unix)]
 mod admin;
 mod apply;
 mod connect;
@@ -229,7 +228,6 @@ async fn run_inner(
         targets_rx,
         listeners_cancel.clone(),
     );
-    #[cfg(unix)]
     let admin = match &client.settings.admin_socket {
         Some(path) => {
             let listener = crate::admin::bind(path)
@@ -248,12 +246,6 @@ async fn run_inner(
         }
         None => None,
     };
-    #[cfg(not(unix))]
-    if client.settings.admin_socket.is_some() {
-        return Err(ClientError::Endpoint(
-            "admin_socket: Unix sockets only; ncx status is not available on Windows yet".into(),
-        ));
-    }
     let endpoint = metrics.map(|listener| {
         tokio::spawn(crate::metrics::endpoint::serve(
             listener,
@@ -270,7 +262,6 @@ async fn run_inner(
         // It ends when cancelled; a panic in it is already reported by the runtime.
         let _ = endpoint.await;
     }
-    #[cfg(unix)]
     if let Some(admin) = admin {
         let _ = admin.await;
     }
