@@ -223,7 +223,7 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         "reloaded: added none; removed none; changed none\n"
     );
     // A second process cannot take the pipe's name.
-    let out = output(&mut wine.ncx(&client_args).env("NCX_TOKEN", "t")).await;
+    let out = output(wine.ncx(&client_args).env("NCX_TOKEN", "t")).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("another process serves it"),
