@@ -377,24 +377,46 @@ async fn the_open_file_limit_is_raised_and_a_shortfall_is_warned_about() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_drains_like_sigterm() {
-    // At 8354efb SIGHUP (a closed terminal) killed the process at once: exit 129, no drain.
+async fn sighup_drains_ncx_visit_like_sigterm() {
+    // At 8354efb SIGHUP (a closed terminal) killed the process at once: exit 129, no drain. The
+    // server and the client reload on it now (tests/reload.rs); `ncx visit` still drains.
     let dir = tempfile::tempdir().unwrap();
-    let t = tunnel_with_a_visitor(dir.path()).await;
-    let (mut server, mut echo, mut client, public, mut v) =
-        (t.server, t.echo, t.client, t.public, t.visitor);
-    signal(&client, "-HUP");
-    wait_until_refused(public, Duration::from_secs(2)).await;
+    let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let fp = fingerprint(dir.path());
+    let echo = echo_service().await;
+    let office = RunningClient::start(client_settings(
+        addr,
+        ncx::tls::ServerTrust::Pinned(fp.parse().unwrap()),
+        "a",
+        "t",
+        vec![private_service("p", echo, &["a"])],
+    ))
+    .await;
+    let mut visit = ncx_process()
+        .args(["visit", "--server", &addr.to_string(), "--identity", "a"])
+        .args(["--server-fingerprint", &fp, "--service", "a/p"])
+        .args(["--listen", "127.0.0.1:0"])
+        .env("NCX_TOKEN", "t")
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut visit, "visit listener ready").await;
+    let local: SocketAddr = log_field(&line, "listen").parse().unwrap();
+    let mut v = TcpStream::connect(local).await.unwrap();
+    v.write_all(b"up").await.unwrap();
+    let mut b = [0u8; 2];
+    v.read_exact(&mut b).await.unwrap();
+    signal(&visit, "-HUP");
+    wait_until_refused(local, Duration::from_secs(2)).await;
     v.write_all(b"drain").await.unwrap();
     let mut b = [0u8; 5];
     v.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"drain", "the visitor in flight keeps working");
     drop(v);
-    let status = tokio::time::timeout(WAIT, client.wait())
+    let status = tokio::time::timeout(WAIT, visit.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+    office.stop().await;
     server.kill().await.unwrap();
-    echo.kill().await.unwrap();
 }

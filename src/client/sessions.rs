@@ -21,10 +21,21 @@ fn take_offline(client: &mut Client, retry: &mut Retry, request: Request) {
     let answer = client.with_settings(request.settings).map(|next| {
         *client = next;
         *retry = Retry::new(client.settings.reconnect);
+        show_connection(client);
         report.log();
         report
     });
     let _ = request.answer.send(answer.map_err(|e| e.to_string()));
+}
+
+/// After a reload: `ncx status` names the server, identity and trust now in force.
+fn show_connection(client: &Client) {
+    let now = initial_status(&client.settings);
+    client.set_status(|s| {
+        s.server = now.server;
+        s.identity = now.identity;
+        s.server_verified_by = now.server_verified_by;
+    });
 }
 
 /// The reconnect loop of [`run`]; publishes each session for the visit listeners in `targets`.
@@ -82,7 +93,10 @@ pub(super) async fn run_sessions(
                                 let services = connected.service_lines();
                                 client.set_status(|s| s.services = services);
                             }
-                            Taken::NewSession { leaving } => break Ok(Some(leaving)),
+                            Taken::NewSession { leaving } => {
+                                show_connection(&client);
+                                break Ok(Some(leaving));
+                            }
                             Taken::Lost(e) => break Err(e),
                         }
                     };
