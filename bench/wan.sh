@@ -20,6 +20,7 @@
 #
 # Usage: bench/wan.sh [--ncx PATH] [--bench PATH] [--seconds S] [--rtts "20 50 100"] [--rate 100mbit]
 #                     [--quick]   (--quick: only the single-stream runs at RATE)
+#                     [--unshaped] (only the two runs without a rate cap, at the first of --rtts)
 #   defaults: target/release/ncx and target/release/ncx-bench (cargo build --release first).
 # Prints "SKIPPED: <why>" and exits 0 where namespaces cannot be created.
 set -euo pipefail
@@ -31,6 +32,7 @@ SECS=20
 RTTS="20 50 100"
 RATE=100mbit
 QUICK=0
+UNSHAPED_ONLY=0
 while [ $# -gt 0 ]; do
   case $1 in
     --ncx) NCX=$2; shift 2 ;;
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
     --rtts) RTTS=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --unshaped) UNSHAPED_ONLY=1; shift ;;
     *) echo "usage: $0 [--ncx PATH] [--bench PATH] [--seconds S] [--rtts \"20 50 100\"] [--rate 100mbit]" >&2; exit 2 ;;
   esac
 done
@@ -143,17 +146,23 @@ run() {
   RESULTS+=("$label|$rtt|$dir|$streams|$d|$n")
 }
 
-for rtt in $RTTS; do
-  shape "$RATE"
-  run "$RATE" "$rtt" download 1
-  run "$RATE" "$rtt" upload 1
-done
-if [ "$QUICK" = 0 ]; then
-  shape "$RATE"
-  run "$RATE" 50 download 2
+if [ "$UNSHAPED_ONLY" = 1 ]; then
   shape off
-  run unshaped 20 download 1
-  run unshaped 20 upload 1
+  run unshaped "${RTTS%% *}" download 1
+  run unshaped "${RTTS%% *}" upload 1
+else
+  for rtt in $RTTS; do
+    shape "$RATE"
+    run "$RATE" "$rtt" download 1
+    run "$RATE" "$rtt" upload 1
+  done
+  if [ "$QUICK" = 0 ]; then
+    shape "$RATE"
+    run "$RATE" 50 download 2
+    shape off
+    run unshaped 20 download 1
+    run unshaped 20 upload 1
+  fi
 fi
 
 kv() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
