@@ -8,7 +8,8 @@
 //! the constants):
 //! - [`server`], [`client`]: the two ends. `ncx visit` is the client's [`client`] `outbound` part.
 //! - [`mux`]: the task that drives one yamux connection, and the session state its streams read.
-//! - [`splice`]: copying both ways, keeping half-close and making resets visible.
+//! - [`splice`]: copying both ways, keeping half-close and making resets visible; [`copybuf`]:
+//!   its copy buffers, reused per thread.
 //! - [`framed`]: protocol messages ([`ncx_proto`]) on async streams.
 //! - One of each mechanism, shared by both ends: [`accept`] (the accept loop with back-off),
 //!   [`heartbeat`] (pings and liveness), [`drain`] (finishing visitors after a go-away),
@@ -23,8 +24,9 @@
 //! - [`admin`]: the local admin socket behind `ncx status` and `ncx ctl reload`.
 //! - [`logging`]: the log's filter, format and audit file; [`notify`]: systemd's notifications;
 //!   [`metrics`]: the Prometheus series and their endpoint.
-//! - [`net`]: socket options; [`prefixed`]: a connection with bytes read ahead; [`fdlimit`]: the
-//!   open-file limit; [`ratelimit`]: warnings at a limited rate.
+//! - [`net`]: socket options; [`prefixed`]: a connection with bytes read ahead; [`readahead`]:
+//!   the tunnel connection read in large pieces under TLS; [`fdlimit`]: the open-file limit;
+//!   [`ratelimit`]: warnings at a limited rate.
 //! - [`demo`]: everything on loopback in one process.
 //! - [`cli`]: the command line; [`service`]: `ncx service`, a client or visit as a Windows service.
 //! - `fuzzing` (with the `fuzzing` feature only): the hooks the fuzz targets and the corpus replay
@@ -57,6 +59,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod copybuf;
 pub mod demo;
 pub mod drain;
 pub mod fdlimit;
@@ -73,6 +76,7 @@ pub mod notify;
 pub mod prefixed;
 pub mod proxy;
 pub mod ratelimit;
+pub mod readahead;
 pub mod refusal;
 pub mod server;
 pub mod service;

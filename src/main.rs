@@ -124,23 +124,28 @@ fn run_as_service(
 }
 
 /// Size of the block [`keep_freed_buffers`] allocates and frees once.
-const ALLOCATOR_PROBE: usize = 256 * 1024;
+const ALLOCATOR_PROBE: usize = 4 * 1024 * 1024;
 
-/// Stops glibc's allocator from handing the 64 KiB buffers of a busy tunnel back to the kernel
-/// after every use.
+/// Stops glibc's allocator from handing the buffers of a busy tunnel back to the kernel after
+/// every use.
 ///
-/// yamux allocates a zeroed buffer for every data frame it reads and the splice takes a copy
-/// buffer while bytes move; both are freed moments later. glibc's default trims a heap whose free
-/// top exceeds 128 KiB (`madvise(MADV_DONTNEED)`), so the next allocation faulted fresh zeroed
-/// pages in again: 180,000–420,000 page faults per GiB moved through a client and server pair.
+/// yamux allocates a zeroed buffer for every data frame it reads and holds a stream's unread
+/// frames (up to its window, megabytes on a long fast path), the splice takes copy buffers, rustls
+/// its records; all are freed moments later. glibc's default trims a heap whose free top exceeds
+/// 128 KiB (`madvise(MADV_DONTNEED)`), so the next allocation faulted fresh zeroed pages in again.
 /// glibc raises its trim threshold to twice the size of the largest mmap-served block freed so
-/// far (mallopt(3), "dynamic mmap threshold"); allocating and freeing one 256 KiB block here
-/// sets it to about 512 KiB without `unsafe` or a foreign allocator. Measured on a 2-core VM:
-/// single-stream downloads through `ncx server` and `ncx client` fell to under 600 page faults
-/// per GiB and 18–35% less CPU per GiB, with idle RSS unchanged within noise; `ncx-bench`'s mix,
-/// with eight streams at once, still shows 50,000–70,000 per GiB. A 1 MiB probe removes those too
-/// (about 3,000 per GiB) but kept about 2 MiB more anonymous memory in each process idle, for a
-/// saving of a few percent of CPU. Other C libraries ignore the probe.
+/// far (mallopt(3), "dynamic mmap threshold"); allocating and freeing one block here sets it
+/// without `unsafe` or a foreign allocator. History, measured on a 2-core VM:
+/// - 256 KiB (threshold about 512 KiB): single-stream loopback downloads fell from 180,000–
+///   420,000 page faults per GiB to under 600 and 18–35% less CPU per GiB; `ncx-bench`'s
+///   eight-stream mix still showed 44,000–70,000 per GiB, and a 20 ms path at 2 Gbit/s, whose
+///   windows hold megabytes, 140,000 per GiB in each process (about a tenth of its CPU).
+/// - 4 MiB (threshold about 8 MiB, now): 330 per GiB in `ncx-bench`, none in the server on the
+///   20 ms path, 12–15% less CPU per GiB there; the price is that a process which moved bulk data
+///   keeps up to that much freed heap for the next burst (about 3 MiB more anonymous memory per
+///   process after the benchmark's transfers).
+///
+/// Other C libraries ignore the probe.
 fn keep_freed_buffers() {
     let probe: Vec<u8> = Vec::with_capacity(ALLOCATOR_PROBE);
     // Keeps the compiler from eliding the allocation.

@@ -52,8 +52,12 @@ const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 /// their initial windows.
 pub const SHARED_WINDOW_BUDGET: usize = 32 * 1024 * 1024;
 
-/// Write buffer under yamux: one whole data frame (header and a full split-size body).
-const WRITE_BUFFER: usize = SPLIT_SEND_SIZE + 12;
+/// Write buffer under yamux. It joins a small frame's 12-byte header and body into one TLS record
+/// (a keystroke); a body at least this large is written past it, straight to TLS, instead of
+/// being copied in first: the buffer used to hold a whole 64 KiB frame, which cost one more copy
+/// of every byte sent (3–6% of a sending process's CPU in a profile at 2 Gbit/s). The header then
+/// goes out as a record of its own, in the same write.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Open requests that may wait for the driver at once; callers beyond it wait for a slot.
 const OPEN_QUEUE: usize = 64;
@@ -137,8 +141,8 @@ where
     let state = Arc::new(SessionState::default());
     let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE);
     // yamux writes a frame's 12-byte header and its body separately and flushes after each frame;
-    // the buffer joins them into one write, so a small frame (a keystroke) becomes one TLS record
-    // instead of two.
+    // the buffer joins them for small frames, so a keystroke becomes one TLS record instead of
+    // two (see WRITE_BUFFER).
     let io = futures::io::BufWriter::with_capacity(
         WRITE_BUFFER,
         WatchedIo::new(io, state.clone()).compat(),

@@ -51,7 +51,7 @@ pub(super) async fn run<S>(
             debug!("handshake dropped to make room for a newer connection");
             return;
         }
-        r = tokio::time::timeout_at(deadline, shared.acceptor.accept(io)) => r,
+        r = tokio::time::timeout_at(deadline, shared.acceptor.accept(crate::readahead::ReadAhead::new(io))) => r,
     };
     let tls = match accept {
         Ok(Ok(tls)) => tls,

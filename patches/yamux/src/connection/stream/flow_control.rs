@@ -22,13 +22,31 @@ const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const STARTUP_GAIN: f64 = 2.0;
 
 /// ncx: after start-up the window is what the measured rate needs over the minimum round trip
-/// plus a queue allowance of this share of it, at most [`MAX_QUEUE_ALLOWANCE`] worth of the rate,
-/// plus two update steps. The allowance lets a stream keep growing while the path has room (a
-/// window-limited stream grows by it every round trip) and keeps it at full rate where the
-/// bottleneck is a CPU whose buffers add a little delay; a keystroke on another stream waits
-/// behind at most the allowance and the steps.
+/// plus a queue allowance, plus two update steps. The allowance lets a stream keep growing while
+/// the path has room (a window-limited stream grows by it every round trip); a keystroke on
+/// another stream waits behind at most the allowance and the steps. It starts at this share of
+/// the round trip, at most [`MAX_QUEUE_ALLOWANCE`], and stays there on a path whose bottleneck is
+/// a link: more window only queues there.
 const QUEUE_ALLOWANCE: f64 = 0.25;
 const MAX_QUEUE_ALLOWANCE: Duration = Duration::from_millis(6);
+
+/// ncx: on some paths the data takes longer around the loop than a ping does, and more so the
+/// faster it flows: bursts serialised by a link slower than the sender, a pacing or busy relay, a
+/// CPU shared by every stage. There the window at the starting allowance holds the stream far
+/// below what the path carries (a third of 1 Gbit/s was measured), so the allowance is probed:
+/// every [`PROBE_EVERY`] rounds it is raised by [`PROBE_GAIN`] for [`PROBE_ROUNDS`] rounds, and
+/// kept if the rate rose by [`PROBE_SUCCESS`] (the path had room: the window was the limit),
+/// else it decays by [`ALLOWANCE_DECAY`] towards the starting one and the next probe waits twice
+/// as long, up to [`PROBE_EVERY_MAX`] rounds. Where a link is the bottleneck every probe fails, so
+/// the allowance stays at its start and probes grow rare. It never exceeds one round trip (a
+/// window of twice the bandwidth-delay product, as BBR's) nor [`MAX_ALLOWANCE`].
+const PROBE_EVERY: u32 = 16;
+const PROBE_EVERY_MAX: u32 = 128;
+const PROBE_ROUNDS: u8 = 3;
+const PROBE_GAIN: f64 = 1.5;
+const PROBE_SUCCESS: f64 = 1.1;
+const ALLOWANCE_DECAY: f64 = 0.8;
+const MAX_ALLOWANCE: Duration = Duration::from_millis(50);
 
 /// ncx: start-up ends when the rate has not grown by this factor for [`STARTUP_FLAT_ROUNDS`].
 const STARTUP_GROWTH: f64 = 1.25;
@@ -65,6 +83,14 @@ pub(crate) struct Policy {
     startup: bool,
     startup_best: f64,
     flat_rounds: u8,
+    /// The queue allowance in seconds (0 until a probe raised it: the starting allowance), the
+    /// rounds until the next probe, the rounds between probes, the rounds left of a running probe
+    /// and the rate before it.
+    allowance: f64,
+    probe_in: u32,
+    probe_every: u32,
+    probing: u8,
+    probe_from_rate: f64,
     /// The last time the reader consumed anything, and how much it had consumed by then.
     last_progress: Instant,
     last_consumed: u64,
@@ -83,6 +109,11 @@ impl Policy {
             startup: true,
             startup_best: 0.0,
             flat_rounds: 0,
+            allowance: 0.0,
+            probe_in: PROBE_EVERY,
+            probe_every: PROBE_EVERY,
+            probing: 0,
+            probe_from_rate: 0.0,
             last_progress: now,
             last_consumed: 0,
         }
@@ -121,6 +152,8 @@ impl Policy {
                     self.flat_rounds += 1;
                     self.startup = self.flat_rounds < STARTUP_FLAT_ROUNDS;
                 }
+            } else if let Some(rtt) = min_rtt {
+                self.probe_round(rate, rtt.as_secs_f64());
             }
             self.prev_round_start = self.round_start;
             self.prev_round_consumed = self.round_consumed;
@@ -138,11 +171,42 @@ impl Policy {
         let rtt = rtt.as_secs_f64();
         let allowance = if self.startup {
             (STARTUP_GAIN - 1.0) * rtt
+        } else if self.probing > 0 {
+            (self.allowance(rtt) * PROBE_GAIN).min(max_allowance(rtt))
         } else {
-            (QUEUE_ALLOWANCE * rtt).min(MAX_QUEUE_ALLOWANCE.as_secs_f64())
+            self.allowance(rtt)
         };
         let want = self.max_rate * (rtt + allowance) + 2.0 * self.step(u32::MAX) as f64;
         want.clamp(DEFAULT_CREDIT as f64, MAX_STREAM_WINDOW as f64) as u32
+    }
+
+    /// The queue allowance in force, in seconds, on a path of round trip `rtt` seconds.
+    fn allowance(&self, rtt: f64) -> f64 {
+        self.allowance
+            .clamp(start_allowance(rtt), max_allowance(rtt))
+    }
+
+    /// One measuring round after start-up, whose rate was `rate`: the allowance's probe.
+    fn probe_round(&mut self, rate: f64, rtt: f64) {
+        if self.probing > 0 {
+            self.probing -= 1;
+            if self.probing == 0 {
+                if rate >= self.probe_from_rate * PROBE_SUCCESS {
+                    // More window, more rate: the window was the limit. Keep it.
+                    self.allowance = (self.allowance(rtt) * PROBE_GAIN).min(max_allowance(rtt));
+                    self.probe_every = PROBE_EVERY;
+                } else {
+                    self.allowance = self.allowance(rtt) * ALLOWANCE_DECAY;
+                    self.probe_every = cmp::min(self.probe_every * 2, PROBE_EVERY_MAX);
+                }
+                self.probe_in = self.probe_every;
+            }
+        } else if self.probe_in > 0 {
+            self.probe_in -= 1;
+        } else if self.allowance(rtt) < max_allowance(rtt) {
+            self.probing = PROBE_ROUNDS;
+            self.probe_from_rate = rate;
+        }
     }
 
     /// How much consumed credit is collected before it is returned, for a window of `max`.
@@ -150,6 +214,17 @@ impl Policy {
         let step = (self.max_rate * UPDATE_STEP_TIME).min(u32::MAX as f64) as u32;
         cmp::min(step.clamp(MIN_UPDATE_STEP, MAX_UPDATE_STEP), max / 2)
     }
+}
+
+/// ncx: the queue allowance a stream starts with after start-up, in seconds.
+fn start_allowance(rtt: f64) -> f64 {
+    (QUEUE_ALLOWANCE * rtt).min(MAX_QUEUE_ALLOWANCE.as_secs_f64())
+}
+
+/// ncx: the largest queue allowance a probe may reach, in seconds.
+fn max_allowance(rtt: f64) -> f64 {
+    rtt.min(MAX_ALLOWANCE.as_secs_f64())
+        .max(start_allowance(rtt))
 }
 
 #[derive(Debug)]
