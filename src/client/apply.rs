@@ -68,7 +68,7 @@ impl Connected {
         let mut local: HashMap<Name, Arc<LocalService>> = (**self.local.borrow()).clone();
         for name in &withdraw {
             if let Some(gone) = local.remove(name) {
-                gone.withdraw_at(deadline);
+                gone.withdraw_at(deadline, &self.visitors);
             }
         }
         for name in &plan.changed {
@@ -88,7 +88,10 @@ impl Connected {
         for (spec, answer) in register.iter().zip(answers) {
             match &answer {
                 Ok(_) => {
-                    local.insert(spec.name.clone(), Arc::new(LocalService::new(spec.clone())));
+                    local.insert(
+                        spec.name.clone(),
+                        Arc::new(LocalService::new(spec.clone(), &self.visitors)),
+                    );
                 }
                 Err(r) => refused.push(format!("{}: {}", spec.name, r.message)),
             }

@@ -12,6 +12,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{warn, Instrument};
 
+use crate::readahead::ReadAhead;
+
 use super::control::Connected;
 use super::error::{ClientError, ServiceStatus};
 use super::inbound::{self, LocalService, LocalServices};
@@ -47,7 +49,12 @@ impl Client {
         let (local, local_rx) = tokio::sync::watch::channel(Arc::new(
             s.services
                 .iter()
-                .map(|svc| (svc.name.clone(), Arc::new(LocalService::new(svc.clone()))))
+                .map(|svc| {
+                    (
+                        svc.name.clone(),
+                        Arc::new(LocalService::new(svc.clone(), &visitors)),
+                    )
+                })
                 .collect(),
         ));
         let inbound = Inbound {
@@ -114,14 +121,14 @@ impl Client {
     async fn tls(
         &self,
         tcp: Transport,
-    ) -> Result<(TlsStream<Transport>, crate::auth::ExportedKey), ClientError> {
+    ) -> Result<(TlsStream<ReadAhead<Transport>>, crate::auth::ExportedKey), ClientError> {
         let s = &self.settings;
         if matches!(s.trust, ServerTrust::InsecureSkipVerify) {
             warn!("server verification is disabled (insecure_skip_verify): anyone on the network path can impersonate the server");
         }
         let tls = self
             .connector
-            .connect(s.server_name.clone(), tcp)
+            .connect(s.server_name.clone(), ReadAhead::new(tcp))
             .await
             .map_err(|e| {
                 let text = crate::tls::explain_handshake_error(&e, &s.trust);

@@ -9,7 +9,6 @@ use std::time::Duration;
 use ncx_proto::{ErrorCode, Message, Name};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,16 +18,19 @@ use crate::framed::{write_message, MessageReader};
 use crate::mux::SessionState;
 use crate::refusal::Refusal;
 use crate::splice::{splice, SpliceEnd, Substream};
+use crate::tasks::TaskGroup;
 use crate::timeouts::FIRST_MESSAGE;
 
-/// A service as this session serves its visitors: where they go, and when they must end
-/// because the service was withdrawn by a reload.
+/// A service as this session serves its visitors: where they go, and the token that resets them
+/// when the service was withdrawn by a reload.
 pub(super) struct LocalService {
     pub spec: ServiceSpec,
-    /// Set to a deadline when the service is withdrawn: its visitors are reset then. Shared by
-    /// the entries a reload puts in place of this one without withdrawing the service (a new
-    /// local address), so a later withdraw reaches visitors of every one of them.
-    withdrawn: Arc<watch::Sender<Option<Instant>>>,
+    /// A child of the session's visitor token, cancelled at the drain deadline of a withdraw;
+    /// each visitor of the service waits on it (one small future, where a watch and a timer of
+    /// its own cost an idle visitor a few hundred bytes more). Shared by the entries a reload
+    /// puts in place of this one without withdrawing the service (a new local address), so a
+    /// later withdraw reaches visitors of every one of them.
+    stop: CancellationToken,
 }
 
 /// The services of one session by name, as the visitors it accepts see them (replaced whole by
@@ -36,10 +38,11 @@ pub(super) struct LocalService {
 pub(super) type LocalServices = Arc<HashMap<Name, Arc<LocalService>>>;
 
 impl LocalService {
-    pub fn new(spec: ServiceSpec) -> Self {
+    /// The service `spec`, whose visitors are those of the session's `visitors` group.
+    pub fn new(spec: ServiceSpec, visitors: &TaskGroup) -> Self {
         LocalService {
             spec,
-            withdrawn: Arc::new(watch::channel(None).0),
+            stop: visitors.token().child_token(),
         }
     }
 
@@ -47,59 +50,69 @@ impl LocalService {
     pub fn respecified(&self, spec: ServiceSpec) -> Self {
         LocalService {
             spec,
-            withdrawn: self.withdrawn.clone(),
+            stop: self.stop.clone(),
         }
     }
 
-    /// The service is withdrawn: its visitors are reset at `deadline`.
-    pub fn withdraw_at(&self, deadline: Instant) {
-        self.withdrawn.send_if_modified(|d| {
-            let first = d.is_none();
-            if first {
-                *d = Some(deadline);
+    /// The service is withdrawn: its visitors are reset at `deadline`, by a timer in the
+    /// session's `visitors` group (which ends with the session, or at the deadline).
+    pub fn withdraw_at(&self, deadline: Instant, visitors: &TaskGroup) {
+        let stop = self.stop.clone();
+        visitors.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => stop.cancel(),
+                _ = stop.cancelled() => {}
             }
-            first
         });
-    }
-
-    /// Completes at the deadline of a withdraw; pending while there is none.
-    fn withdrawn(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.withdrawn.subscribe();
-        async move {
-            let deadline = loop {
-                let now = *rx.borrow_and_update();
-                if let Some(d) = now {
-                    break d;
-                }
-                if rx.changed().await.is_err() {
-                    // The sender is kept by every entry of the service; gone, no withdraw comes.
-                    let last = *rx.borrow();
-                    match last {
-                        Some(d) => break d,
-                        None => std::future::pending::<()>().await,
-                    }
-                }
-            };
-            tokio::time::sleep_until(deadline).await;
-        }
     }
 }
 
 /// Serves one substream the server opened for a visitor of one of `services`; `local_timeout`
 /// bounds the connect to the local service, `cancel` resets the visitor, and the permit holds the
 /// visitor's place under `max_visitors` until it ends.
-pub(super) async fn serve_visitor(
+///
+/// A plain function returning a block, and the connecting boxed: this future is held for as long
+/// as the visitor stays, and sized by its largest state. An `async fn` would keep a copy of every
+/// argument beside the one its body moves, and the header read and the local connect, inline,
+/// would make every idle visitor pay for them (2.5 KiB in all, where this is about 1 KiB).
+pub(super) fn serve_visitor(
     stream: yamux::Stream,
     state: Arc<SessionState>,
     services: LocalServices,
     local_timeout: Duration,
     cancel: CancellationToken,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let _permit = &permit;
+        let connected = Box::pin(connect_local(
+            stream,
+            state,
+            services,
+            local_timeout,
+            &cancel,
+        ))
+        .await;
+        let Some((tcp, sub, local)) = connected else {
+            return;
+        };
+        splice_visitor(tcp, sub, &local, &cancel).await;
+    }
+}
+
+/// Reads the visitor header, connects to the local service and confirms the visitor; `None`
+/// when the visitor was refused (the server was told why) or the session is going.
+async fn connect_local(
+    stream: yamux::Stream,
+    state: Arc<SessionState>,
+    services: LocalServices,
+    local_timeout: Duration,
+    cancel: &CancellationToken,
+) -> Option<(TcpStream, Substream, Arc<LocalService>)> {
     let mut sub = Substream::new(stream, state);
     let mut reader = MessageReader::new();
     let header = tokio::select! {
-        _ = cancel.cancelled() => return,
+        _ = cancel.cancelled() => return None,
         r = tokio::time::timeout(FIRST_MESSAGE, reader.read(&mut sub)) => r,
     };
     let (service, visitor, public) = match header {
@@ -113,15 +126,15 @@ pub(super) async fn serve_visitor(
                 "the server opened a substream with message type 0x{:02x} instead of a visitor header",
                 other.type_byte()
             );
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             debug!(error = %e, "reading a visitor header failed");
-            return;
+            return None;
         }
         Err(_) => {
             warn!("the server sent no visitor header within {FIRST_MESSAGE:?}");
-            return;
+            return None;
         }
     };
     let span = tracing::Span::current();
@@ -135,12 +148,12 @@ pub(super) async fn serve_visitor(
             format!("no service named {service}"),
         )
         .await;
-        return;
+        return None;
     };
     drop(services);
     let spec = &local.spec;
     let connect = tokio::select! {
-        _ = cancel.cancelled() => return,
+        _ = cancel.cancelled() => return None,
         r = tokio::time::timeout(local_timeout, TcpStream::connect(&spec.local)) => r,
     };
     let mut tcp = match connect {
@@ -152,7 +165,7 @@ pub(super) async fn serve_visitor(
                 ErrorCode::LocalError
             };
             refuse(&mut sub, code, format!("connecting to {}: {e}", spec.local)).await;
-            return;
+            return None;
         }
         Err(_) => {
             refuse(
@@ -161,7 +174,7 @@ pub(super) async fn serve_visitor(
                 format!("{} did not accept within {local_timeout:?}", spec.local),
             )
             .await;
-            return;
+            return None;
         }
     };
     crate::net::tune_visitor(&tcp);
@@ -176,26 +189,32 @@ pub(super) async fn serve_visitor(
             )
             .await;
             crate::splice::abort(tcp);
-            return;
+            return None;
         }
     }
     if let Err(e) = write_message(&mut sub, &Message::VisitorStatus { refusal: None }).await {
         debug!(error = %e, "could not confirm the visitor to the server");
         crate::splice::abort(tcp);
-        return;
+        return None;
     }
+    Some((tcp, sub, local))
+}
+
+/// Splices a connected visitor until it ends, the session goes (`cancel`) or its service is
+/// withdrawn, and logs how it ended.
+async fn splice_visitor(
+    tcp: TcpStream,
+    sub: Substream,
+    local: &LocalService,
+    cancel: &CancellationToken,
+) {
+    let spec = &local.spec;
     debug!(local = %spec.local, "visitor connected");
-    let withdrawn = local.withdrawn();
-    let mut by_withdraw = false;
-    let stop = async {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = withdrawn => by_withdraw = true,
-        }
-    };
-    let spliced = splice(tcp, sub, stop).await;
+    // The service's token is a child of `cancel`: it ends the visitor on either.
+    let stop = &local.stop;
+    let spliced = splice(tcp, sub, stop.cancelled()).await;
     match spliced.end {
-        SpliceEnd::Cancelled if by_withdraw => {
+        SpliceEnd::Cancelled if !cancel.is_cancelled() => {
             info!("visitor reset: its service was withdrawn by a reload and the drain deadline passed")
         }
         SpliceEnd::Finished => debug!(
