@@ -270,6 +270,8 @@ fn visitor(
 
 /// A plain function returning a block, not an `async fn`: this future is held for as long as the
 /// visitor stays, and an `async fn` keeps a copy of every argument beside the one its body uses.
+// Not an `async fn` on purpose (see above); clippy would make it one.
+#[allow(clippy::manual_async_fn)]
 fn served(
     ctx: Arc<SessionCtx>,
     tcp: TcpStream,
