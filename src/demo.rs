@@ -102,7 +102,7 @@ async fn run_inner(
     let client = crate::client::Client::new(ClientSettings::new(
         server_addr.to_string(),
         rustls::pki_types::ServerName::try_from("localhost")?.to_owned(),
-        ServerTrust::Pinned(fingerprint),
+        ServerTrust::Pinned(vec![fingerprint]),
         name,
         Token::new(token),
         vec![ServiceSpec {
@@ -112,6 +112,8 @@ async fn run_inner(
             access: Default::default(),
             proxy_protocol: None,
             visitors: None,
+            group: None,
+            health: None,
         }],
     ))?;
     let connected = client.connect().await.context("the demo client")?;

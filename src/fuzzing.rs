@@ -182,7 +182,7 @@ impl SessionHarness {
                 rustls::pki_types::ServerName::try_from("localhost")
                     .expect("a name")
                     .to_owned(),
-                ServerTrust::Pinned(fingerprint),
+                ServerTrust::Pinned(vec![fingerprint]),
                 Name::new("good").expect("a valid name"),
                 Token::new("good-token"),
                 vec![
@@ -193,6 +193,8 @@ impl SessionHarness {
                         access: Default::default(),
                         proxy_protocol: None,
                         visitors: None,
+                        group: None,
+                        health: None,
                     },
                     // Reached by fuzz sessions in visit mode: their bytes cross the bridge into
                     // the good session.
@@ -203,6 +205,8 @@ impl SessionHarness {
                         access: Default::default(),
                         proxy_protocol: None,
                         visitors: Some(vec![Name::new(FUZZ_IDENTITY).expect("a valid name")]),
+                        group: None,
+                        health: None,
                     },
                 ],
             ))
@@ -317,6 +321,7 @@ async fn feed_authenticated(io: tokio::io::DuplexStream, data: &[u8], visit: boo
         let hello = Message::Hello {
             version: ncx_proto::PROTOCOL_VERSION,
             identity: id.clone(),
+            instance: None,
             proof: crate::auth::prove(&Token::new(FUZZ_TOKEN), &ExportedKey(EXPORTED), &id),
         };
         if crate::framed::write_message(&mut ctrl, &hello)

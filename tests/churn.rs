@@ -88,7 +88,7 @@ async fn flood(server: SocketAddr, kind: Kind, stop: Arc<AtomicBool>, opened: Ar
 async fn a_client_gets_in_within_five_seconds_while_one_address_churns_connections() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let trust = ncx::tls::ServerTrust::Pinned(fingerprint(dir.path()).parse().unwrap());
+    let trust = ncx::tls::ServerTrust::Pinned(vec![fingerprint(dir.path()).parse().unwrap()]);
     // The flooding address can reach the server at all (127.0.0.0/8 is loopback).
     flood_connection(addr)
         .await

@@ -353,7 +353,7 @@ async fn server_writes_one_audit_line_per_visitor_connection() {
         .unwrap();
     let client = RunningClient::start(client_settings(
         addr.parse().unwrap(),
-        ncx::tls::ServerTrust::Pinned(fingerprint),
+        ncx::tls::ServerTrust::Pinned(vec![fingerprint]),
         "office",
         "audit-token",
         vec![service("echo", echo, 0), service("dead", dead, 0)],
@@ -621,7 +621,7 @@ async fn log_lines_carry_human_durations_and_no_empty_counts() {
     let addr: std::net::SocketAddr = log_field(&log.wait_for("server listening").await, "addr")
         .parse()
         .unwrap();
-    let trust = ncx::tls::ServerTrust::Pinned(fingerprint(dir.path()).parse().unwrap());
+    let trust = ncx::tls::ServerTrust::Pinned(vec![fingerprint(dir.path()).parse().unwrap()]);
     let cfg = ncx::tls::client_config(&trust, None).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))

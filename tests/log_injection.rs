@@ -98,6 +98,7 @@ async fn peer_text_cannot_forge_log_lines() {
         Message::Welcome { .. }
     ));
     let register = Message::Register {
+        group: None,
         service: name("s"),
         remote_port: 0,
         access: Default::default(),
@@ -269,6 +270,7 @@ async fn floods_of_bad_connections_and_refused_registrations_are_rate_limited() 
     for i in 0..200 {
         // A private service that lists nobody is always refused.
         let reg = Message::RegisterPrivate {
+            group: None,
             service: name(&format!("p{i}")),
             visitors: vec![],
         };

@@ -76,7 +76,7 @@ async fn wrong_server_fingerprint_is_refused_naming_both() {
     let wrong = Fingerprint([7; 32]);
     let err = refused(client_settings(
         server.addr,
-        ServerTrust::Pinned(wrong),
+        ServerTrust::Pinned(vec![wrong]),
         "a",
         "t",
         vec![service("e", svc, 0)],
@@ -190,6 +190,7 @@ async fn hello_with_another_version_is_refused_as_version_mismatch() {
     let stream = handle.open().await.unwrap();
     let mut ctrl = tokio_util::compat::FuturesAsyncReadCompatExt::compat(stream);
     let hello = Message::Hello {
+        instance: None,
         version: ncx_proto::PROTOCOL_VERSION + 1,
         identity: name("a"),
         proof: [0; 32],
@@ -442,6 +443,7 @@ async fn raw_session(
         Message::Hello {
             identity, proof, ..
         } => Message::Hello {
+            instance: None,
             version,
             identity,
             proof,
@@ -478,6 +480,7 @@ async fn a_version_1_client_is_welcomed_with_version_1_and_version_0_is_refused(
         &mut ctrl,
         &mut reader,
         Message::Register {
+            group: None,
             service: name("s"),
             remote_port: 0,
             access: Default::default(),
@@ -518,6 +521,7 @@ async fn withdraw_releases_the_port_at_once_and_the_name_can_be_registered_again
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
     let (mut ctrl, mut reader, _, cancel) = raw_session(&server, &pki, 2).await;
     let register = |port| Message::Register {
+        group: None,
         service: name("s"),
         remote_port: port,
         access: Default::default(),
@@ -546,6 +550,7 @@ async fn withdraw_releases_the_port_at_once_and_the_name_can_be_registered_again
     );
     // A private service withdrawn, and a name the session never had.
     let private = Message::RegisterPrivate {
+        group: None,
         service: name("p"),
         visitors: vec![name("b")],
     };

@@ -120,6 +120,7 @@ async fn frozen_client(server: SocketAddr, pki: &Pki, port: u16) -> tokio::task:
         ncx_proto::Message::Welcome { .. }
     ));
     let reg = ncx_proto::Message::Register {
+        group: None,
         service: name("s"),
         remote_port: port,
         access: Default::default(),

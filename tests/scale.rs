@@ -167,7 +167,7 @@ async fn server_killed_mid_transfer_and_restarted_tunnel_returns_within_backoff_
     // The client in this process, reconnecting by itself.
     let cs = client_settings(
         addr,
-        ncx::tls::ServerTrust::Pinned(fp.parse().unwrap()),
+        ncx::tls::ServerTrust::Pinned(vec![fp.parse().unwrap()]),
         "a",
         "t",
         vec![service("e", echo, port)],
@@ -394,7 +394,7 @@ async fn sighup_drains_ncx_visit_like_sigterm() {
     let echo = echo_service().await;
     let office = RunningClient::start(client_settings(
         addr,
-        ncx::tls::ServerTrust::Pinned(fp.parse().unwrap()),
+        ncx::tls::ServerTrust::Pinned(vec![fp.parse().unwrap()]),
         "a",
         "t",
         vec![private_service("p", echo, &["a"])],

@@ -34,7 +34,7 @@ async fn tls_to(server: SocketAddr, dir: &std::path::Path) -> Tls {
         .unwrap()
         .0
         .fingerprint();
-    let cfg = ncx::tls::client_config(&ncx::tls::ServerTrust::Pinned(fp), None).unwrap();
+    let cfg = ncx::tls::client_config(&ncx::tls::ServerTrust::Pinned(vec![fp]), None).unwrap();
     let tcp = TcpStream::connect(server).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(
@@ -148,6 +148,7 @@ async fn one_byte_frames_from_an_authenticated_client_stay_bounded_in_the_server
         1,
         0,
         &Message::RegisterPrivate {
+            group: None,
             service: p.clone(),
             visitors: vec![a.clone()],
         },

@@ -233,7 +233,7 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
     client.kill().await.unwrap();
 
     // 3. A Windows `ncx visit` reaches a private service a Linux client offers.
-    let trust = ncx::tls::ServerTrust::Pinned(fp.parse().unwrap());
+    let trust = ncx::tls::ServerTrust::Pinned(vec![fp.parse().unwrap()]);
     let office = RunningClient::start(client_settings(
         addr,
         trust,

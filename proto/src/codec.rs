@@ -51,6 +51,12 @@ pub enum DecodeError {
     /// A [`Message::VisitorStatus`] that says "connected" but carries a message.
     #[error("a connected status must not carry a message")]
     ConnectedWithText,
+    /// A [`Message::ServiceHealth`] whose flag is neither 0 nor 1.
+    #[error("health flag {0} is neither 0 nor 1")]
+    BadFlag(u8),
+    /// A [`Message::ServiceHealth`] that says "healthy" but carries a reason.
+    #[error("a healthy report must not carry a reason")]
+    HealthyWithText,
     /// An access list longer than [`MAX_RULES`].
     #[error("{0} access rules exceed the limit of {MAX_RULES}")]
     TooManyRules(usize),
@@ -92,7 +98,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
 }
 
 fn is_known_type(t: u8) -> bool {
-    matches!(t, 0x01..=0x0c | 0x10..=0x12)
+    matches!(t, 0x01..=0x13)
 }
 
 fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
@@ -103,7 +109,19 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             version: r.u16("version")?,
             identity: r.name("identity")?,
             proof: r.array::<AUTH_PROOF_LEN>("proof")?,
+            instance: None,
         },
+        0x13 => {
+            let version = r.u16("version")?;
+            let identity = r.name("identity")?;
+            let instance = Some(r.name("instance")?);
+            Message::Hello {
+                version,
+                identity,
+                proof: r.array::<AUTH_PROOF_LEN>("proof")?,
+                instance,
+            }
+        }
         0x02 => Message::Welcome {
             version: r.u16("version")?,
         },
@@ -114,7 +132,21 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
                 allow: r.cidrs("allow")?,
                 deny: r.cidrs("deny")?,
             },
+            group: None,
         },
+        0x0d => {
+            let service = r.name("service")?;
+            let group = Some(r.name("group")?);
+            Message::Register {
+                service,
+                remote_port: r.u16("remote_port")?,
+                access: AccessRules {
+                    allow: r.cidrs("allow")?,
+                    deny: r.cidrs("deny")?,
+                },
+                group,
+            }
+        }
         0x04 => Message::Registered {
             service: r.name("service")?,
             remote_port: r.u16("remote_port")?,
@@ -137,7 +169,33 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         0x0a => Message::RegisterPrivate {
             service: r.name("service")?,
             visitors: r.names("visitors")?,
+            group: None,
         },
+        0x0e => {
+            let service = r.name("service")?;
+            let group = Some(r.name("group")?);
+            Message::RegisterPrivate {
+                service,
+                visitors: r.names("visitors")?,
+                group,
+            }
+        }
+        0x0f => {
+            let service = r.name("service")?;
+            let healthy = match r.u8("healthy")? {
+                0 => false,
+                1 => true,
+                n => return Err(DecodeError::BadFlag(n)),
+            };
+            let reason = r.text("reason")?;
+            if healthy && !reason.as_str().is_empty() {
+                return Err(DecodeError::HealthyWithText);
+            }
+            Message::ServiceHealth {
+                service,
+                unhealthy: (!healthy).then_some(reason),
+            }
+        }
         0x0b => Message::Withdraw {
             service: r.name("service")?,
         },
@@ -281,9 +339,13 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             version,
             identity,
             proof,
+            instance,
         } => {
             out.extend_from_slice(&version.to_be_bytes());
             put_name(out, identity);
+            if let Some(instance) = instance {
+                put_name(out, instance);
+            }
             out.extend_from_slice(proof);
         }
         Message::Welcome { version } => out.extend_from_slice(&version.to_be_bytes()),
@@ -291,14 +353,25 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             service,
             remote_port,
             access,
+            group,
         } => {
             put_name(out, service);
+            if let Some(group) = group {
+                put_name(out, group);
+            }
             out.extend_from_slice(&remote_port.to_be_bytes());
             put_cidrs(out, &access.allow);
             put_cidrs(out, &access.deny);
         }
-        Message::RegisterPrivate { service, visitors } => {
+        Message::RegisterPrivate {
+            service,
+            visitors,
+            group,
+        } => {
             put_name(out, service);
+            if let Some(group) = group {
+                put_name(out, group);
+            }
             // Cut like access lists: configuration refuses longer lists.
             let visitors = &visitors[..visitors.len().min(crate::MAX_VISITORS)];
             out.push(u8::try_from(visitors.len()).expect("at most 32 visitors"));
@@ -311,6 +384,12 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_name(out, service);
         }
         Message::Withdraw { service } | Message::Withdrawn { service } => put_name(out, service),
+        Message::ServiceHealth { service, unhealthy } => {
+            put_name(out, service);
+            out.push(u8::from(unhealthy.is_none()));
+            let empty = Text::EMPTY;
+            put_text(out, unhealthy.as_ref().unwrap_or(&empty));
+        }
         Message::Registered {
             service,
             remote_port,

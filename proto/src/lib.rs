@@ -42,8 +42,9 @@ pub use websocket::{
 
 /// The newest protocol version this crate speaks. A client sends it in [`Message::Hello`]; the
 /// server answers in [`Message::Welcome`] with the version the session uses, the lower of the two.
-/// Version 2 added [`Message::Withdraw`] and [`Message::Withdrawn`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2 added [`Message::Withdraw`] and [`Message::Withdrawn`]; version 3 instance names in
+/// the hello, services registered into groups and [`Message::ServiceHealth`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this crate still speaks: a server accepts a `Hello` of any version
 /// from this one to [`PROTOCOL_VERSION`].
@@ -51,6 +52,11 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The first version in which a client may withdraw a service ([`Message::Withdraw`]).
 pub const WITHDRAW_VERSION: u16 = 2;
+
+/// The first version with instance names ([`Message::Hello`] with `instance`), services in groups
+/// ([`Message::Register`] and [`Message::RegisterPrivate`] with `group`) and
+/// [`Message::ServiceHealth`].
+pub const GROUP_VERSION: u16 = 3;
 
 /// The TLS ALPN identifier of this protocol version. A server refuses a client that does not offer it,
 /// so a peer of another major version fails at the TLS handshake with a clear alert instead of
@@ -65,7 +71,7 @@ pub const AUTH_EXPORTER_LABEL: &[u8] = b"EXPORTER-ncx-auth-v1";
 pub const AUTH_PROOF_LEN: usize = 32;
 
 /// Largest frame body (type byte plus payload) any peer may send. The largest message of this
-/// version (a Register with two full access lists) has 2374 bytes; a larger declared length is
+/// version (a Register into a group with two full access lists) has 2439 bytes; a larger declared length is
 /// rejected before a byte of it is buffered.
 pub const MAX_FRAME_LEN: usize = 4096;
 

@@ -171,6 +171,11 @@ pub enum Message {
         identity: Name,
         /// HMAC-SHA256(token, exporter(AUTH_EXPORTER_LABEL, identity, 32)).
         proof: [u8; AUTH_PROOF_LEN],
+        /// (Version 3, type `0x13`.) Which instance of the identity this client is, when one
+        /// identity runs on several machines: sessions of different instances coexist, and a new
+        /// session takes over only from an earlier one of the same instance. `None` is the
+        /// identity's one unnamed instance (type `0x01`).
+        instance: Option<Name>,
     },
     /// Server → client: the hello was accepted.
     Welcome {
@@ -186,6 +191,10 @@ pub enum Message {
         /// Which visitor addresses the server lets through (checked before anything reaches the
         /// client).
         access: crate::AccessRules,
+        /// (Version 3, type `0x0d`.) The group the service joins: the server binds the group's
+        /// port once and spreads its visitors over every member. `None`: the service is this
+        /// session's alone (type `0x03`).
+        group: Option<Name>,
     },
     /// Client → server: offer a private service, which gets no public port. Only the listed
     /// identities reach it, each through its own session ([`Message::Visit`]).
@@ -195,6 +204,18 @@ pub enum Message {
         /// The identities that may visit it, at most [`crate::MAX_VISITORS`].
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::visitors))]
         visitors: Vec<Name>,
+        /// (Version 3, type `0x0e`.) The group the service joins: a visit names the group as its
+        /// owner and reaches one of the members. `None`: the identity's own (type `0x0a`).
+        group: Option<Name>,
+    },
+    /// Client → server (version 3): whether the local service behind a registered service
+    /// answers its health check. A service reported unhealthy gets no new visitors (in a group,
+    /// they go to the other members) until it is reported healthy again.
+    ServiceHealth {
+        /// The service's name as registered.
+        service: Name,
+        /// `None` when it answers; why not, for people, when it does not.
+        unhealthy: Option<Text>,
     },
     /// Server → client: the service is listening on `remote_port`, or, for a private service,
     /// registered with `remote_port` 0.
@@ -281,16 +302,22 @@ impl Message {
     /// The type byte of this message on the wire.
     pub fn type_byte(&self) -> u8 {
         match self {
-            Message::Hello { .. } => 0x01,
+            Message::Hello { instance: None, .. } => 0x01,
+            Message::Hello {
+                instance: Some(_), ..
+            } => 0x13,
             Message::Welcome { .. } => 0x02,
-            Message::Register { .. } => 0x03,
+            Message::Register { group: None, .. } => 0x03,
+            Message::Register { group: Some(_), .. } => 0x0d,
             Message::Registered { .. } => 0x04,
             Message::ServiceRefused { .. } => 0x05,
             Message::Error { .. } => 0x06,
             Message::Ping(_) => 0x07,
             Message::Pong(_) => 0x08,
             Message::GoAway { .. } => 0x09,
-            Message::RegisterPrivate { .. } => 0x0a,
+            Message::RegisterPrivate { group: None, .. } => 0x0a,
+            Message::RegisterPrivate { group: Some(_), .. } => 0x0e,
+            Message::ServiceHealth { .. } => 0x0f,
             Message::Withdraw { .. } => 0x0b,
             Message::Withdrawn { .. } => 0x0c,
             Message::VisitorHeader { .. } => 0x10,

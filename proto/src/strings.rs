@@ -78,6 +78,9 @@ impl std::str::FromStr for Name {
 pub struct Text(String);
 
 impl Text {
+    /// The empty text.
+    pub const EMPTY: Text = Text(String::new());
+
     /// Wraps `s`, cut to [`MAX_TEXT_LEN`] bytes at a character boundary.
     pub fn new(s: impl Into<String>) -> Self {
         let mut s = s.into();

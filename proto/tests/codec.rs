@@ -12,7 +12,14 @@ fn all_kinds() -> Vec<Message> {
         Message::Hello {
             version: u16::MAX,
             identity: long.clone(),
+            instance: None,
             proof: [0; 32],
+        },
+        Message::Hello {
+            version: 3,
+            identity: long.clone(),
+            instance: Some(long.clone()),
+            proof: [0xff; 32],
         },
         Message::Welcome { version: 0 },
         Message::Register {
@@ -22,10 +29,31 @@ fn all_kinds() -> Vec<Message> {
                 allow: vec!["ffff::/16".parse().unwrap(); ncx_proto::MAX_RULES],
                 deny: vec!["ffff::/16".parse().unwrap(); ncx_proto::MAX_RULES],
             },
+            group: Some(long.clone()),
+        },
+        Message::Register {
+            service: long.clone(),
+            remote_port: 1,
+            access: ncx_proto::AccessRules::default(),
+            group: None,
         },
         Message::RegisterPrivate {
             service: long.clone(),
             visitors: vec![long.clone(); ncx_proto::MAX_VISITORS],
+            group: Some(long.clone()),
+        },
+        Message::RegisterPrivate {
+            service: long.clone(),
+            visitors: vec![],
+            group: None,
+        },
+        Message::ServiceHealth {
+            service: long.clone(),
+            unhealthy: Some(text.clone()),
+        },
+        Message::ServiceHealth {
+            service: long.clone(),
+            unhealthy: None,
         },
         Message::Visit {
             owner: long.clone(),
@@ -275,6 +303,7 @@ fn visitor_lists_are_capped() {
     let full = Message::RegisterPrivate {
         service: Name::new("rdp").unwrap(),
         visitors: vec![Name::new("v").unwrap(); ncx_proto::MAX_VISITORS],
+        group: None,
     };
     let b = encode_to_vec(&full);
     assert_eq!(decode(&b).unwrap(), Some((full, b.len())));
@@ -286,6 +315,7 @@ fn visitor_lists_are_capped() {
     let over = Message::RegisterPrivate {
         service: Name::new("rdp").unwrap(),
         visitors: vec![Name::new("v").unwrap(); ncx_proto::MAX_VISITORS + 1],
+        group: None,
     };
     let Some((Message::RegisterPrivate { visitors, .. }, _)) =
         decode(&encode_to_vec(&over)).unwrap()

@@ -31,30 +31,50 @@ fn cidr() -> impl Strategy<Value = ncx_proto::Cidr> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), name(), any::<[u8; 32]>()).prop_map(|(version, identity, proof)| {
-            Message::Hello {
+        (
+            any::<u16>(),
+            name(),
+            proptest::option::of(name()),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(version, identity, instance, proof)| Message::Hello {
                 version,
                 identity,
+                instance,
                 proof,
-            }
-        }),
+            }),
         any::<u16>().prop_map(|version| Message::Welcome { version }),
         (
             name(),
             any::<u16>(),
             proptest::collection::vec(cidr(), 0..4),
-            proptest::collection::vec(cidr(), 0..4)
+            proptest::collection::vec(cidr(), 0..4),
+            proptest::option::of(name())
         )
-            .prop_map(|(service, remote_port, allow, deny)| Message::Register {
-                service,
-                remote_port,
-                access: ncx_proto::AccessRules { allow, deny },
-            }),
+            .prop_map(
+                |(service, remote_port, allow, deny, group)| Message::Register {
+                    service,
+                    remote_port,
+                    access: ncx_proto::AccessRules { allow, deny },
+                    group,
+                }
+            ),
         (
             name(),
-            proptest::collection::vec(name(), 0..=ncx_proto::MAX_VISITORS)
+            proptest::collection::vec(name(), 0..=ncx_proto::MAX_VISITORS),
+            proptest::option::of(name())
         )
-            .prop_map(|(service, visitors)| Message::RegisterPrivate { service, visitors }),
+            .prop_map(|(service, visitors, group)| Message::RegisterPrivate {
+                service,
+                visitors,
+                group
+            }),
+        (name(), proptest::option::of(text())).prop_map(|(service, reason)| {
+            Message::ServiceHealth {
+                service,
+                unhealthy: reason,
+            }
+        }),
         (name(), name()).prop_map(|(owner, service)| Message::Visit { owner, service }),
         (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Registered {
             service,

@@ -42,7 +42,48 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             Message::Hello {
                 version: 1,
                 identity: n("office"),
+                instance: None,
                 proof: [0xab; 32],
+            },
+        ),
+        (
+            "hello_instance",
+            Message::Hello {
+                version: 3,
+                identity: n("office"),
+                instance: Some(n("pc-1")),
+                proof: [0xab; 32],
+            },
+        ),
+        (
+            "register_group",
+            Message::Register {
+                service: n("rdp"),
+                remote_port: 3389,
+                access: AccessRules::default(),
+                group: Some(n("desks")),
+            },
+        ),
+        (
+            "register_private_group",
+            Message::RegisterPrivate {
+                service: n("rdp"),
+                visitors: vec![n("alice")],
+                group: Some(n("desks")),
+            },
+        ),
+        (
+            "service_unhealthy",
+            Message::ServiceHealth {
+                service: n("rdp"),
+                unhealthy: Some(Text::new("down")),
+            },
+        ),
+        (
+            "service_healthy",
+            Message::ServiceHealth {
+                service: n("rdp"),
+                unhealthy: None,
             },
         ),
         ("welcome", Message::Welcome { version: 1 }),
@@ -52,6 +93,7 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
                 service: n("rdp"),
                 remote_port: 3389,
                 access: AccessRules::default(),
+                group: None,
             },
         ),
         (
@@ -63,6 +105,7 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
                     allow: vec!["203.0.113.0/24".parse().unwrap()],
                     deny: vec!["2001:db8::/32".parse().unwrap()],
                 },
+                group: None,
             },
         ),
         ("withdraw", Message::Withdraw { service: n("rdp") }),
@@ -79,6 +122,7 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             Message::RegisterPrivate {
                 service: n("rdp"),
                 visitors: vec![n("alice"), n("bob")],
+                group: None,
             },
         ),
         (
@@ -158,6 +202,8 @@ fn expected_invalid() -> BTreeMap<&'static str, DecodeError> {
             "invalid_name",
             DecodeError::BadName(ncx_proto::NameError::BadChar(' ')),
         ),
+        ("invalid_healthy_with_reason", DecodeError::HealthyWithText),
+        ("invalid_health_flag", DecodeError::BadFlag(2)),
         (
             "invalid_too_many_visitors",
             DecodeError::TooManyVisitors(33),

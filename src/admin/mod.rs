@@ -38,11 +38,27 @@ pub struct ServerStatus {
     pub listen: String,
     pub fingerprint: String,
     pub sessions: Vec<SessionStatus>,
+    /// The groups with members now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupStatus>,
+}
+
+/// One group of a server: its service, port, and members (`identity` or `identity/instance`,
+/// with `(unhealthy)` after one whose client reports its service failing).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupStatus {
+    pub name: String,
+    pub service: String,
+    /// The public port, or `None` for a private group.
+    pub port: Option<u16>,
+    pub balance: String,
+    pub members: Vec<String>,
 }
 
 /// One authenticated session of a server.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionStatus {
+    /// `identity`, or `identity/instance` for a client that names its instance.
     pub identity: String,
     pub address: String,
     /// Seconds since the Unix epoch when the session began.
@@ -73,6 +89,10 @@ pub struct ClientStatus {
     pub services: Vec<String>,
     /// `OWNER/SERVICE on LISTEN` for each visit.
     pub visits: Vec<String>,
+    /// With several servers (`server_mode = "all"`): each server's session, as above (the fields
+    /// above are the first server's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ClientStatus>,
 }
 
 /// Seconds since the Unix epoch of `t`.

@@ -47,10 +47,44 @@ fn server(s: &ServerStatus, now: u64) -> String {
         ],
         &rows,
     );
+    if !s.groups.is_empty() {
+        let rows: Vec<[String; 4]> = s
+            .groups
+            .iter()
+            .map(|g| {
+                [
+                    g.name.clone(),
+                    match g.port {
+                        Some(p) => format!("{}:{p}", g.service),
+                        None => format!("{} (private)", g.service),
+                    },
+                    g.balance.clone(),
+                    g.members.join(", "),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        table(&mut out, ["GROUP", "SERVICE", "BALANCE", "MEMBERS"], &rows);
+    }
     out
 }
 
 fn client(c: &ClientStatus, now: u64) -> String {
+    if !c.servers.is_empty() {
+        // Several servers: a block for each.
+        let mut out = String::new();
+        for s in &c.servers {
+            let one = ClientStatus {
+                visits: Vec::new(),
+                ..s.clone()
+            };
+            out.push_str(&client(&one, now));
+        }
+        for v in &c.visits {
+            let _ = writeln!(out, "visit {v}");
+        }
+        return out;
+    }
     let state = if c.connected {
         format!("connected for {}", age(now.saturating_sub(c.since)))
     } else {
@@ -130,6 +164,7 @@ mod tests {
     #[test]
     fn a_server_is_a_table_of_its_sessions() {
         let s = ServerStatus {
+            groups: Vec::new(),
             kind: "server".into(),
             listen: "0.0.0.0:7835".into(),
             fingerprint: "sha256:ab".into(),

@@ -98,6 +98,11 @@ impl ClientArgs {
                     proxy_protocol: None,
                     private: None,
                     visitors: None,
+                    group: None,
+                    health_check: None,
+                    health_interval_secs: None,
+                    health_timeout_secs: None,
+                    health_failures: None,
                 })
                 .collect(),
             ..self.connect.flags()
@@ -136,13 +141,28 @@ impl VisitArgs {
 impl ConnectArgs {
     /// The flags as a [`ClientFile`] to lay over the configuration file.
     fn flags(&self) -> ClientFile {
+        // One --server (or --server-fingerprint) is `server`, several are `servers`.
+        let one_or_many = |v: &[String]| match v {
+            [] => (None, None),
+            [one] => (Some(spanned(one.clone())), None),
+            many => (
+                None,
+                Some(spanned(many.iter().cloned().map(spanned).collect())),
+            ),
+        };
+        let (server, servers) = one_or_many(&self.server);
+        let (server_fingerprint, server_fingerprints) = one_or_many(&self.server_fingerprint);
         ClientFile {
-            server: self.server.clone().map(spanned),
+            server,
+            servers,
+            server_mode: self.server_mode.clone().map(spanned),
+            instance: self.instance.clone().map(spanned),
             server_name: self.server_name.clone().map(spanned),
             identity: self.identity.clone().map(spanned),
             token: self.token.clone().map(spanned),
             token_file: self.token_file.clone().map(spanned),
-            server_fingerprint: self.server_fingerprint.clone().map(spanned),
+            server_fingerprint,
+            server_fingerprints,
             ca: self.ca.clone().map(spanned),
             insecure_skip_verify: self.insecure_skip_verify.then(|| spanned(true)),
             cert: self.cert.clone().map(spanned),

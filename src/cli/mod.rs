@@ -227,9 +227,17 @@ pub struct ConnectArgs {
     /// TOML configuration file (see README); flags given as well override its values.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// The server, as HOST:PORT.
+    /// The server, as HOST:PORT. Repeat for several servers (see --server-mode).
     #[arg(long)]
-    pub server: Option<String>,
+    pub server: Vec<String>,
+    /// With several servers: `all` (a session to each, the default) or `failover` (one at a
+    /// time, in order).
+    #[arg(long)]
+    pub server_mode: Option<String>,
+    /// Which instance of the identity this client is, when one identity runs on several
+    /// machines (their sessions then coexist on a server).
+    #[arg(long)]
+    pub instance: Option<String>,
     /// Name expected in the server's certificate with --ca [default: the host of --server].
     #[arg(long)]
     pub server_name: Option<String>,
@@ -245,8 +253,9 @@ pub struct ConnectArgs {
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// SHA-256 fingerprint of the server's certificate, as the server prints it at start.
+    /// Repeat for several servers: each must present one of them.
     #[arg(long)]
-    pub server_fingerprint: Option<String>,
+    pub server_fingerprint: Vec<String>,
     /// PEM file of the CA that signed the server's certificate.
     #[arg(long)]
     pub ca: Option<PathBuf>,

@@ -5,21 +5,16 @@ use std::sync::Arc;
 
 use super::reload::Reloader;
 use super::report::ClientReloaded;
+use super::several::StatusBoard;
 
 /// The client's admin requests: `status`, and `reload` when the client takes reloads.
-pub(super) fn handler(
-    status: Arc<std::sync::Mutex<crate::admin::ClientStatus>>,
-    reloader: Option<Reloader>,
-) -> crate::admin::Handler {
+pub(super) fn handler(board: StatusBoard, reloader: Option<Reloader>) -> crate::admin::Handler {
     Arc::new(move |request: String| {
-        let status = status.clone();
+        let board = board.clone();
         let reloader = reloader.clone();
         Box::pin(async move {
             match (request.as_str(), reloader) {
-                ("status", _) => {
-                    serde_json::to_string(&*status.lock().unwrap_or_else(|e| e.into_inner()))
-                        .unwrap_or_default()
-                }
+                ("status", _) => serde_json::to_string(&board.view()).unwrap_or_default(),
                 ("reload", Some(reloader)) => reload_answer(reloader.reload().await),
                 (other, _) => serde_json::json!({
                     "error": format!("this client does not answer {other:?}")
@@ -42,6 +37,8 @@ fn reload_answer(result: Result<ClientReloaded, String>) -> String {
             "new_session": r.new_session,
             "need_restart": r.need_restart,
             "refused": r.refused,
+            "servers_added": r.servers_added,
+            "servers_removed": r.servers_removed,
         }),
         Err(e) => serde_json::json!({ "reloaded": false, "error": e }),
     }

@@ -62,7 +62,17 @@ impl Connected {
                 register.push(spec);
             }
         }
-        let answers = self.exchange(&withdraw, &register).await?;
+        // A registration this server's protocol cannot carry is refused here, never sent.
+        let (mut register, unsendable): (Vec<ServiceSpec>, Vec<ServiceSpec>) = register
+            .into_iter()
+            .partition(|spec| too_new(spec, self.version).is_none());
+        let mut answers = self.exchange(&withdraw, &register).await?;
+        for spec in unsendable {
+            answers.push(Err(
+                too_new(&spec, self.version).expect("partitioned as too new")
+            ));
+            register.push(spec);
+        }
 
         let deadline = Instant::now() + self.settings.timing.drain_timeout;
         let mut local: HashMap<Name, Arc<LocalService>> = (**self.local.borrow()).clone();
@@ -128,7 +138,7 @@ impl Connected {
                 self.send(&msg).await?;
             }
             for spec in register {
-                self.send(&super::connect::registration(spec)).await?;
+                self.send(&registration(spec)).await?;
             }
             let mut answers = Vec::with_capacity(register.len());
             let total = withdraw.len() + register.len();
@@ -215,4 +225,37 @@ impl Connected {
             tracing::debug!(error = %e, "could not announce the new session");
         }
     }
+}
+
+/// The message that registers `svc`: public or private, its own or into a group.
+pub(super) fn registration(svc: &ServiceSpec) -> Message {
+    match &svc.visitors {
+        Some(visitors) => Message::RegisterPrivate {
+            service: svc.name.clone(),
+            visitors: visitors.clone(),
+            group: svc.group.clone(),
+        },
+        None => Message::Register {
+            service: svc.name.clone(),
+            remote_port: svc.remote_port,
+            access: svc.access.clone(),
+            group: svc.group.clone(),
+        },
+    }
+}
+
+/// Why `svc` cannot be registered with a server of protocol `version`, if it cannot: a group
+/// needs version 3. Such a registration is never sent (the server would take it for a protocol
+/// violation and end the session).
+pub(super) fn too_new(svc: &ServiceSpec, version: u16) -> Option<Refusal> {
+    (svc.group.is_some() && version < ncx_proto::GROUP_VERSION).then(|| {
+        Refusal::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "group {} needs a server of protocol version {} or newer; this one speaks {version}",
+                svc.group.as_ref().map(Name::as_str).unwrap_or_default(),
+                ncx_proto::GROUP_VERSION
+            ),
+        )
+    })
 }

@@ -14,6 +14,7 @@ use tracing::{warn, Instrument};
 
 use crate::readahead::ReadAhead;
 
+use super::apply::{registration, too_new};
 use super::control::Connected;
 use super::error::{ClientError, ServiceStatus};
 use super::inbound::{self, LocalService, LocalServices};
@@ -99,6 +100,8 @@ impl Client {
             handle,
             settings: self.settings.clone(),
             rtt: self.metrics.rtt(),
+            health: self.health.as_ref().map(|m| m.subscribe()),
+            reported: HashMap::new(),
         };
         let greeted = async {
             connected.hello(s.token.as_ref(), &exported).await?;
@@ -216,6 +219,7 @@ impl Connected {
             proof: token.map_or([0; ncx_proto::AUTH_PROOF_LEN], |t| {
                 crate::auth::prove(t, exported, identity)
             }),
+            instance: self.settings.instance.clone(),
         };
         write_message(&mut self.ctrl, &hello)
             .await
@@ -239,6 +243,12 @@ impl Connected {
                         message.push_str(&format!("; the token came from {from}"));
                     }
                 }
+                if code == ErrorCode::ProtocolViolation && self.settings.instance.is_some() {
+                    message.push_str(&format!(
+                        " (an instance name needs a server of protocol version {} or newer)",
+                        ncx_proto::GROUP_VERSION
+                    ));
+                }
                 Err(ClientError::Refused { code, message })
             }
             Ok(other) => Err(ClientError::Protocol(format!(
@@ -256,12 +266,16 @@ impl Connected {
     /// Registers every service and waits for every answer (answering pings meanwhile). Fails only
     /// when the server refuses them all.
     async fn register(&mut self, services: &[ServiceSpec]) -> Result<(), ClientError> {
+        let mut answers: HashMap<Name, Result<u16, Refusal>> = HashMap::new();
         for svc in services {
+            if let Some(refusal) = too_new(svc, self.version) {
+                answers.insert(svc.name.clone(), Err(refusal));
+                continue;
+            }
             write_message(&mut self.ctrl, &registration(svc))
                 .await
                 .map_err(|e| ClientError::Protocol(format!("registering services: {e}")))?;
         }
-        let mut answers: HashMap<Name, Result<u16, Refusal>> = HashMap::new();
         while answers.len() < services.len() {
             let (name, result) = match self.reader.read(&mut self.ctrl).await {
                 Ok(Message::Registered {
@@ -337,21 +351,6 @@ impl Connected {
             return Err(ClientError::NoServices { reasons, permanent });
         }
         Ok(())
-    }
-}
-
-/// The message that registers `svc`: public or private.
-pub(super) fn registration(svc: &ServiceSpec) -> Message {
-    match &svc.visitors {
-        Some(visitors) => Message::RegisterPrivate {
-            service: svc.name.clone(),
-            visitors: visitors.clone(),
-        },
-        None => Message::Register {
-            service: svc.name.clone(),
-            remote_port: svc.remote_port,
-            access: svc.access.clone(),
-        },
     }
 }
 

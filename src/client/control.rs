@@ -53,6 +53,10 @@ pub struct Connected {
     pub(super) settings: Arc<ClientSettings>,
     /// Where the pings' round trips go.
     pub(super) rtt: crate::metrics::Rtt,
+    /// The health checks' results, reported to the server as they change (version 3).
+    pub(super) health: Option<tokio::sync::watch::Receiver<super::health::HealthMap>>,
+    /// What this session last told the server of each service's health (absent: healthy).
+    pub(super) reported: std::collections::HashMap<ncx_proto::Name, bool>,
 }
 
 impl Drop for Connected {
@@ -63,6 +67,40 @@ impl Drop for Connected {
 }
 
 impl Connected {
+    /// Tells the server of every registered service whose health differs from what it was told
+    /// last (nothing to a server older than protocol version 3, which has no such message).
+    async fn report_health(&mut self) -> Result<(), ClientError> {
+        if self.version < ncx_proto::GROUP_VERSION {
+            return Ok(());
+        }
+        let Some(map) = self.health.as_mut().map(|h| h.borrow_and_update().clone()) else {
+            return Ok(());
+        };
+        let registered: Vec<ncx_proto::Name> = self
+            .services
+            .iter()
+            .filter(|s| s.result.is_ok())
+            .map(|s| s.name.clone())
+            .collect();
+        for service in registered {
+            let now = map.get(&service);
+            let healthy = now.is_none_or(|h| h.healthy);
+            if self.reported.get(&service).copied().unwrap_or(true) == healthy {
+                continue;
+            }
+            let msg = Message::ServiceHealth {
+                service: service.clone(),
+                unhealthy: (!healthy)
+                    .then(|| Text::new(now.map(|h| h.reason.clone()).unwrap_or_default())),
+            };
+            write_message(&mut self.ctrl, &msg).await.map_err(|e| {
+                ClientError::SessionLost(format!("reporting a service's health: {e}"))
+            })?;
+            self.reported.insert(service, healthy);
+        }
+        Ok(())
+    }
+
     /// What visit substreams of this session need.
     pub(super) fn visit_target(&self) -> outbound::Target {
         outbound::Target {
@@ -108,6 +146,7 @@ impl Connected {
             code: r.code,
             message: r.message,
         };
+        self.report_health().await?;
         loop {
             let draining = drain.is_some();
             tokio::select! {
@@ -159,6 +198,12 @@ impl Connected {
                         None => std::future::pending().await,
                     }
                 }, if !draining => return Ok(Served::Reload(Box::new(request))),
+                Ok(()) = async {
+                    match self.health.as_mut() {
+                        Some(h) => h.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !draining && !retiring => self.report_health().await?,
                 _ = shutdown.cancelled(), if !draining => {
                     let bye = Message::GoAway { code: ErrorCode::ShuttingDown, message: Text::new("the client is shutting down") };
                     let _ = write_message(&mut self.ctrl, &bye).await;

@@ -13,6 +13,8 @@
 //! - `reload.rs`: a reload (SIGHUP, `ncx ctl reload`): what changed, and taking it in a session.
 //! - `report.rs`: a reload's request to the loop and its report of what changed.
 //! - `retiring.rs`: sessions that rotated and serve their last visitors, at most two at once.
+//! - `several.rs`: several servers in mode `all`: a loop per server, visits through any session.
+//! - `health.rs`: the health checks of services, which sessions report to their servers.
 //! - `sessions.rs`: the reconnect loop: one session after another, reloads taken between and in them.
 //! - `retry.rs`: when to try again: backoff, the quick retry after a session, the takeover pause.
 //! - `outbound.rs`: local listeners whose connections reach private services of other clients
@@ -24,6 +26,7 @@ mod connect;
 mod control;
 mod dial;
 mod error;
+mod health;
 mod inbound;
 mod outbound;
 mod reload;
@@ -31,6 +34,7 @@ mod report;
 mod retiring;
 mod retry;
 mod sessions;
+mod several;
 
 use std::sync::Arc;
 
@@ -67,6 +71,9 @@ pub struct Client {
     metrics: Arc<crate::metrics::ClientMetrics>,
     /// What `ncx status` shows (served when `admin_socket` is set).
     status: Arc<std::sync::Mutex<crate::admin::ClientStatus>>,
+    /// The health checks, whose results every session reports to its server; a reload changes
+    /// which run.
+    health: Option<Arc<health::HealthMonitor>>,
 }
 
 impl Client {
@@ -115,14 +122,33 @@ impl Client {
             web_tls,
             metrics: Arc::default(),
             status: Arc::new(std::sync::Mutex::new(initial_status(&settings_for_status))),
+            health: None,
         })
     }
 
-    /// A client for `settings` that keeps this one's metrics and status (a reload).
+    /// A client for `settings` that keeps this one's metrics, status and health checks (a
+    /// reload).
     fn with_settings(&self, settings: ClientSettings) -> Result<Self, ClientError> {
         let mut next = Client::new(settings)?;
         next.metrics = self.metrics.clone();
         next.status = self.status.clone();
+        next.health = self.health.clone();
+        Ok(next)
+    }
+
+    /// Runs the health checks of the services in force (after a reload).
+    fn check_health(&self) {
+        if let Some(monitor) = &self.health {
+            monitor.set(&self.settings.services);
+        }
+    }
+
+    /// A client of one of the servers, with this one's metrics and health checks and a status
+    /// of its own.
+    fn for_server(&self, server: &str) -> Result<Self, ClientError> {
+        let mut next = Client::new(self.settings.for_server(server))?;
+        next.metrics = self.metrics.clone();
+        next.health = self.health.clone();
         Ok(next)
     }
 
@@ -160,7 +186,15 @@ fn initial_status(settings: &ClientSettings) -> crate::admin::ClientStatus {
         server: settings.server.clone(),
         identity: settings.identity.to_string(),
         server_verified_by: match &settings.trust {
-            ServerTrust::Pinned(fp) => format!("its pinned fingerprint {fp}"),
+            ServerTrust::Pinned(pins) if pins.len() == 1 => {
+                format!("its pinned fingerprint {}", pins[0])
+            }
+            ServerTrust::Pinned(pins) => {
+                format!(
+                    "one of its pinned fingerprints {}",
+                    crate::tls::pin_list(pins)
+                )
+            }
             ServerTrust::Ca { path, .. } => format!("the CA in {}", path.display()),
             ServerTrust::InsecureSkipVerify => "nothing (insecure_skip_verify)".into(),
         },
@@ -210,7 +244,7 @@ async fn run_inner(
     reloads: Option<Reloads>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
-    let client = Client::new(settings)?;
+    let mut client = Client::new(settings)?;
     let metrics =
         match client.settings.metrics_listen {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -228,15 +262,22 @@ async fn run_inner(
         targets_rx,
         listeners_cancel.clone(),
     );
+    let health = health::HealthMonitor::new(&listeners_cancel);
+    health.set(&client.settings.services);
+    client.health = Some(health.clone());
+    let several = client.settings.servers.len() > 1
+        && client.settings.server_mode == crate::config::ServerMode::All;
+    let board = if several {
+        several::StatusBoard::default()
+    } else {
+        several::StatusBoard::single(client.status.clone())
+    };
     let admin = match &client.settings.admin_socket {
         Some(path) => {
             let listener = crate::admin::bind(path)
                 .await
                 .map_err(|e| ClientError::Endpoint(format!("{e:#}")))?;
-            let handler = admin::handler(
-                client.status.clone(),
-                reloads.as_ref().map(Reloads::reloader),
-            );
+            let handler = admin::handler(board.clone(), reloads.as_ref().map(Reloads::reloader));
             Some(tokio::spawn(crate::admin::serve(
                 listener,
                 path.clone(),
@@ -254,8 +295,13 @@ async fn run_inner(
         ))
     });
     let requests = reloads.map(|r| r.requests);
-    let result = sessions::run_sessions(client, requests, &targets, &shutdown).await;
+    let result = if several {
+        several::run_all(client, requests, &targets, &shutdown, &board).await
+    } else {
+        sessions::run_sessions(client, requests, &targets, &shutdown).await
+    };
     listeners_cancel.cancel();
+    health.stop().await;
     listeners.close();
     listeners.wait().await;
     if let Some(endpoint) = endpoint {

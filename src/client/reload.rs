@@ -186,6 +186,8 @@ mod tests {
             access: Default::default(),
             proxy_protocol: None,
             visitors: None,
+            group: None,
+            health: None,
         }
     }
 

@@ -27,6 +27,10 @@ pub struct ClientReloaded {
     pub need_restart: Vec<&'static str>,
     /// Services the server refused in this reload, with why.
     pub refused: Vec<String>,
+    /// With several servers: servers the reload added (a session to each is opening)...
+    pub servers_added: Vec<String>,
+    /// ...and removed (their sessions drain and end).
+    pub servers_removed: Vec<String>,
 }
 
 impl ClientReloaded {

@@ -20,6 +20,7 @@ fn take_offline(client: &mut Client, retry: &mut Retry, request: Request) {
     let report = reload::plan(&client.settings, &request.settings);
     let answer = client.with_settings(request.settings).map(|next| {
         *client = next;
+        client.check_health();
         *retry = Retry::new(client.settings.reconnect);
         show_connection(client);
         report.log();
@@ -49,6 +50,10 @@ pub(super) async fn run_sessions(
     // Sessions that handed over to a newer one and serve their last visitors.
     let mut retiring = Retiring::new(MAX_RETIRING);
     let mut first = true;
+    // With server_mode = "failover": which server is tried, and a session to an earlier one
+    // that answered again, to move to.
+    let mut failover = Failover::new(&client)?;
+    let mut next: Option<Connected> = None;
     let result = loop {
         let server = client.settings.server.clone();
         // How long the session was up, if one was.
@@ -57,11 +62,17 @@ pub(super) async fn run_sessions(
             _ = shutdown.cancelled() => break Ok(()),
             Some(request) = next_reload(&mut reloads) => {
                 take_offline(&mut client, &mut retry, request);
+                failover = Failover::new(&client)?;
                 continue;
             }
-            r = client.connect() => match r {
+            r = async {
+                match next.take() {
+                    Some(connected) => Ok(connected),
+                    None => client.connect().await,
+                }
+            } => match r {
                 Ok(mut connected) => {
-                    info!("connected to the server");
+                    info!(%server, "connected to the server");
                     client.metrics.connected(true);
                     let services = connected.service_lines();
                     client.set_status(|s| {
@@ -79,8 +90,19 @@ pub(super) async fn run_sessions(
                     let up = Instant::now();
                     targets.send_replace(Some(connected.visit_target()));
                     // `Some(leaving)`: the session retires, and ends at once when leaving.
+                    let mut back = std::pin::pin!(failover.back_to_earlier());
                     let served = loop {
-                        let served = connected.run_control(shutdown, false, reloads.as_mut()).await;
+                        let served = tokio::select! {
+                            s = connected.run_control(shutdown, false, reloads.as_mut()) => s,
+                            (earlier, better) = &mut back => {
+                                info!(server = %earlier.settings.server, "an earlier server answers again; moving there");
+                                connected.announce_new_session(false).await;
+                                client = earlier;
+                                failover.at_server(&client.settings.server);
+                                next = Some(better);
+                                break Ok(Some(true));
+                            }
+                        };
                         let request = match served {
                             Ok(Served::Reload(request)) => request,
                             Ok(Served::Rotate) => break Ok(Some(false)),
@@ -132,6 +154,14 @@ pub(super) async fn run_sessions(
         };
         if err.is_permanent() {
             break Err(err);
+        }
+        // Failover: the next server at once, and the pause only once every one failed.
+        if let Some(other) = failover.after_failure(&client)? {
+            warn!(%server, error = %err, next = %other.settings.server, "this server failed; trying the next one");
+            client = other;
+            if !failover.wrapped() {
+                continue;
+            }
         }
         let base = if let ClientError::GoneAway {
             code: ErrorCode::SessionReplaced,
@@ -194,7 +224,10 @@ pub(super) async fn take(
     let Request { settings, answer } = request;
     let mut report = reload::plan(&client.settings, &settings);
     match client.with_settings(settings.clone()) {
-        Ok(next) => *client = next,
+        Ok(next) => {
+            *client = next;
+            client.check_health();
+        }
         Err(e) => {
             let _ = answer.send(Err(e.to_string()));
             return Taken::InSession;
@@ -225,4 +258,85 @@ pub(super) async fn take(
     report.log();
     let _ = answer.send(Ok(report));
     Taken::NewSession { leaving }
+}
+
+/// `server_mode = "failover"` with several servers: one session at a time, to the servers in
+/// order. A failure moves on to the next server at once (the reconnect pause comes once every one
+/// has failed); while the session is with a later server, the earlier ones are tried now and then,
+/// and the first that answers takes over.
+struct Failover {
+    /// The client of the first server, which the others are made from.
+    base: Option<Client>,
+    servers: Vec<String>,
+    at: usize,
+    /// Whether the last move went round to the first server again.
+    wrapped: bool,
+}
+
+impl Failover {
+    fn new(client: &Client) -> Result<Self, ClientError> {
+        let s = &client.settings;
+        let on = s.server_mode == crate::config::ServerMode::Failover && s.servers.len() > 1;
+        Ok(Failover {
+            base: on.then(|| client.clone()),
+            at: s.servers.iter().position(|x| *x == s.server).unwrap_or(0),
+            servers: s.servers.clone(),
+            wrapped: false,
+        })
+    }
+
+    /// The session is now with `server`.
+    fn at_server(&mut self, server: &str) {
+        if let Some(i) = self.servers.iter().position(|s| s == server) {
+            self.at = i;
+        }
+    }
+
+    /// The client of the next server after a failure, or `None` without failover.
+    fn after_failure(&mut self, _current: &Client) -> Result<Option<Client>, ClientError> {
+        let Some(base) = &self.base else {
+            return Ok(None);
+        };
+        self.at = (self.at + 1) % self.servers.len();
+        self.wrapped = self.at == 0;
+        Ok(Some(base.with_settings(
+            base.settings.for_server(&self.servers[self.at]),
+        )?))
+    }
+
+    fn wrapped(&self) -> bool {
+        self.wrapped
+    }
+
+    /// Completes with a session to an earlier server than the current one, once one answers:
+    /// tried after the reconnect pause, which doubles up to its maximum. Never completes on the
+    /// first server or without failover.
+    fn back_to_earlier(&self) -> impl std::future::Future<Output = (Client, Connected)> + 'static {
+        let earlier: Vec<Client> = match &self.base {
+            Some(base) if self.at > 0 => self.servers[..self.at]
+                .iter()
+                .filter_map(|s| base.with_settings(base.settings.for_server(s)).ok())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let backoff = self.base.as_ref().map(|b| b.settings.reconnect);
+        async move {
+            let Some(backoff) = backoff.filter(|_| !earlier.is_empty()) else {
+                return std::future::pending().await;
+            };
+            let mut pause = backoff.initial;
+            loop {
+                tokio::time::sleep(jitter(pause)).await;
+                for client in &earlier {
+                    match client.connect().await {
+                        Ok(connected) => return (client.clone(), connected),
+                        Err(e) => {
+                            debug!(server = %client.settings.server, error = %e, "an earlier server still fails")
+                        }
+                    }
+                }
+                pause = (pause * 2).min(backoff.max);
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! field, each check naming its field's place in the file; split, the halves would pass the
 //! half-resolved settings between them.
 
-use super::client_file::{check_host_port, overlay, parse_visit_target};
+use super::client_file::overlay;
 use super::*;
 
 /// A private service reached through a local listener.
@@ -34,19 +34,35 @@ pub struct ServiceSpec {
     pub proxy_protocol: Option<ncx_proto::ProxyVersion>,
     /// `Some`: a private service (no public port) that only these identities may visit.
     pub visitors: Option<Vec<Name>>,
+    /// The group the service joins on the server (its members share one public port, or one
+    /// private name, and its visitors).
+    pub group: Option<Name>,
+    /// How the client checks that the local service answers; an unhealthy one gets no visitors.
+    pub health: Option<HealthCheck>,
 }
 
 /// Validated client settings.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
-    /// `HOST:PORT` of the server.
+    /// `HOST:PORT` of the server this client dials (with several servers: the one of this
+    /// session; see [`ClientSettings::for_server`]).
     pub server: String,
+    /// Every server, in order (`server` alone unless `servers` lists several).
+    pub servers: Vec<String>,
+    /// With several servers, how the client uses them.
+    pub server_mode: ServerMode,
     /// Name checked against the server's certificate (CA mode) and sent as SNI.
     pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Whether `server_name` was configured (it then holds for every server); else it is each
+    /// server's host.
+    pub fixed_server_name: bool,
     /// How the server is verified.
     pub trust: ServerTrust,
     /// Who we are.
     pub identity: Name,
+    /// Which instance of the identity (protocol version 3): sessions of different instances of
+    /// one identity coexist on a server.
+    pub instance: Option<Name>,
     /// Our secret (absent when the identity authenticates by certificate alone).
     pub token: Option<Token>,
     /// Where the token came from (`--token`, a file's `token`, `NCX_TOKEN`), for the error when the
@@ -116,10 +132,14 @@ impl ClientSettings {
         services: Vec<ServiceSpec>,
     ) -> Self {
         ClientSettings {
+            servers: vec![server.clone()],
             server,
+            server_mode: ServerMode::All,
             server_name,
+            fixed_server_name: false,
             trust,
             identity,
+            instance: None,
             token: Some(token),
             token_source: None,
             client_cert: None,
@@ -138,6 +158,20 @@ impl ClientSettings {
             services,
             visits: Vec::new(),
         }
+    }
+
+    /// These settings for one of the servers: `server` is it, and so is the certificate's name
+    /// unless one was configured for all.
+    pub fn for_server(&self, server: &str) -> Self {
+        let mut s = self.clone();
+        s.server = server.to_owned();
+        if !self.fixed_server_name {
+            let host = super::client_servers::host_of(server);
+            if let Ok(name) = rustls::pki_types::ServerName::try_from(host) {
+                s.server_name = name.to_owned();
+            }
+        }
+        s
     }
 
     /// Parses and validates `client.toml` text; `extra` (from flags) is laid over it.
@@ -175,41 +209,15 @@ impl ClientSettings {
     /// `env_token` (the environment variable), so a stale `NCX_TOKEN` cannot silently replace the
     /// token a configuration names.
     fn from_file(
-        file: ClientFile,
+        mut file: ClientFile,
         src: &Source,
         env_token: Option<String>,
         token_from: String,
     ) -> Result<Self, ConfigError> {
         let websocket = super::websocket::websocket_setting(src, &file)?;
-        let server = match (&websocket, file.server) {
-            (Some(ws), _) => Spanned::new(
-                file.url.as_ref().map_or(0..0, |u| u.span()),
-                ws.dial_address(),
-            ),
-            (None, Some(server)) => server,
-            (None, None) => return Err(src.general("no server address: set `server` or --server")),
-        };
-        check_host_port(server.get_ref()).map_err(|e| src.at(server.span(), Some("server"), e))?;
-        let host = server
-            .get_ref()
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .unwrap_or_default()
-            .to_owned();
-        let server_name = match &file.server_name {
-            Some(n) => n.get_ref().clone(),
-            None => host,
-        };
-        let server_name =
-            rustls::pki_types::ServerName::try_from(server_name.clone()).map_err(|e| {
-                let span = file
-                    .server_name
-                    .as_ref()
-                    .map_or(server.span(), |n| n.span());
-                src.at(span, Some("server_name"), format!("{server_name:?}: {e}"))
-            })?;
         let identity = file
             .identity
+            .take()
             .ok_or_else(|| src.general("no identity: set `identity` or --identity"))?;
         let identity = Name::new(identity.get_ref().clone())
             .map_err(|e| src.at(identity.span(), Some("identity"), e.to_string()))?;
@@ -222,7 +230,7 @@ impl ClientSettings {
             (Some(c), None) => return Err(src.at(c.span(), Some("cert"), "given without key")),
             (None, Some(k)) => return Err(src.at(k.span(), Some("key"), "given without cert")),
         };
-        let named = match (file.token, file.token_file) {
+        let named = match (file.token.take(), file.token_file.take()) {
             (Some(_), Some(f)) => {
                 return Err(src.at(
                     f.span(),
@@ -254,30 +262,8 @@ impl ClientSettings {
                 ))
             }
         };
-        let insecure = file
-            .insecure_skip_verify
-            .as_ref()
-            .is_some_and(|b| *b.get_ref());
-        let trust = match (&file.ca, &file.server_fingerprint, insecure) {
-            (Some(ca), None, false) => ServerTrust::ca_file(ca.get_ref())
-                .map_err(|e| src.at(ca.span(), Some("ca"), e.to_string()))?,
-            (None, Some(fp), false) => ServerTrust::Pinned(
-                fp.get_ref()
-                    .parse::<Fingerprint>()
-                    .map_err(|e| src.at(fp.span(), Some("server_fingerprint"), e.to_string()))?,
-            ),
-            (None, None, true) => ServerTrust::InsecureSkipVerify,
-            (None, None, false) => {
-                return Err(src.general(
-                    "the server cannot be verified: set `server_fingerprint` (printed by the server at start) or `ca`",
-                ))
-            }
-            _ => {
-                return Err(src.general(
-                    "choose one way to verify the server: `ca`, `server_fingerprint` or `insecure_skip_verify`",
-                ))
-            }
-        };
+        // After the token: a missing token file is the first thing a new user sees, before trust.
+        let reach = super::client_servers::reach(src, &file, websocket.as_ref())?;
         let proxy = proxy_setting(src, &file.proxy, &file.proxy_password_file)?;
         let proxy_ca = file.proxy_ca.map(Spanned::into_inner);
         let connect_timeout = secs(
@@ -347,134 +333,29 @@ impl ClientSettings {
                 "must not be below reconnect_initial_secs",
             ));
         }
-        let mut services = Vec::new();
-        let mut names = HashSet::new();
-        for s in file.services {
-            let name = Name::new(s.name.get_ref().clone())
-                .map_err(|e| src.at(s.name.span(), Some("name"), e.to_string()))?;
-            if !names.insert(name.clone()) {
-                return Err(src.at(
-                    s.name.span(),
-                    Some("name"),
-                    format!("service {name} is defined twice"),
-                ));
-            }
-            check_host_port(s.local.get_ref())
-                .map_err(|e| src.at(s.local.span(), Some("local"), e))?;
-            let allow = cidr_list(src, &s.allow, "allow")?;
-            let deny = cidr_list(src, &s.deny, "deny")?;
-            let private = s.private.as_ref().is_some_and(|p| *p.get_ref());
-            let visitors = match (&s.visitors, private) {
-                (Some(v), true) => {
-                    if v.get_ref().is_empty() {
-                        return Err(src.at(
-                            v.span(),
-                            Some("visitors"),
-                            "list at least one identity that may visit",
-                        ));
-                    }
-                    if v.get_ref().len() > ncx_proto::MAX_VISITORS {
-                        return Err(src.at(
-                            v.span(),
-                            Some("visitors"),
-                            format!("at most {} identities", ncx_proto::MAX_VISITORS),
-                        ));
-                    }
-                    let mut names = Vec::new();
-                    for n in v.get_ref() {
-                        names.push(
-                            Name::new(n.get_ref().clone())
-                                .map_err(|e| src.at(n.span(), Some("visitors"), e.to_string()))?,
-                        );
-                    }
-                    Some(names)
-                }
-                (None, true) => {
-                    let span = s.private.as_ref().map_or(s.name.span(), |p| p.span());
-                    return Err(src.at(
-                        span,
-                        Some("visitors"),
-                        format!("private service {name} needs `visitors`: the identities that may reach it"),
-                    ));
-                }
-                (Some(v), false) => {
-                    return Err(src.at(
-                        v.span(),
-                        Some("visitors"),
-                        "only private services have visitors: add `private = true`",
-                    ))
-                }
-                (None, false) => None,
-            };
-            if private {
-                let public_only = [
-                    (s.remote_port != 0, "remote_port"),
-                    (s.allow.is_some(), "allow"),
-                    (s.deny.is_some(), "deny"),
-                ];
-                if let Some((_, key)) = public_only.iter().find(|(set, _)| *set) {
-                    return Err(src.at(
-                        s.name.span(),
-                        Some(key),
-                        format!("private service {name} has no public port, so `{key}` does not apply (its `visitors` decide who reaches it)"),
-                    ));
-                }
-            }
-            let proxy_protocol = match &s.proxy_protocol {
-                Some(p) => Some(
-                    p.get_ref()
-                        .parse::<ncx_proto::ProxyVersion>()
-                        .map_err(|e| src.at(p.span(), Some("proxy_protocol"), e))?,
-                ),
-                None => None,
-            };
-            services.push(ServiceSpec {
-                name,
-                local: s.local.into_inner(),
-                remote_port: s.remote_port,
-                access: ncx_proto::AccessRules { allow, deny },
-                proxy_protocol,
-                visitors,
-            });
-        }
-        let mut visits = Vec::new();
-        let mut listens = HashSet::new();
-        for v in file.visits {
-            let (owner, service) = parse_visit_target(v.service.get_ref())
-                .map_err(|e| src.at(v.service.span(), Some("service"), e))?;
-            let listen = v.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
-                src.at(
-                    v.listen.span(),
-                    Some("listen"),
-                    format!(
-                        "{:?}: {e} (expected IP:PORT, e.g. 127.0.0.1:13389)",
-                        v.listen.get_ref()
-                    ),
-                )
-            })?;
-            if listen.port() != 0 && !listens.insert(listen) {
-                return Err(src.at(
-                    v.listen.span(),
-                    Some("listen"),
-                    format!("{listen} is used by two visits"),
-                ));
-            }
-            visits.push(VisitSpec {
-                owner,
-                service,
-                listen,
-            });
-        }
+        let services = super::client_services::services(src, file.services)?;
+        let visits = super::client_services::visits(src, file.visits)?;
         if services.is_empty() && visits.is_empty() {
             return Err(src.general(
                 "nothing to do: add a [[services]] entry (or --service NAME=HOST:PORT@REMOTE_PORT), or a [[visits]] entry",
             ));
         }
+        let instance = match &file.instance {
+            Some(i) => Some(
+                Name::new(i.get_ref().clone())
+                    .map_err(|e| src.at(i.span(), Some("instance"), e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(ClientSettings {
-            server: server.into_inner(),
-            server_name: server_name.to_owned(),
-            trust,
+            server: reach.servers[0].clone(),
+            servers: reach.servers,
+            server_mode: reach.mode,
+            server_name: reach.server_name,
+            fixed_server_name: reach.fixed_server_name,
+            trust: reach.trust,
             identity,
+            instance,
             token,
             token_source,
             client_cert,

@@ -9,6 +9,13 @@ use super::*;
 pub struct ClientFile {
     /// `HOST:PORT` of the server.
     pub server: Option<Spanned<String>>,
+    /// Several servers, instead of `server`: each verified like one (see `server_mode`).
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+    /// With several servers: `"all"` (a session to each, the default) or `"failover"` (one at a
+    /// time, in order).
+    pub server_mode: Option<Spanned<String>>,
+    /// Which instance of the identity this client is, when one identity runs on several machines.
+    pub instance: Option<Spanned<String>>,
     /// Name to verify in the server's certificate (with `ca`); defaults to the host of `server`.
     pub server_name: Option<Spanned<String>>,
     /// The identity to authenticate as.
@@ -19,6 +26,8 @@ pub struct ClientFile {
     pub token_file: Option<Spanned<PathBuf>>,
     /// Pinned SHA-256 fingerprint of the server's certificate.
     pub server_fingerprint: Option<Spanned<String>>,
+    /// Several pinned fingerprints, instead of `server_fingerprint`: a server must present one.
+    pub server_fingerprints: Option<Spanned<Vec<Spanned<String>>>>,
     /// PEM file of the CA that signed the server's certificate.
     pub ca: Option<Spanned<PathBuf>>,
     /// Skip all verification of the server. Anyone on the path can impersonate it.
@@ -108,6 +117,17 @@ pub struct ServiceFile {
     pub private: Option<Spanned<bool>>,
     /// Identities that may visit a private service.
     pub visitors: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The group the service joins on the server (several clients offering it together).
+    pub group: Option<Spanned<String>>,
+    /// `"tcp"` or `"http://HOST[:PORT]/PATH"`: how the client checks that the local service
+    /// answers.
+    pub health_check: Option<Spanned<String>>,
+    /// Seconds between health checks.
+    pub health_interval_secs: Option<Spanned<u64>>,
+    /// Seconds one health check may take.
+    pub health_timeout_secs: Option<Spanned<u64>>,
+    /// Failed health checks in a row before the service is unhealthy.
+    pub health_failures: Option<Spanned<u32>>,
 }
 
 /// `--service NAME=HOST:PORT[@REMOTE_PORT]`.
@@ -130,30 +150,9 @@ impl std::str::FromStr for ServiceSpec {
             access: ncx_proto::AccessRules::default(),
             proxy_protocol: None,
             visitors: None,
+            group: None,
+            health: None,
         })
-    }
-}
-
-/// `OWNER/SERVICE` of a visit.
-pub(super) fn parse_visit_target(s: &str) -> Result<(Name, Name), String> {
-    let (owner, service) = s.split_once('/').ok_or_else(|| {
-        format!("{s:?}: expected OWNER/SERVICE, the identity that offers the private service and its name, e.g. office-pc/office-rdp")
-    })?;
-    let owner = Name::new(owner).map_err(|e| format!("owner {owner:?}: {e}"))?;
-    let service = Name::new(service).map_err(|e| format!("service {service:?}: {e}"))?;
-    Ok((owner, service))
-}
-
-pub(super) fn check_host_port(s: &str) -> Result<(), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
-    if host.is_empty() {
-        return Err(format!("{s:?} has no host"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!("{s:?} has no valid port (1-65535)")),
     }
 }
 
@@ -171,12 +170,22 @@ pub(super) fn overlay(file: &mut ClientFile, extra: ClientFile) {
     if extra.url.is_some() {
         file.server = None;
     }
-    if extra.server.is_some() {
+    if extra.server.is_some() || extra.servers.is_some() {
         file.transport = None;
         file.url = None;
+        file.server = None;
+        file.servers = None;
+    }
+    if extra.server_fingerprint.is_some() || extra.server_fingerprints.is_some() {
+        file.server_fingerprint = None;
+        file.server_fingerprints = None;
     }
     take!(
         server,
+        servers,
+        server_mode,
+        instance,
+        server_fingerprints,
         server_name,
         identity,
         server_fingerprint,

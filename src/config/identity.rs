@@ -59,13 +59,25 @@ impl IdentityPolicy {
 
     /// The allowed ranges, for messages: `"3389, 20000-20100"`.
     pub fn ports_text(&self) -> String {
-        if self.ports.is_empty() {
-            return "none".into();
-        }
-        self.ports
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        ports_text(&self.ports)
     }
+}
+
+/// The first port two ranges share, if any.
+pub(super) fn overlap(a: &PortRange, b: &PortRange) -> Option<u16> {
+    let lo = *a.0.start().max(b.0.start());
+    let hi = *a.0.end().min(b.0.end());
+    (lo <= hi).then_some(lo)
+}
+
+/// Port ranges for messages: `"3389, 20000-20100"`, or `"none"`.
+pub(super) fn ports_text(ports: &[PortRange]) -> String {
+    if ports.is_empty() {
+        return "none".into();
+    }
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -289,9 +289,12 @@ impl Default for Timing {
 mod advice;
 mod client;
 mod client_file;
+mod client_servers;
+mod client_services;
 mod identity;
 mod server;
 mod server_file;
+mod server_groups;
 mod server_identities;
 mod state_dir;
 pub mod token_file;
@@ -300,9 +303,15 @@ mod websocket;
 
 pub use client::*;
 pub use client_file::*;
+pub use client_servers::ServerMode;
+pub use client_services::{
+    HealthCheck, HealthProbe, DEFAULT_HEALTH_FAILURES, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_TIMEOUT,
+};
 pub use identity::*;
 pub use server::*;
 pub use server_file::*;
+pub use server_groups::{Balance, GroupFile, GroupPolicy};
 pub use state_dir::{platform_state_dir, DEFAULT_AUTO_CERT_DIR};
 pub use values::*;
 pub use websocket::{WebSocketSettings, WsUrl};

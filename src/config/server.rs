@@ -69,6 +69,8 @@ pub struct ServerSettings {
     pub admin_socket: Option<PathBuf>,
     /// Known identities.
     pub identities: Vec<IdentityPolicy>,
+    /// Groups of services several sessions offer together.
+    pub groups: Vec<GroupPolicy>,
 }
 
 impl ServerSettings {
@@ -99,6 +101,7 @@ impl ServerSettings {
             metrics_listen: None,
             admin_socket: None,
             identities,
+            groups: Vec::new(),
         }
     }
 
@@ -301,6 +304,7 @@ impl ServerSettings {
                 "no identities: add an [[identities]] entry (or --identity with --token and --ports)",
             ));
         }
+        let groups = super::server_groups::resolve(src, file.groups, &identities)?;
         Ok(ServerSettings {
             listen,
             cert,
@@ -326,6 +330,7 @@ impl ServerSettings {
             metrics_listen,
             admin_socket: file.admin_socket.map(Spanned::into_inner),
             identities,
+            groups,
         })
     }
 }

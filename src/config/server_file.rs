@@ -58,6 +58,10 @@ pub struct ServerFile {
     /// Who may connect, and what each may expose.
     #[serde(default)]
     pub identities: Vec<IdentityFile>,
+    /// Services several sessions offer together (several clients, or one identity on several
+    /// machines).
+    #[serde(default)]
+    pub groups: Vec<GroupFile>,
 }
 
 /// `[tls]` of `server.toml`.

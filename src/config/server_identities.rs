@@ -1,6 +1,7 @@
 //! The `[[identities]]` of `server.toml` (and `--identity`), checked: names, authentication,
 //! tokens or token files, the bind address and ports that must not overlap between identities.
 
+use super::identity::overlap;
 use super::*;
 
 /// Checks every identity; `client_ca` is the server's `tls.client_ca`, which certificate
@@ -125,11 +126,4 @@ enum AuthKind {
     Token,
     Certificate,
     Both,
-}
-
-/// The first port two ranges share, if any.
-fn overlap(a: &PortRange, b: &PortRange) -> Option<u16> {
-    let lo = *a.0.start().max(b.0.start());
-    let hi = *a.0.end().min(b.0.end());
-    (lo <= hi).then_some(lo)
 }

@@ -125,3 +125,27 @@ pub(crate) fn metrics_listen(
     };
     Ok(Some(addr))
 }
+
+/// `OWNER/SERVICE` of a visit.
+pub(super) fn parse_visit_target(s: &str) -> Result<(Name, Name), String> {
+    let (owner, service) = s.split_once('/').ok_or_else(|| {
+        format!("{s:?}: expected OWNER/SERVICE, the identity that offers the private service and its name, e.g. office-pc/office-rdp")
+    })?;
+    let owner = Name::new(owner).map_err(|e| format!("owner {owner:?}: {e}"))?;
+    let service = Name::new(service).map_err(|e| format!("service {service:?}: {e}"))?;
+    Ok((owner, service))
+}
+
+/// `HOST:PORT` with a host and a port other than 0 (the host is resolved later, when used).
+pub(super) fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{s:?} has no valid port (1-65535)")),
+    }
+}

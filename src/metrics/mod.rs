@@ -282,7 +282,7 @@ impl Default for ClientMetrics {
         let rtt = rtt_histogram();
         registry.register(
             "connected",
-            "1 while a session to the server is up",
+            "Sessions up, one per server (1 while the session to a single server is up)",
             connected.clone(),
         );
         registry.register(
@@ -307,9 +307,15 @@ impl Default for ClientMetrics {
 
 impl ClientMetrics {
     /// A session is up (`true`) or lost (`false`); `/ready` answers 200 only while one is up.
+    ///
+    /// With several servers each session counts: every `true` is followed by one `false`.
     pub fn connected(&self, up: bool) {
-        self.connected.set(i64::from(up));
-        self.ready.store(up, Ordering::Relaxed);
+        let now = if up {
+            self.connected.inc() + 1
+        } else {
+            self.connected.dec() - 1
+        };
+        self.ready.store(now > 0, Ordering::Relaxed);
     }
 
     /// The client will try again after a loss or a failed attempt.

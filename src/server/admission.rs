@@ -247,6 +247,7 @@ impl Admission {
             version,
             identity,
             proof,
+            instance,
         } = msg
         else {
             return Err(Refusal::new(
@@ -262,6 +263,15 @@ impl Admission {
                 ErrorCode::VersionMismatch,
                 format!(
                     "the server speaks protocol versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION} and the client {version}: upgrade the older side"
+                ),
+            ));
+        }
+        if instance.is_some() && version < ncx_proto::GROUP_VERSION {
+            return Err(Refusal::new(
+                ErrorCode::ProtocolViolation,
+                format!(
+                    "an instance name needs protocol version {}; the hello says {version}",
+                    ncx_proto::GROUP_VERSION
                 ),
             ));
         }

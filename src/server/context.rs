@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
 use super::fallback::Fallback;
+use super::groups::Groups;
 use super::registry::{Registry, SessionEntry, SessionId};
 use crate::config::{IdentityPolicy, ServerSettings};
 use crate::mux::SessionHandle;
@@ -41,6 +42,10 @@ pub(super) struct Shared {
     pub metrics: Arc<crate::metrics::ServerMetrics>,
     /// Every session that exists, for `ncx status` (weak: this never keeps one alive).
     pub live: Mutex<HashMap<SessionId, std::sync::Weak<SessionCtx>>>,
+    /// The groups with members now.
+    pub groups: Groups<SessionCtx>,
+    /// The public groups' accept loops and their visitors until a member takes each.
+    pub group_tasks: TaskGroup,
     next_session: AtomicU64,
 }
 
@@ -65,6 +70,8 @@ impl Shared {
             client_certs,
             registry: Registry::default(),
             live: Mutex::new(HashMap::new()),
+            groups: Groups::default(),
+            group_tasks: TaskGroup::new(),
             next_session: AtomicU64::new(1),
         }
     }
@@ -127,6 +134,8 @@ pub(super) struct SessionCtx {
     pub takeover: Takeover,
     /// Private services this session registered, as (owner, name), released with its ports.
     private_names: Mutex<Vec<(Name, Name)>>,
+    /// The groups this session joined, left with its ports.
+    groups_joined: Mutex<Vec<Name>>,
     /// What `ncx status` shows of the session.
     pub status: SessionStatus,
 }
@@ -137,6 +146,8 @@ pub(super) struct SessionStatus {
     pub since: std::time::SystemTime,
     /// Set once the client has authenticated.
     pub identity: std::sync::OnceLock<Name>,
+    /// The instance it named, if any (set with the identity).
+    pub instance: std::sync::OnceLock<Option<Name>>,
     /// The services registered: public with their port, private without.
     pub services: Mutex<Vec<(Name, Option<u16>)>>,
     /// Bytes from and to the session's visitors, counted as they move.
@@ -151,6 +162,7 @@ impl Default for SessionStatus {
         SessionStatus {
             since: std::time::SystemTime::now(),
             identity: std::sync::OnceLock::new(),
+            instance: std::sync::OnceLock::new(),
             services: Mutex::new(Vec::new()),
             bytes_in: Default::default(),
             bytes_out: Default::default(),
@@ -261,6 +273,7 @@ impl SessionCtx {
             rotation: Rotation::new(settings.rotate_after_opens),
             takeover: Takeover::default(),
             private_names: Mutex::new(Vec::new()),
+            groups_joined: Mutex::new(Vec::new()),
             status: SessionStatus::default(),
             shared,
         }
@@ -310,6 +323,23 @@ impl SessionCtx {
             .push((owner, name));
     }
 
+    /// Remembers a group joined, to leave when the session's services stop.
+    pub fn joined(&self, group: Name) {
+        self.groups_joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(group);
+    }
+
+    /// Leaves one group now (the client withdrew its service).
+    pub fn leave(&self, group: &Name) {
+        self.groups_joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|g| g != group);
+        self.shared.groups.leave(group, self.id);
+    }
+
     /// Whether the session stopped offering its services (it is going away).
     pub fn services_stopped(&self) -> bool {
         self.listeners.is_cancelled()
@@ -323,6 +353,12 @@ impl SessionCtx {
             std::mem::take(&mut *self.private_names.lock().unwrap_or_else(|e| e.into_inner()));
         for (owner, name) in private {
             self.shared.registry.release_private(&owner, &name, self.id);
+        }
+        // New visitors of its groups go to the other members from now on.
+        let groups =
+            std::mem::take(&mut *self.groups_joined.lock().unwrap_or_else(|e| e.into_inner()));
+        for group in groups {
+            self.shared.groups.leave(&group, self.id);
         }
         self.takeover.ports_released.cancel();
     }

@@ -116,6 +116,8 @@ pub(super) struct Control {
     /// Substreams the client opens after the control stream: visits.
     inbound: mpsc::Receiver<yamux::Stream>,
     identity: Name,
+    /// Which instance of the identity this is (version 3); a takeover is per instance.
+    instance: Option<Name>,
     services: Services,
     heartbeat: Heartbeat,
     phase: Phase,
@@ -134,6 +136,7 @@ pub(super) struct Admitted {
     pub ctrl: ControlStream,
     pub reader: MessageReader,
     pub identity: Name,
+    pub instance: Option<Name>,
     pub slot: SessionSlot,
 }
 
@@ -163,13 +166,19 @@ impl Control {
         });
         let timing = shared.settings.timing;
         Control {
-            services: Services::new(ctx.clone(), admitted.identity.clone(), policy),
+            services: Services::new(
+                ctx.clone(),
+                admitted.identity.clone(),
+                admitted.instance.clone(),
+                policy,
+            ),
             heartbeat: Heartbeat::new(timing.ping_interval, timing.liveness_timeout),
             ctx,
             ctrl: admitted.ctrl,
             reader: admitted.reader,
             inbound,
             identity: admitted.identity,
+            instance: admitted.instance,
             phase: Phase::Serving,
             live: false,
             shutdown,
@@ -357,9 +366,16 @@ impl Control {
                 service,
                 remote_port,
                 access,
-            }) => self.services.register(service, remote_port, access),
-            Ok(Message::RegisterPrivate { service, visitors }) => {
-                self.services.register_private(service, visitors)
+                group,
+            }) => self.services.register(service, remote_port, access, group),
+            Ok(Message::RegisterPrivate {
+                service,
+                visitors,
+                group,
+            }) => self.services.register_private(service, visitors, group),
+            Ok(Message::ServiceHealth { service, unhealthy }) => {
+                self.services.health(&service, unhealthy.as_ref());
+                return None;
             }
             Ok(Message::Withdraw { service }) => self.services.withdraw(service).await,
             Ok(Message::Ping(v)) => Message::Pong(v),
@@ -437,7 +453,8 @@ impl Control {
     /// identity's client.
     async fn take_over(&self) {
         let registry = &self.ctx.shared.registry;
-        if let Some(old) = registry.install_session(&self.identity, self.ctx.entry()) {
+        let key = (self.identity.clone(), self.instance.clone());
+        if let Some(old) = registry.install_session(&key, self.ctx.entry()) {
             info!(
                 old_session = old.id,
                 "taking over from the identity's previous session"

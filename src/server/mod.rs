@@ -10,6 +10,8 @@
 //! - `services.rs`: the services a session registered, public and private.
 //! - `public.rs`: binding public ports and accepting their visitors.
 //! - `private.rs`: bridging visits of `ncx visit` sessions to the owning client.
+//! - `grouped.rs`: services in groups: joining one, its port, and each visitor's way to a member;
+//!   `groups.rs`: the table of groups and their members; depends on nothing above.
 //! - `opener.rs`: the substream opener that public visitors and private visits share.
 //! - `context.rs`: what the tasks of the server and of one session share.
 //! - `admission.rs`: handshake and session slots, authentication, the failed-authentication guard,
@@ -23,6 +25,8 @@ mod context;
 mod control;
 mod fallback;
 mod front;
+mod grouped;
+mod groups;
 mod handshakes;
 mod opener;
 mod private;
@@ -148,6 +152,8 @@ impl Server {
         drop(listener);
         sessions.close();
         sessions.wait().await;
+        // Every member left with its session, so every group's port is closing already.
+        self.shared.group_tasks.stop().await;
         info!("server stopped");
     }
 }

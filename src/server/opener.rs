@@ -48,21 +48,38 @@ impl OpenFailure {
     }
 }
 
+/// What the opener does with a visitor's first bytes.
+pub(super) enum Early<'a> {
+    /// Nothing to forward (a private visit: its bytes follow the answer).
+    Nothing,
+    /// Forward them from the visitor's connection while the client connects.
+    From(&'a mut TcpStream),
+    /// The same, keeping them in the buffer, whose bytes (read for an earlier member of a group
+    /// that could not take the visitor) are forwarded first: the visitor moves to another member
+    /// with nothing lost.
+    Kept(&'a mut TcpStream, &'a mut Vec<u8>),
+}
+
 /// Opens a substream to the client of `ctx` for a visitor of `service` from `peer` (which reached
 /// the server at `public`), sends the visitor header and waits for the client's answer. Returns
 /// the substream, ready for raw bytes, once the client is connected to its local service, and how
 /// many of the visitor's bytes were forwarded already.
 ///
-/// With `early`, the visitor's connection, up to [`EARLY_DATA`] bytes of it are forwarded right
-/// behind the header instead of after the answer: the client reads them only once connected to its
-/// service (and drops them if it cannot connect).
+/// With `early` taken from the visitor's connection, up to [`EARLY_DATA`] bytes of it are
+/// forwarded right behind the header instead of after the answer: the client reads them only once
+/// connected to its service (and drops them if it cannot connect).
 pub(super) async fn open_to_client(
     ctx: &SessionCtx,
     service: &Name,
     peer: SocketAddr,
     public: SocketAddr,
-    mut early: Option<&mut TcpStream>,
+    early: Early<'_>,
 ) -> Result<(Substream, u64), OpenFailure> {
+    let (mut early, mut kept) = match early {
+        Early::Nothing => (None, None),
+        Early::From(tcp) => (Some(tcp), None),
+        Early::Kept(tcp, kept) => (Some(tcp), Some(kept)),
+    };
     let cancel = ctx.visitors.token();
     let ended = || {
         OpenFailure::new(
@@ -122,6 +139,23 @@ pub(super) async fn open_to_client(
     let mut reader = MessageReader::new();
     let mut early_buf = Vec::new();
     let mut early_sent = 0usize;
+    if let Some(replay) = kept.as_deref().filter(|k| !k.is_empty()) {
+        let sent = async {
+            sub.write_all(replay).await?;
+            sub.flush().await
+        };
+        if sent.await.is_err() {
+            return Err(OpenFailure::new(
+                ErrorCode::ShuttingDown,
+                "the service's session ended",
+                "reset: forwarding the visitor's first bytes",
+            ));
+        }
+        early_sent = replay.len();
+        if early_sent >= EARLY_DATA {
+            early = None;
+        }
+    }
     let status = loop {
         tokio::select! {
             biased;
@@ -132,6 +166,9 @@ pub(super) async fn open_to_client(
             r = read_early(&mut early, &mut early_buf) => match r {
                 Ok(n) if n > 0 => {
                     early_sent += n;
+                    if let Some(kept) = kept.as_mut() {
+                        kept.extend_from_slice(&early_buf[..n]);
+                    }
                     let sent = async {
                         sub.write_all(&early_buf[..n]).await?;
                         sub.flush().await

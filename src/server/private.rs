@@ -10,11 +10,13 @@ use std::sync::Arc;
 use ncx_proto::{ErrorCode, Message, Name};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::auth_guard::Who;
 use super::context::SessionCtx;
-use super::opener::{end_text, open_to_client};
+use super::grouped::{member_places, MAX_TRIES};
+use super::groups::{Group, GroupKind};
+use super::opener::{end_text, open_to_client, Early};
 use super::public::Places;
 use crate::audit::{AuditRecord, VisitorEnd};
 use crate::framed::{write_message, MessageReader};
@@ -80,12 +82,17 @@ pub(super) async fn visit(
 /// Checks the visit and joins `sub` to a substream on the owner's session.
 async fn bridge(
     ctx: &Arc<SessionCtx>,
-    mut sub: Substream,
+    sub: Substream,
     identity: &Name,
     owner: &Name,
     service: &Name,
     meter: &crate::splice::Meter,
 ) -> VisitorEnd {
+    if let Some(group) = ctx.shared.groups.get(owner) {
+        if group.kind == GroupKind::Private {
+            return bridge_group(ctx, sub, identity, &group, service, meter).await;
+        }
+    }
     let (owner, _permits) = match check(ctx, identity, owner, service) {
         Ok(ok) => ok,
         Err(refusal) => return refuse(sub, refusal).await,
@@ -94,7 +101,7 @@ async fn bridge(
     let _owner_visit = owner.visitors.member();
     let opened = tokio::select! {
         _ = ctx.visitors.cancelled() => return VisitorEnd::before_data("reset: the visiting session ended"),
-        r = open_to_client(&owner, service, ctx.peer, ctx.local, None) => r,
+        r = open_to_client(&owner, service, ctx.peer, ctx.local, Early::Nothing) => r,
     };
     let theirs = match opened {
         Ok((s, _)) => s,
@@ -103,6 +110,112 @@ async fn bridge(
             return VisitorEnd::before_data(failure.end);
         }
     };
+    joined(ctx, sub, &owner, theirs, meter).await
+}
+
+/// A visit of a private group: the members that list the visiting identity are tried in turn
+/// until one's client connects to its service.
+async fn bridge_group(
+    ctx: &Arc<SessionCtx>,
+    sub: Substream,
+    identity: &Name,
+    group: &Group<SessionCtx>,
+    service: &Name,
+    meter: &crate::splice::Meter,
+) -> VisitorEnd {
+    let shared = &ctx.shared;
+    let peer = ctx.peer;
+    let who = Who::Identity(identity.clone());
+    if let Some(refusal) = shared.admission.blocked(peer.ip(), &who) {
+        return refuse(sub, refusal).await;
+    }
+    let members = group.members();
+    if members.first().map(|m| &m.service) != Some(service) {
+        let refusal = Refusal::new(
+            ErrorCode::UnknownService,
+            format!(
+                "group {} offers no private service named {service}",
+                group.name
+            ),
+        );
+        return refuse(sub, refusal).await;
+    }
+    if !members.iter().any(|m| m.visitors.contains(identity)) {
+        if let Some(held_back) = shared.admission.refusal_log.allow() {
+            warn!(group = %group.name, %service, %identity, %peer, held_back, "visit refused: the identity is on no member's visitor list");
+        }
+        shared
+            .admission
+            .record_failure(peer.ip(), who, "refused visits");
+        let refusal = Refusal::new(
+            ErrorCode::NotAllowed,
+            format!("identity {identity} may not visit {}/{service}", group.name),
+        );
+        return refuse(sub, refusal).await;
+    }
+    let Ok(_place) = group.permits.clone().try_acquire_owned() else {
+        let refusal = Refusal::new(
+            ErrorCode::LimitReached,
+            format!(
+                "group {} has reached its limit of {} visitors",
+                group.name, shared.settings.max_visitors_per_service
+            ),
+        );
+        return refuse(sub, refusal).await;
+    };
+    let mut tried = Vec::new();
+    let mut last = None;
+    while tried.len() < MAX_TRIES {
+        let Some((member, owner)) = group.pick(|m| m.visitors.contains(identity), &tried) else {
+            break;
+        };
+        tried.push(member.session);
+        if owner.services_stopped() {
+            continue;
+        }
+        let Some(_places) = member_places(&owner, &member) else {
+            continue;
+        };
+        let _owner_visit = owner.visitors.member();
+        let opened = tokio::select! {
+            _ = ctx.visitors.cancelled() => return VisitorEnd::before_data("reset: the visiting session ended"),
+            r = open_to_client(&owner, &member.service, ctx.peer, ctx.local, Early::Nothing) => r,
+        };
+        match opened {
+            Ok((theirs, _)) => {
+                debug!(member = %member.who(), "visit taken by a member of the group");
+                member
+                    .active
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let end = joined(ctx, sub, &owner, theirs, meter).await;
+                member
+                    .active
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                return end;
+            }
+            Err(failure) => {
+                info!(member = %member.who(), reason = %failure.refusal, "a member could not take the visit; trying another");
+                last = Some(failure.refusal);
+            }
+        }
+    }
+    let refusal = last.unwrap_or_else(|| {
+        Refusal::new(
+            ErrorCode::UnknownService,
+            format!("no member of group {} can take the visit now", group.name),
+        )
+    });
+    refuse(sub, refusal).await
+}
+
+/// Tells the visiting peer it is connected and joins its substream to the owner's.
+async fn joined(
+    ctx: &Arc<SessionCtx>,
+    mut sub: Substream,
+    owner: &Arc<SessionCtx>,
+    theirs: Substream,
+    meter: &crate::splice::Meter,
+) -> VisitorEnd {
     if let Err(e) = write_message(&mut sub, &Message::VisitorStatus { refusal: None }).await {
         return VisitorEnd::before_data(format!("reset: answering the visitor: {e}"));
     }
@@ -162,6 +275,12 @@ fn check(
     let Some(owner) = target.ctx.upgrade() else {
         return Err(offline());
     };
+    if !target.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Refusal::new(
+            ErrorCode::LocalError,
+            format!("the client of {owner_name} reports {service} unhealthy"),
+        ));
+    }
     if owner.services_stopped() {
         return Err(offline());
     }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use super::context::SessionCtx;
-use super::opener::{end_text, open_to_client};
+use super::opener::{end_text, open_to_client, Early};
 use super::registry::PortClaimError;
 use crate::accept::accept_until;
 use crate::audit::{AuditRecord, VisitorEnd};
@@ -144,7 +144,7 @@ impl PortBinder<'_> {
     }
 }
 
-fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
+pub(super) fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
     let socket = match ip {
         IpAddr::V4(_) => TcpSocket::new_v4()?,
         IpAddr::V6(_) => TcpSocket::new_v6()?,
@@ -167,6 +167,9 @@ pub(super) struct Public {
     pub identity_permits: Arc<Semaphore>,
     /// Stops the listener.
     pub stop: CancellationToken,
+    /// Whether the client says the local service answers its health check; while not, visitors
+    /// are refused at once.
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Accepts visitors on one public port until `stop` (a child of the session's listeners, so
@@ -179,6 +182,7 @@ pub(super) async fn accept_visitors(ctx: Arc<SessionCtx>, listener: TcpListener,
         identity,
         identity_permits,
         stop,
+        healthy,
     } = public;
     let service_permits = Arc::new(Semaphore::new(ctx.shared.settings.max_visitors_per_service));
     let denied_log = LogLimiter::default();
@@ -194,6 +198,13 @@ pub(super) async fn accept_visitors(ctx: Arc<SessionCtx>, listener: TcpListener,
                 denied += 1;
                 if let Some(held_back) = denied_log.allow() {
                     warn!(%peer, denied_total = denied, held_back, "visitor refused by the service's access rules");
+                }
+                abort(tcp);
+                return;
+            }
+            if !healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(held_back) = denied_log.allow() {
+                    warn!(%peer, held_back, "visitor refused: the client reports the service unhealthy");
                 }
                 abort(tcp);
                 return;
@@ -308,7 +319,14 @@ async fn connect_visitor(
     let public = crate::net::local_or_unspecified(&tcp);
     // Boxed: the opening is brief, and inline its state would size the future of every visitor
     // for as long as it stays (about 1.4 KiB of its 1.6).
-    let opened = Box::pin(open_to_client(ctx, service, peer, public, Some(&mut tcp))).await;
+    let opened = Box::pin(open_to_client(
+        ctx,
+        service,
+        peer,
+        public,
+        Early::From(&mut tcp),
+    ))
+    .await;
     let (sub, early) = match opened {
         Ok(opened) => opened,
         Err(failure) => {

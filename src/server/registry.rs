@@ -39,6 +39,8 @@ pub struct PrivateService<S> {
     pub ctx: Weak<S>,
     /// Caps the service's concurrent visitors.
     pub permits: Arc<Semaphore>,
+    /// Whether the owner's local service answers its health check (the client says so).
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 // Not derived: a derive would ask for `S: Clone`, and a `Weak<S>` clones without it.
@@ -50,12 +52,17 @@ impl<S> Clone for PrivateService<S> {
             visitors: self.visitors.clone(),
             ctx: self.ctx.clone(),
             permits: self.permits.clone(),
+            healthy: self.healthy.clone(),
         }
     }
 }
 
+/// Which sessions take over from each other: an identity's, of one instance (`None`: the
+/// identity's unnamed one). Sessions of different instances coexist.
+pub type SessionKey = (Name, Option<Name>);
+
 struct Inner<S> {
-    sessions: HashMap<Name, SessionEntry>,
+    sessions: HashMap<SessionKey, SessionEntry>,
     ports: HashMap<u16, (Name, SessionId)>,
     /// Keyed by (owner, service): names are unique per identity only.
     private: HashMap<(Name, Name), PrivateService<S>>,
@@ -93,16 +100,17 @@ impl<S> Registry<S> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes `entry` the live session of `identity` and returns the session it replaces, if any.
-    pub fn install_session(&self, identity: &Name, entry: SessionEntry) -> Option<SessionEntry> {
-        self.lock().sessions.insert(identity.clone(), entry)
+    /// Makes `entry` the live session of `key` (an identity's instance) and returns the session
+    /// it replaces, if any.
+    pub fn install_session(&self, key: &SessionKey, entry: SessionEntry) -> Option<SessionEntry> {
+        self.lock().sessions.insert(key.clone(), entry)
     }
 
-    /// Forgets `identity`'s session if it is still `id` (a newer one may have replaced it).
-    pub fn remove_session(&self, identity: &Name, id: SessionId) {
+    /// Forgets `key`'s session if it is still `id` (a newer one may have replaced it).
+    pub fn remove_session(&self, key: &SessionKey, id: SessionId) {
         let mut inner = self.lock();
-        if inner.sessions.get(identity).is_some_and(|e| e.id == id) {
-            inner.sessions.remove(identity);
+        if inner.sessions.get(key).is_some_and(|e| e.id == id) {
+            inner.sessions.remove(key);
         }
     }
 
@@ -199,6 +207,7 @@ mod tests {
             visitors: vec![name("alice")].into(),
             ctx: Arc::downgrade(ctx),
             permits: Arc::new(Semaphore::new(1)),
+            healthy: Default::default(),
         }
     }
 
@@ -226,7 +235,7 @@ mod tests {
     #[test]
     fn a_newer_session_replaces_the_older_and_only_the_current_one_is_removed() {
         let r = Registry::<()>::default();
-        let a = name("a");
+        let a = (name("a"), None);
         assert!(r.install_session(&a, entry(1)).is_none());
         let old = r
             .install_session(&a, entry(2))
@@ -240,6 +249,11 @@ mod tests {
         assert_eq!(current.id, 2);
         r.remove_session(&a, 3);
         assert!(r.install_session(&a, entry(4)).is_none());
+        // Another instance of the identity is another session: neither replaces the other.
+        let pc2 = (name("a"), Some(name("pc2")));
+        assert!(r.install_session(&pc2, entry(5)).is_none());
+        assert_eq!(r.install_session(&a, entry(6)).map(|e| e.id), Some(4));
+        assert_eq!(r.install_session(&pc2, entry(7)).map(|e| e.id), Some(5));
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn restart_only_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<&'sta
         metrics_listen: _,
         admin_socket: _,
         identities: _,
+        groups: _,
     } = old;
     let mut changed = Vec::new();
     // Debug output compares every field whatever its type; none of these holds a secret.
@@ -115,6 +116,7 @@ fn restart_only_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<&'sta
         max_fallback_connections => "max_fallback_connections",
         metrics_listen => "metrics_listen",
         admin_socket => "admin_socket",
+        groups => "groups",
     );
     changed
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use super::context::SessionCtx;
+use super::grouped::Joining;
+use super::groups::GroupKind;
 use super::public::{accept_visitors, bind_port, Public};
 use super::registry::PrivateService;
 use crate::config::IdentityPolicy;
@@ -23,8 +26,14 @@ use crate::refusal::Refusal;
 /// accept loop takes a wake-up, so this bound is only reached by a runtime that is stuck.
 const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One service a session registered.
-enum Held {
+/// One service a session registered, and whether its local service answers its health check
+/// (the client says so; an unhealthy service gets no new visitors).
+struct Held {
+    kind: HeldKind,
+    healthy: Arc<AtomicBool>,
+}
+
+enum HeldKind {
     /// A public port, served by a listener task.
     Public {
         port: u16,
@@ -35,12 +44,15 @@ enum Held {
     },
     /// A name in the registry's private services.
     Private,
+    /// A membership of a group.
+    Group(Name),
 }
 
 /// The services of one session.
 pub(super) struct Services {
     ctx: Arc<SessionCtx>,
     identity: Name,
+    instance: Option<Name>,
     policy: IdentityPolicy,
     /// Every service of the session, public and private, by name.
     held: HashMap<Name, Held>,
@@ -49,10 +61,16 @@ pub(super) struct Services {
 }
 
 impl Services {
-    pub fn new(ctx: Arc<SessionCtx>, identity: Name, policy: IdentityPolicy) -> Self {
+    pub fn new(
+        ctx: Arc<SessionCtx>,
+        identity: Name,
+        instance: Option<Name>,
+        policy: IdentityPolicy,
+    ) -> Self {
         Services {
             ctx,
             identity,
+            instance,
             policy,
             held: HashMap::new(),
             refusal_log: LogLimiter::default(),
@@ -67,9 +85,9 @@ impl Services {
     /// Whether `new` would refuse a service this session already serves: one of its ports is no
     /// longer allowed, or the ports are to be bound on another address.
     pub fn outgrown_by(&self, new: &IdentityPolicy) -> bool {
-        let mut ports = self.held.values().filter_map(|h| match h {
-            Held::Public { port, .. } => Some(*port),
-            Held::Private => None,
+        let mut ports = self.held.values().filter_map(|h| match h.kind {
+            HeldKind::Public { port, .. } => Some(port),
+            HeldKind::Private | HeldKind::Group(_) => None,
         });
         let mut any = false;
         let outside = ports.any(|p| {
@@ -84,8 +102,24 @@ impl Services {
         self.policy = new;
     }
 
-    /// Handles one `Register`: binds the port and starts serving it, or says why not.
-    pub fn register(&mut self, service: Name, port: u16, access: AccessRules) -> Message {
+    /// Handles one `Register`: binds the port and starts serving it (or joins the group), or
+    /// says why not.
+    pub fn register(
+        &mut self,
+        service: Name,
+        port: u16,
+        access: AccessRules,
+        group: Option<Name>,
+    ) -> Message {
+        if let Some(group) = group {
+            return self.join(Joining {
+                group,
+                service,
+                kind: GroupKind::Public(port),
+                access,
+                visitors: Vec::new(),
+            });
+        }
         let log = &self.refusal_log;
         let refused = |r: Refusal| {
             if let Some(held_back) = log.allow() {
@@ -116,6 +150,7 @@ impl Services {
         let span = tracing::info_span!("service", %service, port);
         let stop = self.ctx.listeners.token().child_token();
         let released = CancellationToken::new();
+        let healthy = Arc::new(AtomicBool::new(true));
         let accepting = accept_visitors(
             self.ctx.clone(),
             listener,
@@ -126,6 +161,7 @@ impl Services {
                 identity: self.identity.clone(),
                 identity_permits,
                 stop: stop.clone(),
+                healthy: healthy.clone(),
             },
         );
         let done = released.clone();
@@ -138,10 +174,13 @@ impl Services {
         );
         self.held.insert(
             service.clone(),
-            Held::Public {
-                port,
-                stop,
-                released,
+            Held {
+                kind: HeldKind::Public {
+                    port,
+                    stop,
+                    released,
+                },
+                healthy,
             },
         );
         self.ctx.record_service(&service, Some(port));
@@ -151,8 +190,23 @@ impl Services {
         }
     }
 
-    /// Handles one `RegisterPrivate`: records the service and who may visit it, or says why not.
-    pub fn register_private(&mut self, service: Name, visitors: Vec<Name>) -> Message {
+    /// Handles one `RegisterPrivate`: records the service and who may visit it (or joins the
+    /// group), or says why not.
+    pub fn register_private(
+        &mut self,
+        service: Name,
+        visitors: Vec<Name>,
+        group: Option<Name>,
+    ) -> Message {
+        if let Some(group) = group {
+            return self.join(Joining {
+                group,
+                service,
+                kind: GroupKind::Private,
+                access: AccessRules::default(),
+                visitors,
+            });
+        }
         let log = &self.refusal_log;
         let refused = |r: Refusal| {
             if let Some(held_back) = log.allow() {
@@ -169,8 +223,10 @@ impl Services {
                 format!("private service {service} lists no visitor identities"),
             ));
         }
+        let healthy = Arc::new(AtomicBool::new(true));
         let entry = PrivateService {
             owner: self.identity.clone(),
+            healthy: healthy.clone(),
             session: self.ctx.id,
             visitors: visitors.clone().into(),
             ctx: Arc::downgrade(&self.ctx),
@@ -190,7 +246,13 @@ impl Services {
                 format!("private service {service} is still held by an earlier session of this identity"),
             ));
         }
-        self.held.insert(service.clone(), Held::Private);
+        self.held.insert(
+            service.clone(),
+            Held {
+                kind: HeldKind::Private,
+                healthy,
+            },
+        );
         self.ctx
             .hold_private(self.identity.clone(), service.clone());
         info!(%service, ?visitors, "private service offered");
@@ -206,8 +268,8 @@ impl Services {
     /// connected stay: the client ends them. A name this session does not hold is answered the
     /// same way, since it is not offered afterwards either.
     pub async fn withdraw(&mut self, service: Name) -> Message {
-        match self.held.remove(&service) {
-            Some(Held::Public {
+        match self.held.remove(&service).map(|h| h.kind) {
+            Some(HeldKind::Public {
                 port,
                 stop,
                 released,
@@ -221,14 +283,71 @@ impl Services {
                 }
                 info!(%service, port, "service withdrawn by the client; port released");
             }
-            Some(Held::Private) => {
+            Some(HeldKind::Private) => {
                 self.ctx.release_private(&self.identity, &service);
                 info!(%service, "private service withdrawn by the client");
+            }
+            Some(HeldKind::Group(group)) => {
+                self.ctx.leave(&group);
+                info!(%service, %group, "service withdrawn by the client; left the group");
             }
             None => debug!(%service, "withdraw of a service this session does not hold"),
         }
         self.ctx.forget_service(&service);
         Message::Withdrawn { service }
+    }
+
+    /// Joins a group (see `grouped.rs`), answering as a registration.
+    fn join(&mut self, joining: Joining) -> Message {
+        let service = joining.service.clone();
+        let group = joining.group.clone();
+        let refused = |r: Refusal, log: &crate::ratelimit::LogLimiter| {
+            if let Some(held_back) = log.allow() {
+                warn!(%service, %group, code = %r.code, reason = %r.message, held_back, "service refused");
+            }
+            r.to_service_refused(service.clone())
+        };
+        if let Err(r) = self.may_register(&service) {
+            return refused(r, &self.refusal_log);
+        }
+        match super::grouped::join(&self.ctx, &self.identity, &self.instance, joining) {
+            Ok((port, healthy)) => {
+                self.held.insert(
+                    service.clone(),
+                    Held {
+                        kind: HeldKind::Group(group),
+                        healthy,
+                    },
+                );
+                self.ctx
+                    .record_service(&service, (port != 0).then_some(port));
+                Message::Registered {
+                    service,
+                    remote_port: port,
+                }
+            }
+            Err(r) => refused(r, &self.refusal_log),
+        }
+    }
+
+    /// Handles one `ServiceHealth`: the service gets new visitors again, or none until it is
+    /// reported healthy (a group's go to its other members).
+    pub fn health(&mut self, service: &Name, unhealthy: Option<&ncx_proto::Text>) {
+        let Some(held) = self.held.get(service) else {
+            debug!(%service, "health report for a service this session does not hold");
+            return;
+        };
+        let healthy = unhealthy.is_none();
+        if held.healthy.swap(healthy, Ordering::Relaxed) != healthy {
+            match unhealthy {
+                None => {
+                    info!(%service, "the client reports the service healthy again; it gets visitors")
+                }
+                Some(reason) => {
+                    warn!(%service, %reason, "the client reports the service unhealthy; it gets no new visitors")
+                }
+            }
+        }
     }
 
     /// A service name is registered at most once per session, public or private, and a session

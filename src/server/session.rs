@@ -144,7 +144,7 @@ pub(crate) async fn run_decrypted<T>(
     let mut identity = None;
     let outcome = match admit(&ctx, &mut inbound, &gate, &facts, slot, deadline, &cancel).await {
         Ok(admitted) => {
-            identity = Some(admitted.identity.clone());
+            identity = Some((admitted.identity.clone(), admitted.instance.clone()));
             info!("client authenticated");
             Control::new(ctx.clone(), admitted, inbound, cancel)
                 .run()
@@ -243,9 +243,11 @@ async fn admit(
         },
     };
     // The session speaks the lower of the two versions (admission refuses one out of range).
-    let version = match &msg {
-        Message::Hello { version, .. } => (*version).min(PROTOCOL_VERSION),
-        _ => PROTOCOL_VERSION,
+    let (version, instance) = match &msg {
+        Message::Hello {
+            version, instance, ..
+        } => ((*version).min(PROTOCOL_VERSION), instance.clone()),
+        _ => (PROTOCOL_VERSION, None),
     };
     let admission = &shared.admission;
     let identity = match admission.authenticate(&shared.identities(), facts, ctx.peer, msg) {
@@ -259,8 +261,13 @@ async fn admit(
             return Err(Outcome::Refused);
         }
     };
-    tracing::Span::current().record("client", identity.as_str());
+    let who = match &instance {
+        Some(instance) => format!("{identity}/{instance}"),
+        None => identity.to_string(),
+    };
+    tracing::Span::current().record("client", who.as_str());
     let _ = ctx.status.identity.set(identity.clone());
+    let _ = ctx.status.instance.set(instance.clone());
     let session_slot = match admission.session_slot(&identity) {
         Ok(s) => s,
         Err(refusal) => {
@@ -281,6 +288,7 @@ async fn admit(
         ctrl,
         reader,
         identity,
+        instance,
         slot: session_slot,
     })
 }

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::admin::{epoch_secs, ServerStatus, SessionStatus};
+use crate::admin::{epoch_secs, GroupStatus, ServerStatus, SessionStatus};
 
 impl Server {
     /// The server and its authenticated sessions (retiring ones included), oldest first.
@@ -20,7 +20,10 @@ impl Server {
         let mut sessions: Vec<SessionStatus> = live
             .iter()
             .filter_map(|ctx| {
-                let identity = ctx.status.identity.get()?;
+                let identity = match (ctx.status.identity.get()?, ctx.status.instance.get()) {
+                    (identity, Some(Some(instance))) => format!("{identity}/{instance}"),
+                    (identity, _) => identity.to_string(),
+                };
                 let services = ctx
                     .status
                     .services
@@ -34,7 +37,7 @@ impl Server {
                     .collect();
                 let rtt = ctx.status.rtt_micros.load(Ordering::Relaxed);
                 Some(SessionStatus {
-                    identity: identity.to_string(),
+                    identity,
                     address: ctx.peer.to_string(),
                     since: epoch_secs(ctx.status.since),
                     services,
@@ -46,11 +49,44 @@ impl Server {
             })
             .collect();
         sessions.sort_by(|a, b| (a.since, &a.identity).cmp(&(b.since, &b.identity)));
+        let mut groups: Vec<GroupStatus> = self
+            .shared
+            .groups
+            .all()
+            .iter()
+            .map(|g| {
+                let members = g.members();
+                GroupStatus {
+                    name: g.name.to_string(),
+                    service: members
+                        .first()
+                        .map(|m| m.service.to_string())
+                        .unwrap_or_default(),
+                    port: match g.kind {
+                        groups::GroupKind::Public(p) => Some(p),
+                        groups::GroupKind::Private => None,
+                    },
+                    balance: g.balance.to_string(),
+                    members: members
+                        .iter()
+                        .map(|m| {
+                            if m.healthy.load(Ordering::Relaxed) {
+                                m.who()
+                            } else {
+                                format!("{} (unhealthy)", m.who())
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
         ServerStatus {
             kind: "server".into(),
             listen: self.shared.settings.listen.to_string(),
             fingerprint: self.fingerprint.to_string(),
             sessions,
+            groups,
         }
     }
 }

@@ -22,8 +22,9 @@ pub enum ServerTrust {
         /// The roots.
         roots: Arc<RootCertStore>,
     },
-    /// The SHA-256 of the server's leaf certificate must equal this.
-    Pinned(Fingerprint),
+    /// The SHA-256 of the server's leaf certificate must equal one of these (one per server a
+    /// client with several servers reaches, or one for all of them).
+    Pinned(Vec<Fingerprint>),
     /// No verification at all. Anyone on the path can impersonate the server and read the token
     /// proof's session; logged as a warning on every connect.
     InsecureSkipVerify,
@@ -33,7 +34,7 @@ impl fmt::Debug for ServerTrust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServerTrust::Ca { path, .. } => write!(f, "Ca({})", path.display()),
-            ServerTrust::Pinned(fp) => write!(f, "Pinned({fp})"),
+            ServerTrust::Pinned(pins) => write!(f, "Pinned({})", pin_list(pins)),
             ServerTrust::InsecureSkipVerify => f.write_str("InsecureSkipVerify"),
         }
     }
@@ -100,23 +101,24 @@ pub fn client_config(
             context: "choosing TLS 1.3".into(),
             cause: source,
         })?;
-    let builder = match trust {
-        ServerTrust::Ca { roots, .. } => builder.with_root_certificates(roots.clone()),
-        ServerTrust::Pinned(fp) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
-                pin: Some(*fp),
-                provider: provider(),
-            })),
-        ServerTrust::InsecureSkipVerify => {
-            builder
+    let builder =
+        match trust {
+            ServerTrust::Ca { roots, .. } => builder.with_root_certificates(roots.clone()),
+            ServerTrust::Pinned(pins) => {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
+                        pins: pins.clone(),
+                        provider: provider(),
+                    }))
+            }
+            ServerTrust::InsecureSkipVerify => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(FingerprintVerifier {
-                    pin: None,
+                    pins: Vec::new(),
                     provider: provider(),
-                }))
-        }
-    };
+                })),
+        };
     let mut config = match cert {
         None => builder.with_no_client_auth(),
         Some(c) => builder
@@ -132,20 +134,40 @@ pub fn client_config(
 
 /// The pin did not match: carries both fingerprints so the user can see which server answered.
 #[derive(Debug, thiserror::Error)]
-#[error("the server's certificate fingerprint is {actual}, but {expected} is pinned")]
+#[error(
+    "the server's certificate fingerprint is {actual}, but {} pinned",
+    pinned_text(expected)
+)]
 pub struct PinMismatch {
     /// What the server presented.
     pub actual: Fingerprint,
     /// What the client pinned.
-    pub expected: Fingerprint,
+    pub expected: Vec<Fingerprint>,
 }
 
-/// Checks the server's certificate by its SHA-256 alone: exactly the pinned one, or — with no pin,
+/// `"X is"` for one pin, `"one of X, Y is"` for several.
+fn pinned_text(pins: &[Fingerprint]) -> String {
+    match pins {
+        [one] => format!("{one} is"),
+        many => format!("one of {} is", pin_list(many)),
+    }
+}
+
+/// The pins, comma-separated.
+pub fn pin_list(pins: &[Fingerprint]) -> String {
+    pins.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks the server's certificate by its SHA-256 alone: one of the pinned ones, or — with no pin,
 /// only reachable through `insecure_skip_verify` — any. Signatures over the handshake are still
 /// verified (the server must hold the key); names and dates are not, as with SSH host keys.
 #[derive(Debug)]
 struct FingerprintVerifier {
-    pin: Option<Fingerprint>,
+    /// Empty: anything goes (`insecure_skip_verify`).
+    pins: Vec<Fingerprint>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -158,18 +180,18 @@ impl ServerCertVerifier for FingerprintVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(pin) = self.pin else {
+        if self.pins.is_empty() {
             return Ok(ServerCertVerified::assertion());
-        };
+        }
         let actual = Fingerprint::of(end_entity);
         // Fingerprints of certificates are public; equality needs no constant time here.
-        if actual == pin {
+        if self.pins.contains(&actual) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
                     actual,
-                    expected: pin,
+                    expected: self.pins.clone(),
                 }))),
             ))
         }

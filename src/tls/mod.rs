@@ -17,7 +17,7 @@ mod material;
 mod server;
 
 pub use client::{
-    client_config, explain_alpn, explain_handshake_error, handshake_error_is_permanent,
+    client_config, explain_alpn, explain_handshake_error, handshake_error_is_permanent, pin_list,
     refuses_certificate, ClientCertificate, PinMismatch, ServerTrust,
 };
 pub use material::{load_certs, load_key, load_roots, provider, Fingerprint, TlsError};

@@ -139,7 +139,7 @@ impl Pki {
     }
 
     pub fn pinned(&self) -> ServerTrust {
-        ServerTrust::Pinned(self.server.fingerprint())
+        ServerTrust::Pinned(vec![self.server.fingerprint()])
     }
 }
 
@@ -151,6 +151,7 @@ pub fn hello(identity: &str, token: &str, exported: &ncx::auth::ExportedKey) -> 
         version: ncx_proto::PROTOCOL_VERSION,
         proof: ncx::auth::prove(&Token::new(token), exported, &id),
         identity: id,
+        instance: None,
     }
 }
 
@@ -221,6 +222,8 @@ pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
         access: Default::default(),
         proxy_protocol: None,
         visitors: None,
+        group: None,
+        health: None,
     }
 }
 
@@ -228,6 +231,8 @@ pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
 pub fn private_service(n: &str, local: SocketAddr, visitors: &[&str]) -> ServiceSpec {
     ServiceSpec {
         visitors: Some(visitors.iter().map(|v| name(v)).collect()),
+        group: None,
+        health: None,
         ..service(n, local, 0)
     }
 }
