@@ -218,7 +218,7 @@ impl Connected {
         } else {
             Message::GoAway {
                 code: ErrorCode::ShuttingDown,
-                message: Text::new("the client reloaded and moves to another server"),
+                message: Text::new("the client moves to another server"),
             }
         };
         if let Err(e) = write_message(&mut self.ctrl, &msg).await {
