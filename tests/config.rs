@@ -379,6 +379,7 @@ fn readme_toml_snippets_are_taken_from_the_example_files() {
         examples().join("website"),
         examples().join("through-a-proxy"),
         examples().join("websocket"),
+        examples().join("high-availability"),
     ] {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -895,4 +896,67 @@ fn example_websocket_configs_parse() {
     let ws = c.websocket.unwrap();
     assert_eq!(ws.url.to_string(), "wss://tunnel.example.com:443/ncx");
     assert_eq!(ws.host_header, "tunnel.example.com");
+}
+
+/// `examples/high-availability/`: the two servers' file with its groups, the gateways on both
+/// servers with their instances, groups and health checks, and alice's failover visit. The files
+/// name token files; copies of them sit beside copies of the examples here.
+#[test]
+fn example_high_availability_configs_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(examples().join("high-availability")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    for who in ["office", "reports", "alice"] {
+        let token = dir.path().join(format!("{who}.token"));
+        std::fs::write(&token, "a-long-random-secret\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let s = ServerSettings::from_source(&Source::file(&dir.path().join("server.toml")).unwrap())
+        .unwrap();
+    let groups: Vec<_> = s.groups.iter().map(|g| g.name.to_string()).collect();
+    assert_eq!(groups, ["intranet", "desks"]);
+    assert!(s.groups[0].allows(8443) && !s.groups[0].allows(8444));
+    assert_eq!(s.groups[0].balance, ncx::config::Balance::LeastConnections);
+    assert!(s.groups[1].ports.is_empty(), "desks is private only");
+    assert_eq!(s.groups[1].balance, ncx::config::Balance::RoundRobin);
+
+    let client = |name: &str| {
+        ClientSettings::from_source(
+            &Source::file(&dir.path().join(name)).unwrap(),
+            ClientFile::default(),
+            None,
+        )
+        .unwrap()
+    };
+    let mut instances = Vec::new();
+    for name in ["office-gw-1.toml", "office-gw-2.toml"] {
+        let c = client(name);
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.server_mode, ncx::config::ServerMode::All);
+        assert!(matches!(&c.trust, ServerTrust::Pinned(fps) if fps.len() == 2));
+        let groups: Vec<_> = c
+            .services
+            .iter()
+            .map(|s| s.group.clone().unwrap().to_string())
+            .collect();
+        assert_eq!(groups, ["intranet", "desks"]);
+        assert!(c.services.iter().all(|s| s.health.is_some()));
+        assert!(matches!(
+            c.services[0].health.as_ref().unwrap().probe,
+            ncx::config::HealthProbe::Http { .. }
+        ));
+        assert_eq!(c.services[0].remote_port, 8443);
+        instances.push(c.instance.unwrap().to_string());
+    }
+    assert_eq!(instances, ["gw-1", "gw-2"]);
+    let alice = client("alice.toml");
+    assert_eq!(alice.server_mode, ncx::config::ServerMode::Failover);
+    assert_eq!(alice.visits.len(), 1);
+    assert_eq!(alice.visits[0].owner.as_str(), "desks");
 }

@@ -342,15 +342,15 @@ async fn a_balancer_connection_without_a_valid_header_is_closed() {
     server.stop().await;
 }
 
-/// The HAProxy configuration in `examples/` is one HAProxy accepts, and the README shows it and
+/// The HAProxy configurations in `examples/` are ones HAProxy accepts, and the README shows it and
 /// the nginx site (which the website test runs) as they are in the files.
 #[test]
 fn the_example_haproxy_configuration_is_valid_and_in_the_readme() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let example = root.join("examples/load-balancer/haproxy.cfg");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     for shown in [
         "examples/load-balancer/haproxy.cfg",
+        "examples/high-availability/haproxy.cfg",
         "examples/website/nginx-site.conf",
         "examples/websocket/nginx-site.conf",
     ] {
@@ -363,18 +363,23 @@ fn the_example_haproxy_configuration_is_valid_and_in_the_readme() {
     if skip_without(HAPROXY, false, "the_example_haproxy_configuration_is_valid") {
         return;
     }
-    let out = std::process::Command::new(HAPROXY)
-        .arg("-c")
-        .arg("-f")
-        .arg(&example)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "haproxy -c: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for example in [
+        "examples/load-balancer/haproxy.cfg",
+        "examples/high-availability/haproxy.cfg",
+    ] {
+        let out = std::process::Command::new(HAPROXY)
+            .arg("-c")
+            .arg("-f")
+            .arg(root.join(example))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "haproxy -c {example}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Port 443's situation: the server's listener shared with a website. curl gets nginx's page over

@@ -704,3 +704,72 @@ async fn a_private_group_spreads_visits_and_keeps_serving_when_a_member_is_kille
     assert_eq!(to_dead, 0);
     drop((two, visit_proc, s));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ncx_visit_on_two_servers_goes_on_through_the_other_when_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2) = (dir.path().join("s1"), dir.path().join("s2"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let visitor = "[[identities]]\nname = \"v\"\ntoken = \"tv\"\n";
+    let mut s1 = server_with(
+        &d1,
+        "127.0.0.1:0",
+        "127.0.0.2",
+        "40000-40010",
+        &[],
+        "",
+        visitor,
+    )
+    .await;
+    let s2 = server_with(
+        &d2,
+        "127.0.0.1:0",
+        "127.0.0.3",
+        "40000-40010",
+        &[],
+        "",
+        visitor,
+    )
+    .await;
+    let servers = format!(
+        "servers = [\"{}\", \"{}\"]\nserver_fingerprints = [\"{}\", \"{}\"]",
+        s1.addr, s2.addr, s1.fingerprint, s2.fingerprint
+    );
+    let local = banner(b"A").await;
+    let mut owner = ClientProc::start(
+        dir.path(),
+        "owner",
+        &servers,
+        &format!("[[services]]\nname = \"rdp\"\nlocal = \"{local}\"\nprivate = true\nvisitors = [\"v\"]\n"),
+    );
+    owner.log.wait_for("private service offered").await;
+    owner.log.wait_for("private service offered").await;
+    let file = dir.path().join("visit.toml");
+    std::fs::write(
+        &file,
+        format!("{servers}\nidentity = \"v\"\ntoken = \"tv\"\nreconnect_initial_secs = 1\n[[visits]]\nservice = \"a/rdp\"\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let mut visit_proc = ncx_process()
+        .args(["visit", "--config"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    let mut visit_log = LogLines::new(&mut visit_proc);
+    let line = visit_log.wait_for("visit listener ready").await;
+    let listen: SocketAddr = log_field(&line, "listen").parse().unwrap();
+    wait_for_tunnel_banner(listen).await;
+
+    kill(&mut s1.child).await;
+    let killed = Instant::now();
+    // Visits fail only until the visit's session to the first server is known lost; then they
+    // go through the second.
+    let (failed, _, took) = until_all_reach(listen, b'A', 100).await;
+    eprintln!(
+        "ncx visit on two servers, the first killed: {failed} visits failed before 100 in a row went through the second ({:?} after the kill, {took:?} of visiting)",
+        killed.elapsed()
+    );
+    assert!(failed <= 5, "{failed} visits failed");
+    drop((owner, visit_proc, s2));
+}
