@@ -33,6 +33,12 @@ for name in ("register", "ping", "pong", "go_away", "error", "visitor_connected"
     put("session", b"\x01" + vectors[name])
 put("session", b"\x01" + vectors["register"] + vectors["ping"] + vectors["invalid_trailing"])
 put("session", b"\x01" + vectors["register_private"])
+# Version 3: into the group "desks" the harness lets the fuzz identity join (port 0: the
+# group's first free port), a health report each way, the private group, a visit of the group.
+group = bytes([0x0D, 3]) + b"rdp" + bytes([5]) + b"desks" + bytes([0, 0, 0, 0])
+group = len(group).to_bytes(2, "big") + group
+put("session", b"\x01" + group + vectors["service_unhealthy"] + vectors["service_healthy"])
+put("session", b"\x01" + vectors["register_private_group"] + vectors["service_unhealthy"])
 # Session, visit mode (first byte 3 mod 4): bytes of a visit substream after authentication.
 for name in ("visit", "ping", "invalid_too_many_visitors"):
     put("session", b"\x03" + vectors[name])

@@ -25,6 +25,8 @@ use crate::tls::ServerTrust;
 const EXPORTED: [u8; 32] = [0x42; 32];
 /// The identity the authenticated fuzz sessions use (not the well-behaved client's).
 const FUZZ_IDENTITY: &str = "fuzz";
+/// The group the fuzz identity may join (the name the specification's vectors use).
+const FUZZ_GROUP: &str = "desks";
 const FUZZ_TOKEN: &str = "fuzz-token";
 /// The good client's private service, which the fuzz identity may visit.
 const PRIVATE_SERVICE: &str = "private-echo";
@@ -159,14 +161,23 @@ impl SessionHarness {
                 bind: "127.0.0.1".parse().expect("an address"),
                 ports: vec![PortRange(ports)],
             };
-            let settings = ServerSettings::new(
+            let mut settings = ServerSettings::new(
                 "127.0.0.1:0".parse().expect("an address"),
                 ServerCert::Auto(Default::default()),
                 vec![
-                    policy("good", "good-token", 1024..=65535),
+                    policy("good", "good-token", 1024..=41_099),
                     policy(FUZZ_IDENTITY, FUZZ_TOKEN, 41_000..=41_099),
                 ],
             );
+            // A group the fuzz identity may join, public (its own ports) and private, so that
+            // registrations into groups and health reports reach the group code.
+            settings.groups = vec![crate::config::GroupPolicy {
+                name: Name::new(FUZZ_GROUP).expect("a valid name"),
+                identities: vec![Name::new(FUZZ_IDENTITY).expect("a valid name")],
+                bind: "127.0.0.1".parse().expect("an address"),
+                ports: vec![PortRange(41_100..=41_199)],
+                balance: Default::default(),
+            }];
             let server = Server::new(settings, identity).expect("a server");
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
             let addr = listener.local_addr().expect("an address");
