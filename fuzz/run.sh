@@ -7,7 +7,7 @@
 set -uo pipefail
 SECONDS_PER_TARGET=${1:-60}
 cd "$(dirname "$0")"
-TARGETS=${TARGETS:-"decode roundtrip streaming session config proxy_header proxy_reply websocket"}
+TARGETS=${TARGETS:-"decode roundtrip streaming session config proxy_header proxy_reply websocket datagram"}
 cargo +nightly fuzz build -O >/dev/null || { echo "fuzz build failed"; exit 1; }
 status=0
 results=()

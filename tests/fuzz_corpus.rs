@@ -94,6 +94,16 @@ fn websocket_corpus() {
 }
 
 #[test]
+fn datagram_corpus() {
+    let all = inputs("datagram");
+    assert!(!all.is_empty());
+    for (path, data) in all {
+        println!("{}", path.display());
+        ncx_proto::check::datagrams_arbitrary(&data);
+    }
+}
+
+#[test]
 fn config_corpus() {
     let all = inputs("config");
     assert!(!all.is_empty());

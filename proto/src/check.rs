@@ -211,3 +211,55 @@ pub fn ws_header_arbitrary(data: &[u8]) {
         }
     }
 }
+
+/// The datagram reader on arbitrary bytes: the first byte sets a chunk size, the rest is the
+/// stream. Read whole and read in chunks, it gives the same datagrams and the same error; it never
+/// panics, holds at most one datagram, and the datagrams written again give back exactly the bytes
+/// it took.
+pub fn datagrams_arbitrary(data: &[u8]) {
+    use crate::{encode_datagram, DatagramReader, MAX_DATAGRAM_LEN};
+    let Some((&chunk, stream)) = data.split_first() else {
+        return;
+    };
+    let read = |chunk: usize| {
+        let mut r = DatagramReader::new();
+        let (mut got, mut err) = (Vec::new(), None);
+        'chunks: for piece in stream.chunks(chunk.max(1)) {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                match r.feed(piece) {
+                    Ok((n, d)) => {
+                        assert!(
+                            n > 0 && n <= piece.len(),
+                            "a feed takes some of what it gets"
+                        );
+                        if let Some(d) = d {
+                            assert!(d.len() <= MAX_DATAGRAM_LEN);
+                            got.push(d);
+                        }
+                        piece = &piece[n..];
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        break 'chunks;
+                    }
+                }
+            }
+            assert!(r.pending() <= 2 + MAX_DATAGRAM_LEN);
+        }
+        (got, err)
+    };
+    let whole = read(stream.len());
+    let chunked = read(usize::from(chunk));
+    assert_eq!(whole.0, chunked.0, "chunking changes no datagram");
+    assert_eq!(whole.1, chunked.1, "chunking changes no error");
+    let mut again = Vec::new();
+    for d in &whole.0 {
+        encode_datagram(d, &mut again).expect("a datagram read is within the cap");
+    }
+    assert_eq!(
+        &again[..],
+        &stream[..again.len()],
+        "datagrams write back as read"
+    );
+}

@@ -20,6 +20,7 @@
 mod access;
 pub mod check;
 mod codec;
+mod datagram;
 mod message;
 mod proxy;
 mod proxy_in;
@@ -28,6 +29,9 @@ mod websocket;
 
 pub use access::{canonical, AccessRules, Cidr, CidrError, MAX_RULES};
 pub use codec::{decode, encode, encode_to_vec, DecodeError, FrameDecoder};
+pub use datagram::{
+    encode_datagram, DatagramError, DatagramReader, DATAGRAM_PREFIX_LEN, MAX_DATAGRAM_LEN,
+};
 pub use message::{ErrorCode, Message};
 pub use proxy::{proxy_header, ProxyVersion, PROXY_V2_SIGNATURE};
 pub use proxy_in::{
