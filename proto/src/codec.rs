@@ -98,7 +98,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
 }
 
 fn is_known_type(t: u8) -> bool {
-    matches!(t, 0x01..=0x13)
+    matches!(t, 0x01..=0x14)
 }
 
 fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
@@ -196,6 +196,14 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
                 unhealthy: (!healthy).then_some(reason),
             }
         }
+        0x14 => Message::RegisterUdp {
+            service: r.name("service")?,
+            remote_port: r.u16("remote_port")?,
+            access: AccessRules {
+                allow: r.cidrs("allow")?,
+                deny: r.cidrs("deny")?,
+            },
+        },
         0x0b => Message::Withdraw {
             service: r.name("service")?,
         },
@@ -384,6 +392,16 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_name(out, service);
         }
         Message::Withdraw { service } | Message::Withdrawn { service } => put_name(out, service),
+        Message::RegisterUdp {
+            service,
+            remote_port,
+            access,
+        } => {
+            put_name(out, service);
+            out.extend_from_slice(&remote_port.to_be_bytes());
+            put_cidrs(out, &access.allow);
+            put_cidrs(out, &access.deny);
+        }
         Message::ServiceHealth { service, unhealthy } => {
             put_name(out, service);
             out.push(u8::from(unhealthy.is_none()));

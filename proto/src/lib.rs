@@ -62,6 +62,9 @@ pub const WITHDRAW_VERSION: u16 = 2;
 /// [`Message::ServiceHealth`].
 pub const GROUP_VERSION: u16 = 3;
 
+/// The first version with UDP services ([`Message::RegisterUdp`] and the datagram framing).
+pub const UDP_VERSION: u16 = 3;
+
 /// The TLS ALPN identifier of this protocol version. A server refuses a client that does not offer it,
 /// so a peer of another major version fails at the TLS handshake with a clear alert instead of
 /// misreading frames.

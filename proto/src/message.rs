@@ -196,6 +196,17 @@ pub enum Message {
         /// session's alone (type `0x03`).
         group: Option<Name>,
     },
+    /// Client → server (version 3): offer a UDP service on a public UDP port. Each visitor
+    /// address (a flow) gets a substream of its own, which carries the flow's datagrams framed
+    /// as in [`crate::DatagramReader`].
+    RegisterUdp {
+        /// The service's name; unique in the session among all its services.
+        service: Name,
+        /// The public UDP port wanted; 0 lets the server pick one the identity may use.
+        remote_port: u16,
+        /// Which visitor addresses the server lets through, checked for every new flow.
+        access: crate::AccessRules,
+    },
     /// Client → server: offer a private service, which gets no public port. Only the listed
     /// identities reach it, each through its own session ([`Message::Visit`]).
     RegisterPrivate {
@@ -318,6 +329,7 @@ impl Message {
             Message::RegisterPrivate { group: None, .. } => 0x0a,
             Message::RegisterPrivate { group: Some(_), .. } => 0x0e,
             Message::ServiceHealth { .. } => 0x0f,
+            Message::RegisterUdp { .. } => 0x14,
             Message::Withdraw { .. } => 0x0b,
             Message::Withdrawn { .. } => 0x0c,
             Message::VisitorHeader { .. } => 0x10,

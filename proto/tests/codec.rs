@@ -37,6 +37,14 @@ fn all_kinds() -> Vec<Message> {
             access: ncx_proto::AccessRules::default(),
             group: None,
         },
+        Message::RegisterUdp {
+            service: long.clone(),
+            remote_port: 65535,
+            access: ncx_proto::AccessRules {
+                allow: vec!["10.0.0.0/8".parse().unwrap(); ncx_proto::MAX_RULES],
+                deny: vec![],
+            },
+        },
         Message::RegisterPrivate {
             service: long.clone(),
             visitors: vec![long.clone(); ncx_proto::MAX_VISITORS],

@@ -75,6 +75,17 @@ fn message() -> impl Strategy<Value = Message> {
                 unhealthy: reason,
             }
         }),
+        (
+            name(),
+            any::<u16>(),
+            proptest::collection::vec(cidr(), 0..4),
+            proptest::collection::vec(cidr(), 0..4)
+        )
+            .prop_map(|(service, remote_port, allow, deny)| Message::RegisterUdp {
+                service,
+                remote_port,
+                access: ncx_proto::AccessRules { allow, deny },
+            }),
         (name(), name()).prop_map(|(owner, service)| Message::Visit { owner, service }),
         (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Registered {
             service,

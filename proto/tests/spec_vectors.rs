@@ -65,6 +65,14 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             },
         ),
         (
+            "register_udp",
+            Message::RegisterUdp {
+                service: n("dns"),
+                remote_port: 53,
+                access: AccessRules::default(),
+            },
+        ),
+        (
             "register_private_group",
             Message::RegisterPrivate {
                 service: n("rdp"),
