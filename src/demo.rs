@@ -114,6 +114,7 @@ async fn run_inner(
             visitors: None,
             group: None,
             health: None,
+            udp: false,
         }],
     ))?;
     let connected = client.connect().await.context("the demo client")?;

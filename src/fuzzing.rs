@@ -206,6 +206,7 @@ impl SessionHarness {
                         visitors: None,
                         group: None,
                         health: None,
+                        udp: false,
                     },
                     // Reached by fuzz sessions in visit mode: their bytes cross the bridge into
                     // the good session.
@@ -218,6 +219,7 @@ impl SessionHarness {
                         visitors: Some(vec![Name::new(FUZZ_IDENTITY).expect("a valid name")]),
                         group: None,
                         health: None,
+                        udp: false,
                     },
                 ],
             ))

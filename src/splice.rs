@@ -144,6 +144,13 @@ impl Meter {
             c.inc_by(n);
         }
     }
+
+    /// Counts `n` bytes from side `b` that moved outside a splice (a UDP flow's datagrams).
+    pub fn b_to_a_moved(&self, n: u64) {
+        for c in &self.b_to_a {
+            c.inc_by(n);
+        }
+    }
 }
 
 /// [`splice`], adding the bytes to `meter` as they move.

@@ -32,8 +32,9 @@ fn example_client_config_parses() {
     )
     .unwrap();
     assert_eq!(c.identity.as_str(), "office");
-    assert_eq!(c.services.len(), 3);
+    assert_eq!(c.services.len(), 4);
     assert_eq!(c.services[0].remote_port, 13389);
+    assert!(c.services[3].udp && !c.services[0].udp);
     assert!(matches!(c.trust, ServerTrust::Pinned(_)));
     assert!(!format!("{c:?}").contains("change-me"), "{c:?}");
 }
@@ -959,4 +960,37 @@ fn example_high_availability_configs_parse() {
     assert_eq!(alice.server_mode, ncx::config::ServerMode::Failover);
     assert_eq!(alice.visits.len(), 1);
     assert_eq!(alice.visits[0].owner.as_str(), "desks");
+}
+
+#[test]
+fn a_udp_service_is_written_with_protocol_or_a_flag_suffix_and_refuses_what_udp_lacks() {
+    let base = "server = \"h:1\"\nidentity = \"a\"\ntoken = \"t\"\nserver_fingerprint = \"sha256:5f1c0d4e3a2b19087766554433221100ffeeddccbbaa99887766554433221100\"\n";
+    let c = ClientSettings::from_source(
+        &Source::text(
+            "client.toml",
+            &format!("{base}[[services]]\nname = \"dns\"\nlocal = \"127.0.0.1:53\"\nprotocol = \"udp\"\n"),
+        ),
+        ClientFile::default(),
+        None,
+    )
+    .unwrap();
+    assert!(c.services[0].udp);
+    let flag: ncx::config::ServiceSpec = "dns=127.0.0.1:53@5353/udp".parse().unwrap();
+    assert!(flag.udp && flag.remote_port == 5353 && flag.local == "127.0.0.1:53");
+    let tcp: ncx::config::ServiceSpec = "web=127.0.0.1:80@8080".parse().unwrap();
+    assert!(!tcp.udp);
+    let e = client_err(&format!(
+        "{base}[[services]]\nname = \"dns\"\nlocal = \"127.0.0.1:53\"\nprotocol = \"sctp\"\n"
+    ));
+    assert!(
+        e.contains("client.toml:8:") && e.contains("protocol") && e.contains("\"sctp\""),
+        "{e}"
+    );
+    let e = client_err(&format!(
+        "{base}[[services]]\nname = \"dns\"\nlocal = \"127.0.0.1:53\"\nprotocol = \"udp\"\nproxy_protocol = \"v2\"\n"
+    ));
+    assert!(
+        e.contains("proxy_protocol") && e.contains("not supported for UDP"),
+        "{e}"
+    );
 }

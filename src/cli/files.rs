@@ -103,6 +103,7 @@ impl ClientArgs {
                     health_interval_secs: None,
                     health_timeout_secs: None,
                     health_failures: None,
+                    protocol: s.udp.then(|| spanned("udp".to_owned())),
                 })
                 .collect(),
             ..self.connect.flags()

@@ -229,6 +229,13 @@ impl Connected {
 
 /// The message that registers `svc`: public or private, its own or into a group.
 pub(super) fn registration(svc: &ServiceSpec) -> Message {
+    if svc.udp {
+        return Message::RegisterUdp {
+            service: svc.name.clone(),
+            remote_port: svc.remote_port,
+            access: svc.access.clone(),
+        };
+    }
     match &svc.visitors {
         Some(visitors) => Message::RegisterPrivate {
             service: svc.name.clone(),
@@ -245,9 +252,19 @@ pub(super) fn registration(svc: &ServiceSpec) -> Message {
 }
 
 /// Why `svc` cannot be registered with a server of protocol `version`, if it cannot: a group
-/// needs version 3. Such a registration is never sent (the server would take it for a protocol
-/// violation and end the session).
+/// and a UDP service need version 3. Such a registration is never sent (the server would take it
+/// for a protocol violation and end the session).
 pub(super) fn too_new(svc: &ServiceSpec, version: u16) -> Option<Refusal> {
+    if svc.udp && version < ncx_proto::UDP_VERSION {
+        return Some(Refusal::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "UDP service {} needs a server of protocol version {} or newer; this one speaks {version}",
+                svc.name,
+                ncx_proto::UDP_VERSION
+            ),
+        ));
+    }
     (svc.group.is_some() && version < ncx_proto::GROUP_VERSION).then(|| {
         Refusal::new(
             ErrorCode::VersionMismatch,

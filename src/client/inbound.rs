@@ -95,11 +95,21 @@ pub(super) fn serve_visitor(
             &cancel,
         ))
         .await;
-        let Some((tcp, sub, local)) = connected else {
-            return;
-        };
-        splice_visitor(tcp, sub, &local, &cancel).await;
+        match connected {
+            Some(Local::Tcp(tcp, sub, local)) => splice_visitor(tcp, sub, &local, &cancel).await,
+            Some(Local::Udp(socket, sub, local)) => {
+                // Boxed: a flow is rarer than a TCP visitor, which should not pay for its size.
+                Box::pin(super::udp::carry(socket, sub, &local.stop)).await
+            }
+            None => {}
+        }
     }
+}
+
+/// A visitor connected to its local service: a TCP connection, or a UDP flow's socket.
+enum Local {
+    Tcp(TcpStream, Substream, Arc<LocalService>),
+    Udp(tokio::net::UdpSocket, Substream, Arc<LocalService>),
 }
 
 /// Reads the visitor header, connects to the local service and confirms the visitor; `None`
@@ -110,7 +120,7 @@ async fn connect_local(
     services: LocalServices,
     local_timeout: Duration,
     cancel: &CancellationToken,
-) -> Option<(TcpStream, Substream, Arc<LocalService>)> {
+) -> Option<Local> {
     let mut sub = Substream::new(stream, state);
     let mut reader = MessageReader::new();
     let header = tokio::select! {
@@ -154,6 +164,26 @@ async fn connect_local(
     };
     drop(services);
     let spec = &local.spec;
+    if spec.udp {
+        let socket = match super::udp::local_socket(&spec.local).await {
+            Ok(s) => s,
+            Err(e) => {
+                refuse(
+                    &mut sub,
+                    ErrorCode::LocalError,
+                    format!("a UDP socket for {}: {e}", spec.local),
+                )
+                .await;
+                return None;
+            }
+        };
+        if let Err(e) = write_message(&mut sub, &Message::VisitorStatus { refusal: None }).await {
+            debug!(error = %e, "could not confirm the UDP flow to the server");
+            return None;
+        }
+        debug!(local = %spec.local, "UDP flow connected");
+        return Some(Local::Udp(socket, sub, local));
+    }
     let connect = tokio::select! {
         _ = cancel.cancelled() => return None,
         r = tokio::time::timeout(local_timeout, TcpStream::connect(&spec.local)) => r,
@@ -199,7 +229,7 @@ async fn connect_local(
         crate::splice::abort(tcp);
         return None;
     }
-    Some((tcp, sub, local))
+    Some(Local::Tcp(tcp, sub, local))
 }
 
 /// Splices a connected visitor until it ends, the session goes (`cancel`) or its service is

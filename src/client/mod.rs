@@ -35,6 +35,7 @@ mod retiring;
 mod retry;
 mod sessions;
 mod several;
+mod udp;
 
 use std::sync::Arc;
 

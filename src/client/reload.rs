@@ -188,6 +188,7 @@ mod tests {
             visitors: None,
             group: None,
             health: None,
+            udp: false,
         }
     }
 

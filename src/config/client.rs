@@ -39,6 +39,8 @@ pub struct ServiceSpec {
     pub group: Option<Name>,
     /// How the client checks that the local service answers; an unhealthy one gets no visitors.
     pub health: Option<HealthCheck>,
+    /// A UDP service (`protocol = "udp"`): each visitor address is a flow of datagrams.
+    pub udp: bool,
 }
 
 /// Validated client settings.

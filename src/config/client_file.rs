@@ -119,6 +119,8 @@ pub struct ServiceFile {
     pub visitors: Option<Spanned<Vec<Spanned<String>>>>,
     /// The group the service joins on the server (several clients offering it together).
     pub group: Option<Spanned<String>>,
+    /// `"tcp"` (the default) or `"udp"`.
+    pub protocol: Option<Spanned<String>>,
     /// `"tcp"` or `"http://HOST[:PORT]/PATH"`: how the client checks that the local service
     /// answers.
     pub health_check: Option<Spanned<String>>,
@@ -130,12 +132,17 @@ pub struct ServiceFile {
     pub health_failures: Option<Spanned<u32>>,
 }
 
-/// `--service NAME=HOST:PORT[@REMOTE_PORT]`.
+/// `--service NAME=HOST:PORT@REMOTE_PORT[/udp]`.
 impl std::str::FromStr for ServiceSpec {
     type Err = String;
-    /// `NAME=LOCAL_HOST:PORT@REMOTE_PORT`, e.g. `rdp=127.0.0.1:3389@3389` or `web=localhost:80@0`.
+    /// `NAME=LOCAL_HOST:PORT@REMOTE_PORT`, e.g. `rdp=127.0.0.1:3389@3389` or `web=localhost:80@0`;
+    /// `/udp` after it makes a UDP service (`dns=127.0.0.1:53@5353/udp`).
     fn from_str(s: &str) -> Result<Self, String> {
-        let usage = "expected NAME=LOCAL_HOST:PORT@REMOTE_PORT, e.g. rdp=127.0.0.1:3389@13389";
+        let usage = "expected NAME=LOCAL_HOST:PORT@REMOTE_PORT[/udp], e.g. rdp=127.0.0.1:3389@13389 or dns=127.0.0.1:53@5353/udp";
+        let (s, udp) = match s.strip_suffix("/udp") {
+            Some(rest) => (rest, true),
+            None => (s.strip_suffix("/tcp").unwrap_or(s), false),
+        };
         let (name, rest) = s.split_once('=').ok_or(usage)?;
         let (local, remote) = rest.rsplit_once('@').ok_or(usage)?;
         let name = Name::new(name).map_err(|e| format!("service name {name:?}: {e}"))?;
@@ -152,6 +159,7 @@ impl std::str::FromStr for ServiceSpec {
             visitors: None,
             group: None,
             health: None,
+            udp,
         })
     }
 }

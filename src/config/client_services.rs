@@ -99,6 +99,39 @@ pub(super) fn services(
             None => None,
         };
         let health = health_check(src, &s)?;
+        let udp = match s
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("tcp", _)) => false,
+            Some(("udp", span)) => {
+                // Not yet for UDP: say so rather than accept a setting that would do nothing.
+                let unsupported = [
+                    (private, "private"),
+                    (group.is_some(), "group"),
+                    (proxy_protocol.is_some(), "proxy_protocol"),
+                    (s.health_check.is_some(), "health_check"),
+                ];
+                if let Some((_, key)) = unsupported.iter().find(|(set, _)| *set) {
+                    return Err(src.at(
+                        span,
+                        Some(key),
+                        format!(
+                            "UDP service {name}: `{key}` is not supported for UDP services yet"
+                        ),
+                    ));
+                }
+                true
+            }
+            Some((other, span)) => {
+                return Err(src.at(
+                    span,
+                    Some("protocol"),
+                    format!("{other:?}: expected \"tcp\" or \"udp\""),
+                ))
+            }
+        };
         services.push(ServiceSpec {
             name,
             local: s.local.into_inner(),
@@ -108,6 +141,7 @@ pub(super) fn services(
             visitors,
             group,
             health,
+            udp,
         });
     }
     Ok(services)

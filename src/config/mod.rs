@@ -52,6 +52,9 @@ pub const DEFAULT_MAX_VISITORS_PER_IDENTITY: usize = 10_000;
 pub const DEFAULT_MAX_SERVICES_PER_SESSION: usize = 256;
 /// Concurrent visitors per service (within the session's limit).
 pub const DEFAULT_MAX_VISITORS_PER_SERVICE: usize = 10_000;
+/// How long a UDP flow lives without a datagram either way: a DNS query is answered within
+/// seconds, and WireGuard's keepalive (25 s when set) keeps a tunnel's flow alive.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Substreams opened whose client has not answered yet. yamux stalls every open beyond 256
 /// unacknowledged ones, so this stays below that.
 pub const DEFAULT_MAX_OPENS_IN_FLIGHT: usize = 128;

@@ -46,6 +46,8 @@ pub struct ServerSettings {
     pub max_visitors_per_service: usize,
     /// Substreams awaiting the client's answer, per session.
     pub max_opens_in_flight: usize,
+    /// How long a UDP flow lives without a datagram either way.
+    pub udp_idle_timeout: Duration,
     /// Substreams a session may open before the client is asked to rotate to a fresh session.
     pub rotate_after_opens: u64,
     /// Liveness and drain timing.
@@ -90,6 +92,7 @@ impl ServerSettings {
             max_visitors_per_identity: DEFAULT_MAX_VISITORS_PER_IDENTITY,
             max_visitors_per_service: DEFAULT_MAX_VISITORS_PER_SERVICE,
             max_opens_in_flight: DEFAULT_MAX_OPENS_IN_FLIGHT,
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
             timing: Timing::default(),
             auth_failures_before_block: DEFAULT_AUTH_FAILURES_BEFORE_BLOCK,
@@ -231,6 +234,12 @@ impl ServerSettings {
                 ));
             }
         }
+        let udp_idle_timeout = secs(
+            src,
+            &file.udp_idle_timeout_secs,
+            "udp_idle_timeout_secs",
+            DEFAULT_UDP_IDLE_TIMEOUT,
+        )?;
         let timing = timing(
             src,
             &file.ping_interval_secs,
@@ -319,6 +328,7 @@ impl ServerSettings {
             max_visitors_per_identity,
             max_visitors_per_service,
             max_opens_in_flight,
+            udp_idle_timeout,
             rotate_after_opens: DEFAULT_ROTATE_AFTER_OPENS,
             timing,
             auth_failures_before_block,

@@ -36,6 +36,8 @@ pub struct ServerFile {
     pub liveness_timeout_secs: Option<Spanned<u64>>,
     /// Seconds visitors may finish in on shutdown or takeover.
     pub drain_timeout_secs: Option<Spanned<u64>>,
+    /// Seconds a UDP flow lives without a datagram either way.
+    pub udp_idle_timeout_secs: Option<Spanned<u64>>,
     /// Failed authentications from one address before it is blocked.
     pub auth_failures_before_block: Option<Spanned<u32>>,
     /// Seconds an address is blocked after too many failed authentications.

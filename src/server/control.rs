@@ -346,22 +346,24 @@ impl Control {
     async fn message(&mut self, msg: Result<Message, ReadError>) -> Option<Outcome> {
         let registers = matches!(
             msg,
-            Ok(Message::Register { .. } | Message::RegisterPrivate { .. })
+            Ok(Message::Register { .. }
+                | Message::RegisterPrivate { .. }
+                | Message::RegisterUdp { .. })
         );
         if registers && !self.live && self.phase.accepts_registrations() {
             self.live = true;
             self.take_over().await;
         }
         let reply = match msg {
-            Ok(Message::Register { service, .. } | Message::RegisterPrivate { service, .. })
-                if !self.phase.accepts_registrations() =>
-            {
-                Message::ServiceRefused {
-                    service,
-                    code: ErrorCode::ShuttingDown,
-                    message: Text::new("the session is going away"),
-                }
-            }
+            Ok(
+                Message::Register { service, .. }
+                | Message::RegisterPrivate { service, .. }
+                | Message::RegisterUdp { service, .. },
+            ) if !self.phase.accepts_registrations() => Message::ServiceRefused {
+                service,
+                code: ErrorCode::ShuttingDown,
+                message: Text::new("the session is going away"),
+            },
             Ok(Message::Register {
                 service,
                 remote_port,
@@ -373,6 +375,11 @@ impl Control {
                 visitors,
                 group,
             }) => self.services.register_private(service, visitors, group),
+            Ok(Message::RegisterUdp {
+                service,
+                remote_port,
+                access,
+            }) => self.services.register_udp(service, remote_port, access),
             Ok(Message::ServiceHealth { service, unhealthy }) => {
                 self.services.health(&service, unhealthy.as_ref());
                 return None;

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::context::{SessionCtx, Shared};
 use super::groups::{Group, GroupKind, JoinError, Member, NewGroup};
 use super::opener::{end_text, open_to_client, Early};
-use super::public::bind;
+use super::ports::bind;
 use crate::accept::accept_until;
 use crate::audit::{AuditRecord, VisitorEnd};
 use crate::config::GroupPolicy;

@@ -29,6 +29,7 @@ mod grouped;
 mod groups;
 mod handshakes;
 mod opener;
+mod ports;
 mod private;
 mod public;
 mod registry;
@@ -36,6 +37,7 @@ mod reload;
 mod services;
 mod session;
 mod status;
+mod udp;
 
 use std::sync::Arc;
 

@@ -1,18 +1,20 @@
-//! Public ports: binding one under the identity's policy, and accepting its visitors, each of
+//! Public TCP ports: a service started on its bound port, and its visitors accepted, each of
 //! which becomes a substream to the client through the `opener.rs`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use ncx_proto::{AccessRules, ErrorCode, Name};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use ncx_proto::{AccessRules, Name};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::context::SessionCtx;
 use super::opener::{end_text, open_to_client, Early};
-use super::registry::PortClaimError;
+use super::ports::bind_port;
+use super::registry::Port;
 use crate::accept::accept_until;
 use crate::audit::{AuditRecord, VisitorEnd};
 use crate::config::IdentityPolicy;
@@ -20,140 +22,69 @@ use crate::ratelimit::LogLimiter;
 use crate::refusal::Refusal;
 use crate::splice::{abort, splice_metered};
 
-/// Pending connections the kernel queues on a public port.
-const LISTEN_BACKLOG: u32 = 1024;
+/// What a started public service (TCP or UDP) hands the session's services: the port bound, the
+/// token that stops the service, the token cancelled once its port is released, and its health
+/// flag.
+pub(super) type Started = (u16, CancellationToken, CancellationToken, Arc<AtomicBool>);
 
-/// Ports tried when the client asks for "any port" and the OS's pick is outside the policy.
-const PICK_ATTEMPTS: usize = 512;
-
-/// Binds a public port for a service of `identity`'s session: `port`, or with 0 any port the
-/// policy allows. Returns the listener and its port, reserved in the registry for the session.
-pub(super) fn bind_port(
-    ctx: &SessionCtx,
+/// Binds the TCP port of `service` (`port`, or with 0 any the policy allows) for `ctx`'s session
+/// and accepts its visitors in the session's listeners.
+pub(super) fn start(
+    ctx: &Arc<SessionCtx>,
     identity: &Name,
     policy: &IdentityPolicy,
-    port: u16,
-) -> Result<(TcpListener, u16), Refusal> {
-    let ports = PortBinder {
-        ctx,
-        identity,
-        policy,
-    };
-    if policy.ports.is_empty() {
-        // Not "port in use": no port will ever be free for this identity.
-        Err(Refusal::new(
-            ErrorCode::PortNotAllowed,
-            format!(
-                "identity {identity} may not open public ports (it has no `ports` on the server); offer the service privately (`visitors`) or give the identity ports"
-            ),
-        ))
-    } else if port == 0 {
-        ports.pick()
-    } else if !policy.allows(port) {
-        Err(Refusal::new(
-            ErrorCode::PortNotAllowed,
-            format!(
-                "port {port} is outside the ports allowed for identity {identity} ({})",
-                policy.ports_text()
-            ),
-        ))
+    identity_permits: Arc<Semaphore>,
+    (service, port, access): (Name, u16, AccessRules),
+) -> Result<Started, Refusal> {
+    let (listener, port) = bind_port::<TcpListener>(ctx, identity, policy, port)?;
+    let addr = SocketAddr::new(policy.bind, port);
+    if access.is_open() {
+        info!(%service, %addr, "service exposed");
     } else {
-        ports.claim_and_bind(port)
+        info!(%service, %addr, allow = ?access.allow, deny = ?access.deny, "service exposed to the allowed addresses");
     }
+    let span = tracing::info_span!("service", %service, port);
+    Ok(spawn_public(ctx, port, span, |stop, healthy| {
+        accept_visitors(
+            ctx.clone(),
+            listener,
+            Public {
+                service,
+                port,
+                access,
+                identity: identity.clone(),
+                identity_permits,
+                stop,
+                healthy,
+            },
+        )
+    }))
 }
 
-struct PortBinder<'a> {
-    ctx: &'a SessionCtx,
-    identity: &'a Name,
-    policy: &'a IdentityPolicy,
-}
-
-impl PortBinder<'_> {
-    fn claim_and_bind(&self, port: u16) -> Result<(TcpListener, u16), Refusal> {
-        let registry = &self.ctx.shared.registry;
-        match registry.claim_port(port, self.identity, self.ctx.id) {
-            Ok(()) => {}
-            Err(PortClaimError::OtherIdentity(_)) => {
-                // The other identity's name is not this client's business.
-                return Err(Refusal::new(
-                    ErrorCode::PortInUse,
-                    format!("port {port} is in use by another identity"),
-                ));
-            }
-            Err(PortClaimError::OtherSession) => {
-                return Err(Refusal::new(
-                    ErrorCode::PortInUse,
-                    format!("port {port} is still held by an earlier session of this identity"),
-                ));
-            }
+/// Runs the loop of a public service that `serve` makes (from its stop token and health flag) in
+/// the session's listeners.
+pub(super) fn spawn_public<F>(
+    ctx: &SessionCtx,
+    port: u16,
+    span: tracing::Span,
+    serve: impl FnOnce(CancellationToken, Arc<AtomicBool>) -> F,
+) -> Started
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let stop = ctx.listeners.token().child_token();
+    let released = CancellationToken::new();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let serving = serve(stop.clone(), healthy.clone());
+    let done = released.clone();
+    ctx.listeners.spawn(
+        async move {
+            serving.await;
+            done.cancel();
         }
-        match bind(self.policy.bind, port) {
-            Ok(l) => Ok((l, port)),
-            Err(e) => {
-                registry.release_port(port, self.ctx.id);
-                let code = if e.kind() == std::io::ErrorKind::AddrInUse {
-                    ErrorCode::PortInUse
-                } else {
-                    ErrorCode::BindFailed
-                };
-                Err(Refusal::new(
-                    code,
-                    format!("binding {}:{port} failed: {e}", self.policy.bind),
-                ))
-            }
-        }
-    }
-
-    /// Port 0: let the OS pick, and keep its pick if the policy allows it; otherwise walk the
-    /// allowed ranges from a varying start.
-    fn pick(&self) -> Result<(TcpListener, u16), Refusal> {
-        let registry = &self.ctx.shared.registry;
-        if let Ok(l) = bind(self.policy.bind, 0) {
-            if let Ok(port) = l.local_addr().map(|a| a.port()) {
-                if self.policy.allows(port)
-                    && registry
-                        .claim_port(port, self.identity, self.ctx.id)
-                        .is_ok()
-                {
-                    return Ok((l, port));
-                }
-            }
-        }
-        let candidates: Vec<u16> = self.policy.ports.iter().flat_map(|r| r.0.clone()).collect();
-        if !candidates.is_empty() {
-            let start =
-                usize::try_from(self.ctx.id.wrapping_mul(7919)).unwrap_or(0) % candidates.len();
-            for i in 0..candidates.len().min(PICK_ATTEMPTS) {
-                let port = candidates[(start + i) % candidates.len()];
-                if registry.is_claimed(port) {
-                    continue;
-                }
-                if let Ok(b) = self.claim_and_bind(port) {
-                    return Ok(b);
-                }
-            }
-        }
-        Err(Refusal::new(
-            ErrorCode::PortInUse,
-            format!(
-                "no free port among those allowed for identity {} ({})",
-                self.identity,
-                self.policy.ports_text()
-            ),
-        ))
-    }
-}
-
-pub(super) fn bind(ip: IpAddr, port: u16) -> std::io::Result<TcpListener> {
-    let socket = match ip {
-        IpAddr::V4(_) => TcpSocket::new_v4()?,
-        IpAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    // Lets a port be bound again at once after its session ends, despite visitor connections in
-    // TIME_WAIT. Two live listeners on one port are still impossible on Linux.
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::new(ip, port))?;
-    socket.listen(LISTEN_BACKLOG)
+        .instrument(span),
+    );
+    (port, stop, released, healthy)
 }
 
 /// One public service as its listener serves it.
@@ -248,7 +179,7 @@ pub(super) async fn accept_visitors(ctx: Arc<SessionCtx>, listener: TcpListener,
     )
     .await;
     drop(listener);
-    ctx.shared.registry.release_port(port, ctx.id);
+    ctx.shared.registry.release_port(Port::Tcp(port), ctx.id);
     debug!("port released");
 }
 

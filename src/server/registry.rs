@@ -63,7 +63,7 @@ pub type SessionKey = (Name, Option<Name>);
 
 struct Inner<S> {
     sessions: HashMap<SessionKey, SessionEntry>,
-    ports: HashMap<u16, (Name, SessionId)>,
+    ports: HashMap<Port, (Name, SessionId)>,
     /// Keyed by (owner, service): names are unique per identity only.
     private: HashMap<(Name, Name), PrivateService<S>>,
 }
@@ -81,6 +81,23 @@ impl<S> Default for Registry<S> {
                 ports: HashMap::new(),
                 private: HashMap::new(),
             }),
+        }
+    }
+}
+
+/// A public port: TCP and UDP ports of one number are different ports (a TCP and a UDP
+/// service may share a number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Port {
+    Tcp(u16),
+    Udp(u16),
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Port::Tcp(n) => write!(f, "{n}"),
+            Port::Udp(n) => write!(f, "{n}/udp"),
         }
     }
 }
@@ -117,7 +134,7 @@ impl<S> Registry<S> {
     /// Reserves `port` for `identity`'s session `id`.
     pub fn claim_port(
         &self,
-        port: u16,
+        port: Port,
         identity: &Name,
         id: SessionId,
     ) -> Result<(), PortClaimError> {
@@ -135,7 +152,7 @@ impl<S> Registry<S> {
     }
 
     /// Whether `port` is reserved by anyone.
-    pub fn is_claimed(&self, port: u16) -> bool {
+    pub fn is_claimed(&self, port: Port) -> bool {
         self.lock().ports.contains_key(&port)
     }
 
@@ -176,7 +193,7 @@ impl<S> Registry<S> {
     }
 
     /// Releases `port` if session `id` holds it.
-    pub fn release_port(&self, port: u16, id: SessionId) {
+    pub fn release_port(&self, port: Port, id: SessionId) {
         let mut inner = self.lock();
         if inner.ports.get(&port).is_some_and(|(_, sid)| *sid == id) {
             inner.ports.remove(&port);
@@ -215,21 +232,26 @@ mod tests {
     fn a_port_belongs_to_one_identity_and_one_session_at_a_time() {
         let r = Registry::<()>::default();
         let (a, b) = (name("a"), name("b"));
-        assert_eq!(r.claim_port(7000, &a, 1), Ok(()));
+        assert_eq!(r.claim_port(Port::Tcp(7000), &a, 1), Ok(()));
         // The same session may claim it again; a register that fails to bind releases it.
-        assert_eq!(r.claim_port(7000, &a, 1), Ok(()));
+        assert_eq!(r.claim_port(Port::Tcp(7000), &a, 1), Ok(()));
         assert_eq!(
-            r.claim_port(7000, &b, 2),
+            r.claim_port(Port::Tcp(7000), &b, 2),
             Err(PortClaimError::OtherIdentity(a.clone()))
         );
-        assert_eq!(r.claim_port(7000, &a, 3), Err(PortClaimError::OtherSession));
-        assert!(r.is_claimed(7000));
+        assert_eq!(
+            r.claim_port(Port::Tcp(7000), &a, 3),
+            Err(PortClaimError::OtherSession)
+        );
+        assert!(r.is_claimed(Port::Tcp(7000)));
         // Only the holder releases it.
-        r.release_port(7000, 3);
-        assert!(r.is_claimed(7000));
-        r.release_port(7000, 1);
-        assert!(!r.is_claimed(7000));
-        assert_eq!(r.claim_port(7000, &b, 2), Ok(()));
+        r.release_port(Port::Tcp(7000), 3);
+        assert!(r.is_claimed(Port::Tcp(7000)));
+        r.release_port(Port::Tcp(7000), 1);
+        assert!(!r.is_claimed(Port::Tcp(7000)));
+        assert_eq!(r.claim_port(Port::Tcp(7000), &b, 2), Ok(()));
+        // The UDP port of the same number is another port.
+        assert_eq!(r.claim_port(Port::Udp(7000), &a, 1), Ok(()));
     }
 
     #[test]

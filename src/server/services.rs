@@ -3,7 +3,6 @@
 //! `private.rs`). Each registration is answered with `Registered` or a refusal.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +10,11 @@ use std::time::Duration;
 use ncx_proto::{AccessRules, ErrorCode, Message, Name};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use super::context::SessionCtx;
 use super::grouped::Joining;
 use super::groups::GroupKind;
-use super::public::{accept_visitors, bind_port, Public};
 use super::registry::PrivateService;
 use crate::config::IdentityPolicy;
 use crate::ratelimit::LogLimiter;
@@ -127,67 +125,50 @@ impl Services {
             }
             r.to_service_refused(service.clone())
         };
-        if let Err(r) = self.may_register(&service) {
-            return refused(r);
-        }
-        let Some(identity_permits) = self.ctx.shared.admission.identity_visitors(&self.identity)
-        else {
-            return refused(Refusal::new(
-                ErrorCode::UnknownIdentity,
-                format!("identity {} is no longer configured", self.identity),
-            ));
-        };
-        let (listener, port) = match bind_port(&self.ctx, &self.identity, &self.policy, port) {
-            Ok(b) => b,
+        let identity_permits = match self.public_places(&service) {
+            Ok(p) => p,
             Err(r) => return refused(r),
         };
-        let addr = SocketAddr::new(self.policy.bind, port);
-        if access.is_open() {
-            info!(%service, %addr, "service exposed");
-        } else {
-            info!(%service, %addr, allow = ?access.allow, deny = ?access.deny, "service exposed to the allowed addresses");
-        }
-        let span = tracing::info_span!("service", %service, port);
-        let stop = self.ctx.listeners.token().child_token();
-        let released = CancellationToken::new();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let accepting = accept_visitors(
-            self.ctx.clone(),
-            listener,
-            Public {
-                service: service.clone(),
-                port,
-                access,
-                identity: self.identity.clone(),
-                identity_permits,
-                stop: stop.clone(),
-                healthy: healthy.clone(),
-            },
+        let served = super::public::start(
+            &self.ctx,
+            &self.identity,
+            &self.policy,
+            identity_permits,
+            (service.clone(), port, access),
         );
-        let done = released.clone();
-        self.ctx.listeners.spawn(
-            async move {
-                accepting.await;
-                done.cancel();
+        let (port, stop, released, healthy) = match served {
+            Ok(s) => s,
+            Err(r) => return refused(r),
+        };
+        self.hold_public(service, port, stop, released, healthy)
+    }
+
+    /// Handles one `RegisterUdp`: binds the UDP port under the identity's policy (a TCP service
+    /// may have the same number) and serves its flows, or says why not.
+    pub fn register_udp(&mut self, service: Name, port: u16, access: AccessRules) -> Message {
+        let log = &self.refusal_log;
+        let refused = |r: Refusal| {
+            if let Some(held_back) = log.allow() {
+                warn!(%service, port, code = %r.code, reason = %r.message, held_back, "UDP service refused");
             }
-            .instrument(span),
+            r.to_service_refused(service.clone())
+        };
+        let identity_permits = match self.public_places(&service) {
+            Ok(p) => p,
+            Err(r) => return refused(r),
+        };
+        let served = super::udp::start(
+            &self.ctx,
+            &self.identity,
+            &self.policy,
+            identity_permits,
+            (service.clone(), port, access),
         );
-        self.held.insert(
-            service.clone(),
-            Held {
-                kind: HeldKind::Public {
-                    port,
-                    stop,
-                    released,
-                },
-                healthy,
-            },
-        );
-        self.ctx.record_service(&service, Some(port));
-        Message::Registered {
-            service,
-            remote_port: port,
-        }
+        let (port, stop, released, healthy) = match served {
+            Ok(s) => s,
+            Err(r) => return refused(r),
+        };
+        self.hold_public(service, port, stop, released, healthy)
     }
 
     /// Handles one `RegisterPrivate`: records the service and who may visit it (or joins the
@@ -347,6 +328,44 @@ impl Services {
                     warn!(%service, %reason, "the client reports the service unhealthy; it gets no new visitors")
                 }
             }
+        }
+    }
+
+    /// What every public registration checks first: the session may register the name, and the
+    /// identity (still configured) has its visitor places, which are returned.
+    fn public_places(&self, service: &Name) -> Result<Arc<Semaphore>, Refusal> {
+        self.may_register(service)?;
+        self.ctx
+            .shared
+            .admission
+            .identity_visitors(&self.identity)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownIdentity,
+                    format!("identity {} is no longer configured", self.identity),
+                )
+            })
+    }
+
+    /// Records a public service (TCP or UDP) now served on `port`, and answers its registration.
+    fn hold_public(
+        &mut self,
+        service: Name,
+        port: u16,
+        stop: CancellationToken,
+        released: CancellationToken,
+        healthy: Arc<AtomicBool>,
+    ) -> Message {
+        let kind = HeldKind::Public {
+            port,
+            stop,
+            released,
+        };
+        self.held.insert(service.clone(), Held { kind, healthy });
+        self.ctx.record_service(&service, Some(port));
+        Message::Registered {
+            service,
+            remote_port: port,
         }
     }
 

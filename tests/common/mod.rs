@@ -224,6 +224,7 @@ pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
         visitors: None,
         group: None,
         health: None,
+        udp: false,
     }
 }
 
@@ -233,6 +234,7 @@ pub fn private_service(n: &str, local: SocketAddr, visitors: &[&str]) -> Service
         visitors: Some(visitors.iter().map(|v| name(v)).collect()),
         group: None,
         health: None,
+        udp: false,
         ..service(n, local, 0)
     }
 }

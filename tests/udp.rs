@@ -1,0 +1,268 @@
+//! UDP services: a real DNS server (dnsmasq) answering dig through the tunnel, a thousand flows
+//! each getting its own replies, the largest datagram, flows that expire when idle, and a TCP and
+//! a UDP service on one port number. Server and client run in this process over real TLS and
+//! real sockets on 127.0.0.1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::programs::skip_without;
+use common::*;
+use tokio::net::UdpSocket;
+
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+const DIG: &str = "/usr/bin/dig";
+
+fn udp_service(n: &str, local: SocketAddr, remote_port: u16) -> ncx::config::ServiceSpec {
+    ncx::config::ServiceSpec {
+        udp: true,
+        ..service(n, local, remote_port)
+    }
+}
+
+/// A UDP service that answers every datagram with the address it came from, then the datagram.
+async fn udp_echo() -> SocketAddr {
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let mut reply = format!("{from} ").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `payload` to `to` from `socket` and waits for the reply, sending again every 500 ms
+/// (UDP may lose a datagram), at most 20 times.
+async fn ask(socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 65_536 + 64];
+    for _ in 0..20 {
+        socket.send_to(payload, to).await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+        {
+            return buf[..n].to_vec();
+        }
+    }
+    panic!("no reply from {to} after 20 tries");
+}
+
+/// The echo's reply, split into the source address the service saw and the datagram.
+fn split_reply(reply: &[u8]) -> (String, Vec<u8>) {
+    let space = reply
+        .iter()
+        .position(|&b| b == b' ')
+        .expect("an address first");
+    (
+        String::from_utf8(reply[..space].to_vec()).unwrap(),
+        reply[space + 1..].to_vec(),
+    )
+}
+
+async fn start(
+    settings: impl FnOnce(&mut ncx::config::ServerSettings),
+    services: Vec<ncx::config::ServiceSpec>,
+) -> (TestServer, RunningClient) {
+    let pki = Pki::new();
+    let mut ss = server_settings(vec![identity("a", "t")]);
+    settings(&mut ss);
+    let server = TestServer::start(&pki, ss).await;
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        services,
+    ))
+    .await;
+    (server, client)
+}
+
+#[tokio::test]
+async fn dig_asks_dnsmasq_through_the_tunnel() {
+    let test = "dig_asks_dnsmasq_through_the_tunnel";
+    if skip_without(DNSMASQ, false, test) || skip_without(DIG, false, test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // dnsmasq on a port of its own, answering one name from its configuration and nothing else.
+    let (mut dnsmasq, dns) = {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let port = free_port();
+            let mut child = tokio::process::Command::new(DNSMASQ)
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--address=/ncx.test/192.0.2.7",
+                    "--conf-file=/dev/null",
+                    "--log-facility=-",
+                ])
+                .arg(format!("--port={port}"))
+                .arg(format!(
+                    "--pid-file={}",
+                    dir.path().join("dnsmasq.pid").display()
+                ))
+                .arg(if is_root() { "--user=root" } else { "--user=" })
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            // Listening once it answers a query directly (dig tries for 3 s).
+            if dig(addr, "ncx.test").await.as_deref() == Some("192.0.2.7") {
+                break (child, addr);
+            }
+            let _ = child.start_kill();
+            assert!(tries < 5, "dnsmasq did not start");
+        }
+    };
+    let (server, client) = start(|_| {}, vec![udp_service("dns", dns, 0)]).await;
+    let public: SocketAddr = format!("127.0.0.1:{}", client.port("dns")).parse().unwrap();
+    assert_eq!(dig(public, "ncx.test").await.as_deref(), Some("192.0.2.7"));
+    // Another name: dnsmasq's own answer (no such name) comes back as well.
+    assert_eq!(dig(public, "other.test").await.as_deref(), Some(""));
+    client.stop().await;
+    server.stop().await;
+    let _ = dnsmasq.start_kill();
+}
+
+/// `dig +short` of `name` at `server`; `None` when dig got no answer at all.
+async fn dig(server: SocketAddr, name: &str) -> Option<String> {
+    let out = tokio::process::Command::new(DIG)
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            name,
+            "+short",
+            "+tries=3",
+            "+time=1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.contains("timed out")).then_some(text)
+}
+
+fn is_root() -> bool {
+    common::programs::is_root()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_flows_each_get_their_own_replies() {
+    let echo = udp_echo().await;
+    let (server, client) = start(|_| {}, vec![udp_service("echo", echo, 0)]).await;
+    let public: SocketAddr = format!("127.0.0.1:{}", client.port("echo"))
+        .parse()
+        .unwrap();
+    let flows: Vec<_> = (0..1000)
+        .map(|i| {
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let payload = format!("flow {i}").into_bytes();
+                let (seen_from, back) = split_reply(&ask(&socket, public, &payload).await);
+                assert_eq!(back, payload, "flow {i} got its own reply");
+                seen_from
+            })
+        })
+        .collect();
+    let mut sources = std::collections::HashSet::new();
+    for f in flows {
+        sources.insert(tokio::time::timeout(WAIT, f).await.unwrap().unwrap());
+    }
+    // The service saw each flow from a socket of its own.
+    assert_eq!(sources.len(), 1000);
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_largest_datagram_crosses_whole_and_boundaries_hold() {
+    let echo = udp_echo().await;
+    let (server, client) = start(|_| {}, vec![udp_service("echo", echo, 0)]).await;
+    let public: SocketAddr = format!("127.0.0.1:{}", client.port("echo"))
+        .parse()
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The echo adds its view of our address, so send what still fits in its reply.
+    let room = ncx_proto::MAX_DATAGRAM_LEN - 64;
+    let mut rng = Rng(7);
+    for len in [0, 1, 1400, 9000, room] {
+        let payload = rng.bytes(len);
+        let (_, back) = split_reply(&ask(&socket, public, &payload).await);
+        assert_eq!(back.len(), len);
+        assert!(
+            back == payload,
+            "a datagram of {len} bytes comes back intact"
+        );
+    }
+    // The largest datagram there is reaches the service whole (its reply would be too long).
+    let big = rng.bytes(ncx_proto::MAX_DATAGRAM_LEN);
+    socket.send_to(&big, public).await.unwrap();
+    let (_, small) = split_reply(&ask(&socket, public, b"after").await);
+    assert_eq!(small, b"after");
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_flow_ends_and_the_next_datagram_starts_a_new_one() {
+    let echo = udp_echo().await;
+    let (server, client) = start(
+        |s| s.udp_idle_timeout = Duration::from_secs(1),
+        vec![udp_service("echo", echo, 0)],
+    )
+    .await;
+    let public: SocketAddr = format!("127.0.0.1:{}", client.port("echo"))
+        .parse()
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (first, _) = split_reply(&ask(&socket, public, b"one").await);
+    let (again, _) = split_reply(&ask(&socket, public, b"two").await);
+    assert_eq!(
+        first, again,
+        "within the idle timeout the flow (and its socket) stays"
+    );
+    // Let the idle timeout pass: the time under test, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (later, _) = split_reply(&ask(&socket, public, b"three").await);
+    assert_ne!(
+        first, later,
+        "after the idle timeout a new flow has a new socket"
+    );
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tcp_and_a_udp_service_share_a_port_number() {
+    let udp = udp_echo().await;
+    let tcp = echo_service().await;
+    let port = free_port();
+    let (server, client) = start(
+        |_| {},
+        vec![udp_service("dns", udp, port), service("web", tcp, port)],
+    )
+    .await;
+    assert_eq!(client.port("dns"), port);
+    assert_eq!(client.port("web"), port);
+    let public: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(split_reply(&ask(&socket, public, b"u").await).1, b"u");
+    assert_eq!(exchange(public, b"t").await.unwrap(), b"t");
+    client.stop().await;
+    server.stop().await;
+}
