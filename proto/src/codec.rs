@@ -98,7 +98,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
 }
 
 fn is_known_type(t: u8) -> bool {
-    matches!(t, 0x01..=0x14)
+    matches!(t, 0x01..=0x16)
 }
 
 fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
@@ -203,6 +203,14 @@ fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
                 allow: r.cidrs("allow")?,
                 deny: r.cidrs("deny")?,
             },
+        },
+        0x15 => Message::RegisterPrivateUdp {
+            service: r.name("service")?,
+            visitors: r.names("visitors")?,
+        },
+        0x16 => Message::VisitUdp {
+            owner: r.name("owner")?,
+            service: r.name("service")?,
         },
         0x0b => Message::Withdraw {
             service: r.name("service")?,
@@ -387,9 +395,17 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
                 put_name(out, v);
             }
         }
-        Message::Visit { owner, service } => {
+        Message::Visit { owner, service } | Message::VisitUdp { owner, service } => {
             put_name(out, owner);
             put_name(out, service);
+        }
+        Message::RegisterPrivateUdp { service, visitors } => {
+            put_name(out, service);
+            let visitors = &visitors[..visitors.len().min(crate::MAX_VISITORS)];
+            out.push(u8::try_from(visitors.len()).expect("at most 32 visitors"));
+            for v in visitors {
+                put_name(out, v);
+            }
         }
         Message::Withdraw { service } | Message::Withdrawn { service } => put_name(out, service),
         Message::RegisterUdp {

@@ -207,6 +207,23 @@ pub enum Message {
         /// Which visitor addresses the server lets through, checked for every new flow.
         access: crate::AccessRules,
     },
+    /// Client → server (version 3): offer a private UDP service: as [`Message::RegisterPrivate`],
+    /// reached only by visits that say UDP ([`Message::VisitUdp`]).
+    RegisterPrivateUdp {
+        /// The service's name; unique per identity among its private services.
+        service: Name,
+        /// The identities that may visit it, at most [`crate::MAX_VISITORS`].
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_impls::visitors))]
+        visitors: Vec<Name>,
+    },
+    /// Visiting peer → server (version 3), first on a visit substream: as [`Message::Visit`], of a
+    /// private UDP service; the substream then carries one flow's datagrams.
+    VisitUdp {
+        /// The identity that offers the service.
+        owner: Name,
+        /// One of its private UDP services.
+        service: Name,
+    },
     /// Client → server: offer a private service, which gets no public port. Only the listed
     /// identities reach it, each through its own session ([`Message::Visit`]).
     RegisterPrivate {
@@ -330,6 +347,8 @@ impl Message {
             Message::RegisterPrivate { group: Some(_), .. } => 0x0e,
             Message::ServiceHealth { .. } => 0x0f,
             Message::RegisterUdp { .. } => 0x14,
+            Message::RegisterPrivateUdp { .. } => 0x15,
+            Message::VisitUdp { .. } => 0x16,
             Message::Withdraw { .. } => 0x0b,
             Message::Withdrawn { .. } => 0x0c,
             Message::VisitorHeader { .. } => 0x10,

@@ -67,6 +67,14 @@ fn all_kinds() -> Vec<Message> {
             owner: long.clone(),
             service: long.clone(),
         },
+        Message::VisitUdp {
+            owner: long.clone(),
+            service: long.clone(),
+        },
+        Message::RegisterPrivateUdp {
+            service: long.clone(),
+            visitors: vec![long.clone(); ncx_proto::MAX_VISITORS],
+        },
         Message::Registered {
             service: long.clone(),
             remote_port: 65535,

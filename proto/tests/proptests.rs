@@ -87,6 +87,12 @@ fn message() -> impl Strategy<Value = Message> {
                 access: ncx_proto::AccessRules { allow, deny },
             }),
         (name(), name()).prop_map(|(owner, service)| Message::Visit { owner, service }),
+        (name(), name()).prop_map(|(owner, service)| Message::VisitUdp { owner, service }),
+        (
+            name(),
+            proptest::collection::vec(name(), 0..=ncx_proto::MAX_VISITORS)
+        )
+            .prop_map(|(service, visitors)| Message::RegisterPrivateUdp { service, visitors }),
         (name(), any::<u16>()).prop_map(|(service, remote_port)| Message::Registered {
             service,
             remote_port

@@ -73,6 +73,20 @@ fn expected_valid() -> BTreeMap<&'static str, Message> {
             },
         ),
         (
+            "register_private_udp",
+            Message::RegisterPrivateUdp {
+                service: n("dns"),
+                visitors: vec![n("alice")],
+            },
+        ),
+        (
+            "visit_udp",
+            Message::VisitUdp {
+                owner: n("office"),
+                service: n("dns"),
+            },
+        ),
+        (
             "register_private_group",
             Message::RegisterPrivate {
                 service: n("rdp"),
