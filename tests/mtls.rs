@@ -315,6 +315,7 @@ async fn a_visitor_may_authenticate_by_certificate() {
         owner: name("token-only"),
         service: name("ssh"),
         listen: "127.0.0.1:0".parse().unwrap(),
+        udp: false,
     }];
     let listeners = ncx::client::bind_visits(&v).await.unwrap();
     let addr = listeners[0].local_addr().unwrap();

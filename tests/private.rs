@@ -35,6 +35,7 @@ impl Visitor {
             owner: name(owner),
             service: name(svc),
             listen: "127.0.0.1:0".parse().unwrap(),
+            udp: false,
         }];
         let listeners = ncx::client::bind_visits(settings).await.unwrap();
         let addr = listeners[0].local_addr().unwrap();

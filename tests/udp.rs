@@ -266,3 +266,96 @@ async fn a_tcp_and_a_udp_service_share_a_port_number() {
     client.stop().await;
     server.stop().await;
 }
+
+/// A visit in this process: the client loop of identity `v` with one visit of `owner/service`
+/// on a local port of 127.0.0.1, UDP or TCP.
+async fn visit(
+    server: SocketAddr,
+    pki: &Pki,
+    (owner, service): (&str, &str),
+    udp: bool,
+) -> (
+    SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), ncx::client::ClientError>>,
+) {
+    let mut settings = client_settings(server, pki.pinned(), "v", "tv", vec![]);
+    settings.visits = vec![ncx::config::VisitSpec {
+        owner: name(owner),
+        service: name(service),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        udp,
+    }];
+    let listeners = ncx::client::bind_visits(&settings).await.unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(ncx::client::run_bound(
+        settings,
+        listeners,
+        shutdown.clone(),
+    ));
+    (addr, shutdown, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_udp_service_is_reached_through_ncx_visit_and_only_as_udp() {
+    let echo = udp_echo().await;
+    let pki = Pki::new();
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![identity("a", "t"), identity("v", "tv")]),
+    )
+    .await;
+    let private = ncx::config::ServiceSpec {
+        udp: true,
+        ..private_service("dns", echo, &["v"])
+    };
+    let owner = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![private],
+    ))
+    .await;
+    assert_eq!(owner.port("dns"), 0, "a private service has no public port");
+    let (local, stop, task) = visit(server.addr, &pki, ("a", "dns"), true).await;
+    // Two local programs, each its own flow with its own replies.
+    let (one, two) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let (from_one, back) = split_reply(&ask(&one, local, b"from one").await);
+    assert_eq!(back, b"from one");
+    let (from_two, back) = split_reply(&ask(&two, local, b"from two").await);
+    assert_eq!(back, b"from two");
+    assert_ne!(from_one, from_two, "each local sender is a flow of its own");
+    stop.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // A TCP visit of the UDP service is refused: its bytes are not datagrams.
+    let (tcp_local, stop, task) = visit(server.addr, &pki, ("a", "dns"), false).await;
+    let mut s = tokio::net::TcpStream::connect(tcp_local).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.write_all(b"\x00\x01x").await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        buf.is_empty(),
+        "a TCP visit of a UDP service gets nothing: {buf:?}"
+    );
+    stop.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    owner.stop().await;
+    server.stop().await;
+}

@@ -47,7 +47,14 @@ async fn iperf3_udp_through_the_tunnel_keeps_the_rate_without_loss() {
             tries += 1;
             let port = free_port();
             let mut child = tokio::process::Command::new(IPERF3)
-                .args(["-s", "--forceflush", "-B", "127.0.0.1", "-p", &port.to_string()])
+                .args([
+                    "-s",
+                    "--forceflush",
+                    "-B",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true)

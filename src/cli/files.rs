@@ -124,9 +124,15 @@ impl VisitArgs {
             );
         }
         for (service, listen) in self.service.into_iter().zip(self.listen) {
+            // OWNER/SERVICE/udp: a private UDP service.
+            let (service, protocol) = match service.strip_suffix("/udp") {
+                Some(s) => (s.to_owned(), Some(spanned("udp".to_owned()))),
+                None => (service, None),
+            };
             flags.visits.push(VisitFile {
                 service: spanned(service),
                 listen: spanned(listen),
+                protocol,
             });
         }
         let settings = self.connect.settings(flags)?;

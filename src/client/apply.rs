@@ -229,6 +229,12 @@ impl Connected {
 
 /// The message that registers `svc`: public or private, its own or into a group.
 pub(super) fn registration(svc: &ServiceSpec) -> Message {
+    if let (true, Some(visitors)) = (svc.udp, &svc.visitors) {
+        return Message::RegisterPrivateUdp {
+            service: svc.name.clone(),
+            visitors: visitors.clone(),
+        };
+    }
     if svc.udp {
         return Message::RegisterUdp {
             service: svc.name.clone(),

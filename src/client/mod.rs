@@ -35,7 +35,9 @@ mod retiring;
 mod retry;
 mod sessions;
 mod several;
+mod target;
 mod udp;
+mod visit_udp;
 
 use std::sync::Arc;
 
@@ -217,7 +219,7 @@ pub async fn run(settings: ClientSettings, shutdown: CancellationToken) -> Resul
     run_bound(settings, listeners, shutdown).await
 }
 
-pub use outbound::bind as bind_visits;
+pub use outbound::{bind as bind_visits, VisitListener};
 
 /// [`run`] taking reloads from `reloads` (made by [`reloads`]): SIGHUP and `ncx ctl reload`.
 pub async fn run_reloading(
@@ -233,7 +235,7 @@ pub async fn run_reloading(
 /// their addresses first.
 pub async fn run_bound(
     settings: ClientSettings,
-    visit_listeners: Vec<tokio::net::TcpListener>,
+    visit_listeners: Vec<VisitListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {
     run_inner(settings, visit_listeners, None, shutdown).await
@@ -241,7 +243,7 @@ pub async fn run_bound(
 
 async fn run_inner(
     settings: ClientSettings,
-    visit_listeners: Vec<tokio::net::TcpListener>,
+    visit_listeners: Vec<VisitListener>,
     reloads: Option<Reloads>,
     shutdown: CancellationToken,
 ) -> Result<(), ClientError> {

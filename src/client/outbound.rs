@@ -5,50 +5,57 @@
 //! The listeners are bound once and outlive reconnects; a connection that arrives while the client
 //! is between sessions waits for the next one (up to the time a connect and handshake may take).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ncx_proto::{ErrorCode, Message, Name};
-use tokio::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use super::error::ClientError;
+pub(super) use super::target::Target;
 use crate::accept::accept_until;
 use crate::config::ClientSettings;
 use crate::framed::{write_message, MessageReader};
-use crate::mux::SessionHandle;
 use crate::ratelimit::LogLimiter;
 use crate::splice::{abort, splice, SpliceEnd, Substream};
-use crate::tasks::TaskGroup;
 use crate::timeouts::{OPEN, VISIT_ANSWER};
 
-/// What a visit needs of the current session.
-#[derive(Clone)]
-pub(super) struct Target {
-    /// Opens the substream.
-    pub handle: SessionHandle,
-    /// The session's visitors: a visit counts as one, so the session's drain waits for visits
-    /// too, and cancelling them resets it.
-    pub visitors: TaskGroup,
-    /// Cleared when the session drains: new visits wait for the next session.
-    pub accepting: Arc<AtomicBool>,
+/// A visit's local listener: a TCP listener, or the UDP socket of a UDP visit.
+pub enum VisitListener {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl VisitListener {
+    /// The address local programs reach it at.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            VisitListener::Tcp(l) => l.local_addr(),
+            VisitListener::Udp(s) => s.local_addr(),
+        }
+    }
 }
 
 /// Binds every visit's listener, in the order of `settings.visits`.
-pub async fn bind(settings: &ClientSettings) -> Result<Vec<TcpListener>, ClientError> {
+pub async fn bind(settings: &ClientSettings) -> Result<Vec<VisitListener>, ClientError> {
     let mut bound = Vec::new();
     for v in &settings.visits {
-        let listener = TcpListener::bind(v.listen)
-            .await
-            .map_err(|source| ClientError::Listen {
-                addr: v.listen,
-                cause: source,
-            })?;
-        bound.push(listener);
+        let listener = if v.udp {
+            UdpSocket::bind(v.listen).await.map(VisitListener::Udp)
+        } else {
+            TcpListener::bind(v.listen).await.map(VisitListener::Tcp)
+        };
+        bound.push(listener.map_err(|source| ClientError::Listen {
+            addr: v.listen,
+            cause: source,
+        })?);
     }
     Ok(bound)
 }
@@ -57,7 +64,7 @@ pub async fn bind(settings: &ClientSettings) -> Result<Vec<TcpListener>, ClientE
 /// the listener tasks and the connections they accept; `cancel` stops them.
 pub(super) fn start(
     settings: &ClientSettings,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<VisitListener>,
     targets: watch::Receiver<Option<Target>>,
     cancel: CancellationToken,
 ) -> TaskTracker {
@@ -69,17 +76,30 @@ pub(super) fn start(
             info!(owner = %v.owner, service = %v.service, listen = %addr, "visit listener ready: connect local programs here");
         }
         let span = tracing::info_span!("visit", owner = %v.owner, service = %v.service);
-        tracker.spawn(
-            accept_loop(
-                listener,
-                target,
-                targets.clone(),
-                wait,
-                cancel.clone(),
-                tracker.clone(),
-            )
-            .instrument(span),
-        );
+        match listener {
+            VisitListener::Tcp(listener) => tracker.spawn(
+                accept_loop(
+                    listener,
+                    target,
+                    targets.clone(),
+                    wait,
+                    cancel.clone(),
+                    tracker.clone(),
+                )
+                .instrument(span),
+            ),
+            VisitListener::Udp(socket) => tracker.spawn(
+                super::visit_udp::serve(
+                    socket,
+                    target,
+                    targets.clone(),
+                    wait,
+                    cancel.clone(),
+                    tracker.clone(),
+                )
+                .instrument(span),
+            ),
+        };
     }
     tracker
 }

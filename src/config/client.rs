@@ -17,6 +17,8 @@ pub struct VisitSpec {
     pub service: Name,
     /// Where unmodified local programs connect.
     pub listen: SocketAddr,
+    /// A private UDP service, reached through a local UDP port.
+    pub udp: bool,
 }
 
 /// A service the client exposes.

@@ -93,6 +93,8 @@ pub struct VisitFile {
     pub service: Spanned<String>,
     /// Local `IP:PORT` to listen on, e.g. `"127.0.0.1:13389"`.
     pub listen: Spanned<String>,
+    /// `"tcp"` (the default) or `"udp"`: a private UDP service, reached through a local UDP port.
+    pub protocol: Option<Spanned<String>>,
 }
 
 /// One `[[services]]` entry of `client.toml`.

@@ -108,7 +108,6 @@ pub(super) fn services(
             Some(("udp", span)) => {
                 // Not yet for UDP: say so rather than accept a setting that would do nothing.
                 let unsupported = [
-                    (private, "private"),
                     (group.is_some(), "group"),
                     (proxy_protocol.is_some(), "proxy_protocol"),
                     (s.health_check.is_some(), "health_check"),
@@ -171,10 +170,26 @@ pub(super) fn visits(src: &Source, written: Vec<VisitFile>) -> Result<Vec<VisitS
                 format!("{listen} is used by two visits"),
             ));
         }
+        let udp = match v
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("tcp", _)) => false,
+            Some(("udp", _)) => true,
+            Some((other, span)) => {
+                return Err(src.at(
+                    span,
+                    Some("protocol"),
+                    format!("{other:?}: expected \"tcp\" or \"udp\""),
+                ))
+            }
+        };
         visits.push(VisitSpec {
             owner,
             service,
             listen,
+            udp,
         });
     }
     Ok(visits)

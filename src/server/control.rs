@@ -348,7 +348,8 @@ impl Control {
             msg,
             Ok(Message::Register { .. }
                 | Message::RegisterPrivate { .. }
-                | Message::RegisterUdp { .. })
+                | Message::RegisterUdp { .. }
+                | Message::RegisterPrivateUdp { .. })
         );
         if registers && !self.live && self.phase.accepts_registrations() {
             self.live = true;
@@ -358,7 +359,8 @@ impl Control {
             Ok(
                 Message::Register { service, .. }
                 | Message::RegisterPrivate { service, .. }
-                | Message::RegisterUdp { service, .. },
+                | Message::RegisterUdp { service, .. }
+                | Message::RegisterPrivateUdp { service, .. },
             ) if !self.phase.accepts_registrations() => Message::ServiceRefused {
                 service,
                 code: ErrorCode::ShuttingDown,
@@ -374,7 +376,12 @@ impl Control {
                 service,
                 visitors,
                 group,
-            }) => self.services.register_private(service, visitors, group),
+            }) => self
+                .services
+                .register_private(service, visitors, group, false),
+            Ok(Message::RegisterPrivateUdp { service, visitors }) => self
+                .services
+                .register_private(service, visitors, None, true),
             Ok(Message::RegisterUdp {
                 service,
                 remote_port,

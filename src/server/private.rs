@@ -40,8 +40,9 @@ pub(super) async fn visit(
         _ = ctx.visitors.cancelled() => return,
         r = tokio::time::timeout(FIRST_MESSAGE, reader.read(&mut sub)) => r,
     };
-    let (owner, service) = match request {
-        Ok(Ok(Message::Visit { owner, service })) => (owner, service),
+    let (owner, service, udp) = match request {
+        Ok(Ok(Message::Visit { owner, service })) => (owner, service, false),
+        Ok(Ok(Message::VisitUdp { owner, service })) => (owner, service, true),
         Ok(Ok(other)) => {
             if let Some(held_back) = ctx.limits.answers_log.allow() {
                 warn!(
@@ -74,7 +75,14 @@ pub(super) async fn visit(
     // The visiting session's bytes: what its identity moved.
     metrics.meter.a_to_b.push(ctx.status.bytes_in.clone());
     metrics.meter.b_to_a.push(ctx.status.bytes_out.clone());
-    let end = bridge(&ctx, sub, &identity, &owner, &service, &metrics.meter).await;
+    let end = bridge(
+        &ctx,
+        sub,
+        &identity,
+        (&owner, &service, udp),
+        &metrics.meter,
+    )
+    .await;
     record.emit(&end);
     metrics.ended(&end.how);
 }
@@ -84,16 +92,22 @@ async fn bridge(
     ctx: &Arc<SessionCtx>,
     sub: Substream,
     identity: &Name,
-    owner: &Name,
-    service: &Name,
+    (owner, service, udp): (&Name, &Name, bool),
     meter: &crate::splice::Meter,
 ) -> VisitorEnd {
     if let Some(group) = ctx.shared.groups.get(owner) {
         if group.kind == GroupKind::Private {
+            if udp {
+                let refusal = Refusal::new(
+                    ErrorCode::UnknownService,
+                    format!("group {owner} offers TCP services only"),
+                );
+                return refuse(sub, refusal).await;
+            }
             return bridge_group(ctx, sub, identity, &group, service, meter).await;
         }
     }
-    let (owner, _permits) = match check(ctx, identity, owner, service) {
+    let (owner, _permits) = match check(ctx, identity, owner, (service, udp)) {
         Ok(ok) => ok,
         Err(refusal) => return refuse(sub, refusal).await,
     };
@@ -243,7 +257,7 @@ fn check(
     ctx: &SessionCtx,
     identity: &Name,
     owner_name: &Name,
-    service: &Name,
+    (service, udp): (&Name, bool),
 ) -> Result<Checked, Refusal> {
     let shared = &ctx.shared;
     let peer = ctx.peer;
@@ -270,6 +284,17 @@ fn check(
         return Err(Refusal::new(
             ErrorCode::NotAllowed,
             format!("identity {identity} may not visit {owner_name}/{service}"),
+        ));
+    }
+    if target.udp != udp {
+        let (is, say) = if target.udp {
+            ("a UDP", "with protocol = \"udp\"")
+        } else {
+            ("a TCP", "without protocol = \"udp\"")
+        };
+        return Err(Refusal::new(
+            ErrorCode::UnknownService,
+            format!("{owner_name}/{service} is {is} service: visit it {say}"),
         ));
     }
     let Some(owner) = target.ctx.upgrade() else {

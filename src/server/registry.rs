@@ -41,6 +41,8 @@ pub struct PrivateService<S> {
     pub permits: Arc<Semaphore>,
     /// Whether the owner's local service answers its health check (the client says so).
     pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// A UDP service: reached only by visits that say UDP.
+    pub udp: bool,
 }
 
 // Not derived: a derive would ask for `S: Clone`, and a `Weak<S>` clones without it.
@@ -53,6 +55,7 @@ impl<S> Clone for PrivateService<S> {
             ctx: self.ctx.clone(),
             permits: self.permits.clone(),
             healthy: self.healthy.clone(),
+            udp: self.udp,
         }
     }
 }
@@ -225,6 +228,7 @@ mod tests {
             ctx: Arc::downgrade(ctx),
             permits: Arc::new(Semaphore::new(1)),
             healthy: Default::default(),
+            udp: false,
         }
     }
 

@@ -178,6 +178,7 @@ impl Services {
         service: Name,
         visitors: Vec<Name>,
         group: Option<Name>,
+        udp: bool,
     ) -> Message {
         if let Some(group) = group {
             return self.join(Joining {
@@ -208,6 +209,7 @@ impl Services {
         let entry = PrivateService {
             owner: self.identity.clone(),
             healthy: healthy.clone(),
+            udp,
             session: self.ctx.id,
             visitors: visitors.clone().into(),
             ctx: Arc::downgrade(&self.ctx),
