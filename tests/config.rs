@@ -987,10 +987,17 @@ fn a_udp_service_is_written_with_protocol_or_a_flag_suffix_and_refuses_what_udp_
         "{e}"
     );
     let e = client_err(&format!(
-        "{base}[[services]]\nname = \"dns\"\nlocal = \"127.0.0.1:53\"\nprotocol = \"udp\"\nproxy_protocol = \"v2\"\n"
+        "{base}[[services]]\nname = \"dns\"\nlocal = \"127.0.0.1:53\"\nprotocol = \"udp\"\nproxy_protocol = \"v1\"\n"
     ));
     assert!(
-        e.contains("proxy_protocol") && e.contains("not supported for UDP"),
+        e.contains("proxy_protocol") && e.contains("version 2 only"),
+        "{e}"
+    );
+    let e = client_err(&format!(
+        "{base}[[services]]\nname = \"dns\"\nlocal = \"127.0.0.1:53\"\nprotocol = \"udp\"\ngroup = \"g\"\n"
+    ));
+    assert!(
+        e.contains("group") && e.contains("not supported for UDP"),
         "{e}"
     );
 }

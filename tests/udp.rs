@@ -359,3 +359,40 @@ async fn a_private_udp_service_is_reached_through_ncx_visit_and_only_as_udp() {
     owner.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_proxy_protocol_v2_each_datagram_names_its_visitor() {
+    // A service that reads the PROXY header in front of each datagram and answers with the
+    // visitor address it names, then the datagram after the header.
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let local = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let reply = match ncx_proto::read_proxy_header(&buf[..n]) {
+                Ok(Some(h)) => {
+                    let (src, _) = h.addrs.expect("addresses");
+                    let mut r = format!("{src} ").into_bytes();
+                    r.extend_from_slice(&buf[h.len..n]);
+                    r
+                }
+                other => format!("no header: {other:?}").into_bytes(),
+            };
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    let spec = ncx::config::ServiceSpec {
+        proxy_protocol: Some(ncx_proto::ProxyVersion::V2),
+        ..udp_service("dns", local, 0)
+    };
+    let (server, client) = start(|_| {}, vec![spec]).await;
+    let public: SocketAddr = format!("127.0.0.1:{}", client.port("dns")).parse().unwrap();
+    let visitor = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for payload in [&b"query"[..], b"", b"again"] {
+        let (named, back) = split_reply(&ask(&visitor, public, payload).await);
+        assert_eq!(named, visitor.local_addr().unwrap().to_string());
+        assert_eq!(back, payload);
+    }
+    client.stop().await;
+    server.stop().await;
+}

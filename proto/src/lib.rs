@@ -33,7 +33,7 @@ pub use datagram::{
     encode_datagram, DatagramError, DatagramReader, DATAGRAM_PREFIX_LEN, MAX_DATAGRAM_LEN,
 };
 pub use message::{ErrorCode, Message};
-pub use proxy::{proxy_header, ProxyVersion, PROXY_V2_SIGNATURE};
+pub use proxy::{proxy_header, proxy_header_udp, ProxyVersion, PROXY_V2_SIGNATURE};
 pub use proxy_in::{
     read_proxy_header, ProxiedAddrs, ProxyHeaderError, MAX_PROXY_HEADER_LEN, MAX_PROXY_V1_LEN,
     MAX_PROXY_V2_LEN,

@@ -1,7 +1,8 @@
 //! The PROXY protocol header (HAProxy, versions 1 and 2), which the client writes to a local service
 //! before the visitor's bytes so that the service learns the visitor's real address.
 //!
-//! Only the `PROXY` command over TCP is produced. Source and destination must be of one family:
+//! Only the `PROXY` command is produced, over TCP (versions 1 and 2) or UDP (version 2 only, which
+//! alone knows datagrams: [`proxy_header_udp`] goes in front of each datagram). Source and destination must be of one family:
 //! IPv4-mapped IPv6 addresses are taken as IPv4 first, and if the families still differ both are
 //! written as IPv6 (IPv4 mapped into IPv6).
 
@@ -48,6 +49,15 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
         v6 => SocketAddr::new(v6, a.port()),
     };
     (v6(src), v6(dst))
+}
+
+/// The version 2 header for a datagram from `src` (the visitor) to `dst` (the address it sent
+/// to): as the TCP one, with the transport nibble DGRAM.
+pub fn proxy_header_udp(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut out = proxy_header(ProxyVersion::V2, src, dst);
+    // Byte 13 is family << 4 | transport; STREAM (1) becomes DGRAM (2).
+    out[13] = (out[13] & 0xF0) | 0x02;
+    out
 }
 
 /// The header for a connection from `src` (the visitor) to `dst` (the address it connected to).
@@ -129,6 +139,22 @@ mod tests {
         );
         // The specification's upper bound for a v1 header.
         assert!(worst.len() <= 107);
+    }
+
+    #[test]
+    fn the_udp_header_says_dgram_and_is_the_tcp_one_otherwise() {
+        let (s, d) = (a("192.0.2.1:5353"), a("198.51.100.2:53"));
+        let tcp = proxy_header(ProxyVersion::V2, s, d);
+        let udp = proxy_header_udp(s, d);
+        assert_eq!(udp[13], 0x12, "AF_INET, DGRAM");
+        assert_eq!(udp[..13], tcp[..13]);
+        assert_eq!(udp[14..], tcp[14..]);
+        let udp6 = proxy_header_udp(a("[2001:db8::1]:1"), a("[2001:db8::2]:2"));
+        assert_eq!(udp6[13], 0x22, "AF_INET6, DGRAM");
+        // The server side reads it back with the same addresses.
+        let read = crate::read_proxy_header(&udp).unwrap().unwrap();
+        assert_eq!(read.len, udp.len());
+        assert_eq!(read.addrs, Some((s, d)));
     }
 
     #[test]

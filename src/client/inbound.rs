@@ -97,9 +97,9 @@ pub(super) fn serve_visitor(
         .await;
         match connected {
             Some(Local::Tcp(tcp, sub, local)) => splice_visitor(tcp, sub, &local, &cancel).await,
-            Some(Local::Udp(socket, sub, local)) => {
+            Some(Local::Udp(socket, prefix, sub, local)) => {
                 // Boxed: a flow is rarer than a TCP visitor, which should not pay for its size.
-                Box::pin(super::udp::carry(socket, sub, &local.stop)).await
+                Box::pin(super::udp::carry(socket, prefix, sub, &local.stop)).await
             }
             None => {}
         }
@@ -109,7 +109,14 @@ pub(super) fn serve_visitor(
 /// A visitor connected to its local service: a TCP connection, or a UDP flow's socket.
 enum Local {
     Tcp(TcpStream, Substream, Arc<LocalService>),
-    Udp(tokio::net::UdpSocket, Substream, Arc<LocalService>),
+    /// The socket, the PROXY v2 header each datagram to the service starts with (if it asked for
+    /// one), the substream.
+    Udp(
+        tokio::net::UdpSocket,
+        Option<Vec<u8>>,
+        Substream,
+        Arc<LocalService>,
+    ),
 }
 
 /// Reads the visitor header, connects to the local service and confirms the visitor; `None`
@@ -182,7 +189,11 @@ async fn connect_local(
             return None;
         }
         debug!(local = %spec.local, "UDP flow connected");
-        return Some(Local::Udp(socket, sub, local));
+        // With the PROXY protocol, each datagram to the service carries the visitor's address.
+        let prefix = spec
+            .proxy_protocol
+            .map(|_| ncx_proto::proxy_header_udp(visitor, public));
+        return Some(Local::Udp(socket, prefix, sub, local));
     }
     let connect = tokio::select! {
         _ = cancel.cancelled() => return None,

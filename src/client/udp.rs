@@ -39,8 +39,14 @@ pub(super) async fn local_socket(local: &str) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Carries the flow's datagrams both ways until the server ends it or `stop`.
-pub(super) async fn carry(socket: UdpSocket, sub: Substream, stop: &CancellationToken) {
+/// Carries the flow's datagrams both ways until the server ends it or `stop`; each datagram to
+/// the service starts with `prefix` (a PROXY v2 header), if given.
+pub(super) async fn carry(
+    socket: UdpSocket,
+    prefix: Option<Vec<u8>>,
+    sub: Substream,
+    stop: &CancellationToken,
+) {
     let socket = Arc::new(socket);
     let (mut rd, mut wr) = tokio::io::split(sub);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(FLOW_QUEUE);
@@ -102,7 +108,10 @@ pub(super) async fn carry(socket: UdpSocket, sub: Substream, stop: &Cancellation
                 };
                 input = &input[taken..];
                 if let Some(d) = d {
-                    let _ = socket.send(&d).await;
+                    let _ = match &prefix {
+                        Some(p) => socket.send(&[p.as_slice(), &d].concat()).await,
+                        None => socket.send(&d).await,
+                    };
                 }
             }
         }

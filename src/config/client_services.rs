@@ -109,9 +109,15 @@ pub(super) fn services(
                 // Not yet for UDP: say so rather than accept a setting that would do nothing.
                 let unsupported = [
                     (group.is_some(), "group"),
-                    (proxy_protocol.is_some(), "proxy_protocol"),
                     (s.health_check.is_some(), "health_check"),
                 ];
+                if proxy_protocol == Some(ncx_proto::ProxyVersion::V1) {
+                    return Err(src.at(
+                        span,
+                        Some("proxy_protocol"),
+                        format!("UDP service {name}: the PROXY protocol for datagrams is version 2 only: use \"v2\""),
+                    ));
+                }
                 if let Some((_, key)) = unsupported.iter().find(|(set, _)| *set) {
                     return Err(src.at(
                         span,
