@@ -396,3 +396,42 @@ async fn with_proxy_protocol_v2_each_datagram_names_its_visitor() {
     client.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_are_capped_like_visitors_and_a_refused_source_gets_nothing() {
+    let echo = udp_echo().await;
+    let (server, client) = start(
+        |s| s.max_visitors_per_service = 5,
+        vec![udp_service("echo", echo, 0)],
+    )
+    .await;
+    let public: SocketAddr = format!("127.0.0.1:{}", client.port("echo"))
+        .parse()
+        .unwrap();
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(
+            split_reply(&ask(&s, public, b"in").await).1,
+            b"in",
+            "flow {i}"
+        );
+        held.push(s);
+    }
+    // A sixth source is over the service's limit: its datagrams are dropped, none reaches the
+    // service, and the five flows go on.
+    let sixth = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sixth.send_to(b"over", public).await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sixth.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "a source over the limit gets no reply"
+    );
+    for s in &held {
+        assert_eq!(split_reply(&ask(s, public, b"still").await).1, b"still");
+    }
+    client.stop().await;
+    server.stop().await;
+}
