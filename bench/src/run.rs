@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,11 @@ const CONNECTS: usize = 300;
 /// Concurrent openers for the connection-rate measurement, and how long it runs.
 const OPENERS: usize = 32;
 const OPEN_RATE_WINDOW: Duration = Duration::from_secs(2);
+/// Offered rates of the UDP measurement, Mbit/s, and how long each runs.
+const UDP_RATES: [u64; 2] = [100, 400];
+const UDP_RUN: Duration = Duration::from_secs(2);
+/// Datagrams of the UDP measurement, bytes.
+const UDP_DATAGRAM: usize = 1400;
 /// Parallel streams of the multi-stream bulk measurement.
 const PARALLEL: usize = 8;
 
@@ -113,6 +118,9 @@ struct Setup {
     svc_tunnel: SocketAddr,
     /// The echo process (banner, then echo), through the tunnel.
     echo_tunnel: SocketAddr,
+    /// A UDP echo service, direct and through the tunnel (a UDP service).
+    udp_direct: SocketAddr,
+    udp_tunnel: SocketAddr,
 }
 
 /// The address a child process printed as the last word of its first line.
@@ -203,6 +211,10 @@ async fn setup(
         .context("starting ncx echo")?;
     let echo_addr = announced_address(&mut echo).await.context("echo address")?;
 
+    let udp = UdpSocket::bind("127.0.0.1:0").await?;
+    let udp_direct = udp.local_addr()?;
+    tracker.spawn(udp_echo(udp, cancel.clone()));
+
     let (relay_inner, inner_addr) = spawn_relay(svc_direct).await?;
     let (relay_outer, svc_relay) = spawn_relay(inner_addr).await?;
 
@@ -224,7 +236,7 @@ async fn setup(
         .args(["--max-visitors-per-session", "15000"])
         .spawn()
         .context("starting ncx server")?;
-    let (svc_port, echo_port) = (free_port()?, free_port()?);
+    let (svc_port, echo_port, udp_port) = (free_port()?, free_port()?, free_port()?);
     // Wait until the server accepts connections.
     let start = Instant::now();
     while TcpStream::connect(listen).await.is_err() {
@@ -244,6 +256,7 @@ async fn setup(
         .args(["--server-fingerprint", &fingerprint.to_string()])
         .args(["--service", &format!("svc={svc_direct}@{svc_port}")])
         .args(["--service", &format!("echo={echo_addr}@{echo_port}")])
+        .args(["--service", &format!("udp={udp_direct}@{udp_port}/udp")])
         .spawn()
         .context("starting ncx client")?;
     let svc_tunnel: SocketAddr = ([127, 0, 0, 1], svc_port).into();
@@ -270,6 +283,8 @@ async fn setup(
         svc_relay,
         svc_tunnel,
         echo_tunnel,
+        udp_direct,
+        udp_tunnel: ([127, 0, 0, 1], udp_port).into(),
     })
 }
 
@@ -362,6 +377,29 @@ async fn run_inner(
     rows.push(row("64 B round trip p99", "µs", &rr[1]));
     rows.push(row("64 B round trip p50 under bulk", "µs", &rr_bulk[0]));
     rows.push(row("64 B round trip p99 under bulk", "µs", &rr_bulk[1]));
+
+    // UDP: 1,400-byte datagrams to an echo at a paced rate, direct and through a UDP service
+    // (no relay floor: the relays carry TCP only). What comes back, and what was lost either way.
+    for mbit in UDP_RATES {
+        let (mut rate, mut lost) = (Samples::default(), Samples::default());
+        for _ in 0..reps {
+            for (k, addr) in [(DIRECT, s.udp_direct), (NCX, s.udp_tunnel)] {
+                let (got, loss) = udp_offered(addr, mbit).await?;
+                rate[k].push(got);
+                lost[k].push(loss);
+            }
+        }
+        rows.push(row(
+            &format!("UDP echo, 1400 B datagrams at {mbit} Mbit/s offered: received"),
+            "Mbit/s",
+            &rate,
+        ));
+        rows.push(row(
+            &format!("UDP echo, 1400 B datagrams at {mbit} Mbit/s offered: lost"),
+            "%",
+            &lost,
+        ));
+    }
 
     // New connections: connect to first echoed byte, and rate with 32 openers.
     let mut conn = [Samples::default(), Samples::default()]; // p50, p99
@@ -499,8 +537,15 @@ fn row(metric: &str, unit: &str, samples: &Samples) -> Row {
         direct,
         relay,
         ncx,
-        relay_ratio: direct.zip(relay).map(|(d, r)| r / d),
-        ratio: direct.zip(ncx).map(|(d, n)| n / d),
+        // No ratio to nothing (a loss of 0% direct).
+        relay_ratio: direct
+            .zip(relay)
+            .filter(|(d, _)| *d != 0.0)
+            .map(|(d, r)| r / d),
+        ratio: direct
+            .zip(ncx)
+            .filter(|(d, _)| *d != 0.0)
+            .map(|(d, n)| n / d),
     }
 }
 
@@ -535,6 +580,62 @@ fn print_table(rows: &[Row], opts: &BenchOptions) {
             ratio(r.ratio),
         );
     }
+}
+
+/// Echoes every datagram to its sender until `cancel`.
+async fn udp_echo(socket: UdpSocket, cancel: CancellationToken) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    let _ = socket.send_to(&buf[..n], from).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends 1,400-byte datagrams to the echo at `addr` at `mbit` Mbit/s for [`UDP_RUN`] (a batch
+/// every millisecond) and counts the echoes that come back within half a second after: the
+/// received rate in Mbit/s and the share lost, in percent.
+async fn udp_offered(addr: SocketAddr, mbit: u64) -> anyhow::Result<(f64, f64)> {
+    let socket = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    socket.connect(addr).await?;
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = tokio::spawn({
+        let (socket, received) = (socket.clone(), received.clone());
+        async move {
+            let mut buf = vec![0u8; 65_536];
+            while socket.recv(&mut buf).await.is_ok() {
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let per_ms = (mbit * 1_000_000 / 8 / 1000) as f64 / UDP_DATAGRAM as f64;
+    let datagram = vec![0x5au8; UDP_DATAGRAM];
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0u64;
+    while start.elapsed() < UDP_RUN {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * 1000.0 * per_ms) as u64;
+        while sent < due {
+            // A full socket buffer drops, as the network would.
+            let _ = socket.send(&datagram).await;
+            sent += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    counting.abort();
+    let got = received.load(std::sync::atomic::Ordering::Relaxed);
+    let secs = UDP_RUN.as_secs_f64();
+    Ok((
+        got as f64 * UDP_DATAGRAM as f64 * 8.0 / secs / 1e6,
+        100.0 * (1.0 - got as f64 / sent.max(1) as f64),
+    ))
 }
 
 /// Serves the bench commands until `cancel`.

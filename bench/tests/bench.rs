@@ -96,6 +96,15 @@ async fn bench_measures_direct_relay_floor_and_tunnel() {
     // Memory: the tunnel's processes only, with every idle visitor held.
     let r = find("server RSS, 20 idle visitors");
     assert!(positive(&r["ncx"]) && r["relay"].is_null(), "{r}");
+    // UDP: direct and through a UDP service, no relay floor; a rate and a loss for each.
+    let r = find("UDP echo, 1400 B datagrams at 100 Mbit/s offered: received");
+    assert!(
+        positive(&r["direct"]) && positive(&r["ncx"]) && r["relay"].is_null(),
+        "{r}"
+    );
+    let r = find("UDP echo, 1400 B datagrams at 100 Mbit/s offered: lost");
+    let percent = |v: &serde_json::Value| v.as_f64().is_some_and(|x| (0.0..=100.0).contains(&x));
+    assert!(percent(&r["direct"]) && percent(&r["ncx"]), "{r}");
 }
 
 /// The two halves of the WAN mode (`bench/wan.sh`) on loopback: the bench service, and the probe
