@@ -113,6 +113,9 @@ async fn an_oversized_datagram_frame_closes_its_flow_and_nothing_else() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf[..n], b"two");
-    assert_ne!(first_source, second_source, "each flow has a socket of its own");
+    assert_ne!(
+        first_source, second_source,
+        "each flow has a socket of its own"
+    );
     let _ = client.start_kill();
 }
