@@ -128,11 +128,37 @@ async fn dig_asks_dnsmasq_through_the_tunnel() {
             assert!(tries < 5, "dnsmasq did not start");
         }
     };
-    let (server, client) = start(|_| {}, vec![udp_service("dns", dns, 0)]).await;
+    // The same DNS server public, and private to identity v, which reaches it with a visit.
+    let pki = Pki::new();
+    let server = TestServer::start(
+        &pki,
+        server_settings(vec![identity("a", "t"), identity("v", "tv")]),
+    )
+    .await;
+    let private = ncx::config::ServiceSpec {
+        udp: true,
+        ..private_service("dns-private", dns, &["v"])
+    };
+    let client = RunningClient::start(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![udp_service("dns", dns, 0), private],
+    ))
+    .await;
     let public: SocketAddr = format!("127.0.0.1:{}", client.port("dns")).parse().unwrap();
     assert_eq!(dig(public, "ncx.test").await.as_deref(), Some("192.0.2.7"));
     // Another name: dnsmasq's own answer (no such name) comes back as well.
     assert_eq!(dig(public, "other.test").await.as_deref(), Some(""));
+    let (local, stop, task) = visit(server.addr, &pki, ("a", "dns-private"), true).await;
+    assert_eq!(dig(local, "ncx.test").await.as_deref(), Some("192.0.2.7"));
+    stop.cancel();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     client.stop().await;
     server.stop().await;
     let _ = dnsmasq.start_kill();
@@ -175,13 +201,18 @@ async fn a_thousand_flows_each_get_their_own_replies() {
                 let payload = format!("flow {i}").into_bytes();
                 let (seen_from, back) = split_reply(&ask(&socket, public, &payload).await);
                 assert_eq!(back, payload, "flow {i} got its own reply");
-                seen_from
+                // The socket stays open until every flow is done: a port let go could be taken
+                // by a later visitor's socket, which would then rightly be the same flow.
+                (seen_from, socket)
             })
         })
         .collect();
     let mut sources = std::collections::HashSet::new();
+    let mut sockets = Vec::new();
     for f in flows {
-        sources.insert(tokio::time::timeout(WAIT, f).await.unwrap().unwrap());
+        let (source, socket) = tokio::time::timeout(WAIT, f).await.unwrap().unwrap();
+        sources.insert(source);
+        sockets.push(socket);
     }
     // The service saw each flow from a socket of its own.
     assert_eq!(sources.len(), 1000);
@@ -339,17 +370,23 @@ async fn a_private_udp_service_is_reached_through_ncx_visit_and_only_as_udp() {
 
     // A TCP visit of the UDP service is refused: its bytes are not datagrams.
     let (tcp_local, stop, task) = visit(server.addr, &pki, ("a", "dns"), false).await;
-    let mut s = tokio::net::TcpStream::connect(tcp_local).await.unwrap();
+    // The visit client closes a refused connection with a reset, which a slow test may see
+    // already when its connect completes.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = s.write_all(b"\x00\x01x").await;
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .unwrap();
-    assert!(
-        buf.is_empty(),
-        "a TCP visit of a UDP service gets nothing: {buf:?}"
-    );
+    match tokio::net::TcpStream::connect(tcp_local).await {
+        Ok(mut s) => {
+            let _ = s.write_all(b"\x00\x01x").await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+                .await
+                .unwrap();
+            assert!(
+                buf.is_empty(),
+                "a TCP visit of a UDP service gets nothing: {buf:?}"
+            );
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
     stop.cancel();
     tokio::time::timeout(WAIT, task)
         .await
@@ -432,6 +469,47 @@ async fn flows_are_capped_like_visitors_and_a_refused_source_gets_nothing() {
     for s in &held {
         assert_eq!(split_reply(&ask(s, public, b"still").await).1, b"still");
     }
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_access_rules_are_checked_for_every_new_source() {
+    let echo = udp_echo().await;
+    // Only 10.0.0.0/8 may send: every source here is 127.0.0.1, refused.
+    let denied = ncx::config::ServiceSpec {
+        access: ncx_proto::AccessRules {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            deny: vec![],
+        },
+        ..udp_service("closed", echo, 0)
+    };
+    let allowed = ncx::config::ServiceSpec {
+        access: ncx_proto::AccessRules {
+            allow: vec!["127.0.0.0/8".parse().unwrap()],
+            deny: vec![],
+        },
+        ..udp_service("open", echo, 0)
+    };
+    let (server, client) = start(|_| {}, vec![denied, allowed]).await;
+    let closed: SocketAddr = format!("127.0.0.1:{}", client.port("closed"))
+        .parse()
+        .unwrap();
+    let open: SocketAddr = format!("127.0.0.1:{}", client.port("open"))
+        .parse()
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The allowed service answers (so the client and the echo are up) ...
+    assert_eq!(split_reply(&ask(&socket, open, b"yes").await).1, b"yes");
+    // ... and the refused source's datagrams never reach the echo.
+    socket.send_to(b"no", closed).await.unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf))
+            .await
+            .is_err(),
+        "a refused source gets no reply"
+    );
     client.stop().await;
     server.stop().await;
 }
