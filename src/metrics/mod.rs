@@ -88,6 +88,7 @@ pub struct ServerMetrics {
     handshakes_evicted: Counter,
     opens_waiting: Gauge,
     rtt: Histogram,
+    udp_dropped: Family<Labels<2>, Counter>,
     /// (identity, service) pairs with series so far, against [`MAX_SERVICE_SERIES`].
     service_series: std::sync::atomic::AtomicUsize,
 }
@@ -105,6 +106,7 @@ impl Default for ServerMetrics {
             handshakes_evicted: Counter::default(),
             opens_waiting: Gauge::default(),
             rtt: rtt_histogram(),
+            udp_dropped: Family::default(),
             service_series: std::sync::atomic::AtomicUsize::new(0),
             registry: Registry::default(),
         };
@@ -153,6 +155,11 @@ impl Default for ServerMetrics {
             "Round trip of the control stream's pings, queueing behind data included",
             m.rtt.clone(),
         );
+        registry.register(
+            "udp_datagrams_dropped",
+            "Datagrams of UDP visitors dropped because their flow's queue was full, by identity and service",
+            m.udp_dropped.clone(),
+        );
         ServerMetrics { registry, ..m }
     }
 }
@@ -186,6 +193,14 @@ impl ServerMetrics {
     pub fn set_handshakes(&self, handshakes: usize) {
         self.handshakes
             .set(i64::try_from(handshakes).unwrap_or(i64::MAX));
+    }
+
+    /// A datagram of a UDP visitor of `service` was dropped (its flow's queue was full).
+    pub fn udp_dropped(&self, identity: &str, service: &str) {
+        let (identity, service) = self.service(identity, service);
+        self.udp_dropped
+            .get_or_create(&[("identity", identity), ("service", service)])
+            .inc();
     }
 
     /// A visitor of `service` is being served; the guard counts it until it ends and meters its

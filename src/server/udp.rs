@@ -131,6 +131,9 @@ pub(super) async fn serve_udp(ctx: Arc<SessionCtx>, socket: UdpSocket, public: U
             match tx.try_send(datagram) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    ctx.shared
+                        .metrics
+                        .udp_dropped(identity.as_str(), service.as_str());
                     let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     if let Some(held_back) = refused_log.allow() {
                         warn!(%peer, dropped_total = total, held_back, "datagram dropped: its flow's queue is full");
