@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::raw_yamux::*;
 use common::*;
 use ncx_proto::Message;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
 /// The bound the issue states: what 64 attackers (or 16 attacking streams) may add to a process.
@@ -25,25 +25,6 @@ const BOUND_KIB: u64 = 64 * 1024;
 /// How far above its baseline a process may stay once the attackers are gone: allocator slack,
 /// not what the attack held.
 const AFTER_KIB: u64 = 16 * 1024;
-
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-/// TLS to the server started in `dir`, pinned to its certificate.
-async fn tls_to(server: SocketAddr, dir: &std::path::Path) -> Tls {
-    let fp = ncx::certs::load_or_create_self_signed(dir)
-        .unwrap()
-        .0
-        .fingerprint();
-    let cfg = ncx::tls::client_config(&ncx::tls::ServerTrust::Pinned(vec![fp]), None).unwrap();
-    let tcp = TcpStream::connect(server).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap()
-}
 
 /// Waits (polling every 50 ms, at most [`WAIT`]) until the process's resident memory is within
 /// `limit_kib`; returns the last reading.

@@ -1,7 +1,9 @@
-//! A hostile server against a real client's UDP service: after a valid datagram, a frame that
-//! declares a datagram of 65,535 bytes (more than the 65,507 allowed) closes that flow only, with
-//! the reason logged; the session and a new flow go on. The server is played by hand over real TLS (`raw_yamux`);
-//! the client is the `ncx` binary.
+//! Hostile peers around UDP services, each played by hand over real TLS (`raw_yamux`) against the
+//! `ncx` binary. A hostile server: a frame that declares a datagram of 65,535 bytes (more than the
+//! 65,507 allowed) closes that flow only, with the reason logged; the session and a new flow go on.
+//! A hostile client: a flow it never reads makes the server drop and count datagrams instead of
+//! queueing them, while its other flows and the session go on; its own oversized frame closes that
+//! flow only.
 
 mod common;
 
@@ -118,4 +120,158 @@ async fn an_oversized_datagram_frame_closes_its_flow_and_nothing_else() {
         "each flow has a socket of its own"
     );
     let _ = client.start_kill();
+}
+
+/// Registers a UDP service `u` for the raw client `peer` (authenticated as `a`); its public port.
+async fn register_udp(peer: &mut RawPeer<Tls>) -> u16 {
+    peer.send_on(
+        1,
+        0,
+        &Message::RegisterUdp {
+            service: name("u"),
+            remote_port: 0,
+            access: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    match peer.message_on(1, WAIT).await {
+        Message::Registered { remote_port, .. } => remote_port,
+        other => panic!("expected the registration, got {other:?}"),
+    }
+}
+
+/// Takes the flow the server opens next, accepts it and reports its bytes raw; its stream id.
+async fn accept_flow(peer: &mut RawPeer<Tls>) -> u32 {
+    let stream = loop {
+        match peer.next_event(WAIT).await {
+            Event::Opened(s) => break s,
+            Event::Bytes(..) => continue,
+            other => panic!("expected a flow, got {other:?}"),
+        }
+    };
+    let header = peer.message_on(stream, WAIT).await;
+    assert!(
+        matches!(header, Message::VisitorHeader { .. }),
+        "{header:?}"
+    );
+    peer.send_on(stream, ACK, &Message::VisitorStatus { refusal: None })
+        .await
+        .unwrap();
+    peer.raw_on(stream);
+    stream
+}
+
+/// Waits until `n` bytes in all arrived on `stream`, skipping other events.
+async fn bytes_on(peer: &mut RawPeer<Tls>, stream: u32, n: usize) {
+    let mut got = 0;
+    while got < n {
+        match peer.next_event(WAIT).await {
+            Event::Bytes(s, k) if s == stream => got += k,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_its_client_never_reads_drops_and_counts_and_stalls_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server_command(dir.path(), "127.0.0.1:0".parse().unwrap())
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut server);
+    let (mut metrics, mut addr) = (String::new(), String::new());
+    for _ in 0..2 {
+        let line = log.wait_for(" listening").await;
+        let field = log_field(&line, "addr");
+        if line.contains("metrics listening") {
+            metrics = field;
+        } else {
+            addr = field;
+        }
+    }
+    let tls = tls_to(addr.parse().unwrap(), dir.path()).await;
+    let exported = ncx::auth::export(tls.get_ref().1).unwrap();
+    let mut peer = RawPeer::start(tls);
+    peer.open(1, &hello("a", "t", &exported)).await.unwrap();
+    let m = peer.message_on(1, WAIT).await;
+    assert!(matches!(m, Message::Welcome { .. }), "got {m:?}");
+    let public: SocketAddr = ([127, 0, 0, 1], register_udp(&mut peer).await).into();
+
+    // One visitor's flow, accepted and then never read: this peer grants no window beyond the
+    // first 256 KiB, so the server's queue for the flow fills and later datagrams are dropped.
+    let stalled = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    stalled.send_to(b"first", public).await.unwrap();
+    let first = accept_flow(&mut peer).await;
+    let datagram = [b'd'; 1200];
+    let dropped_series = "ncx_udp_datagrams_dropped_total{identity=\"a\",service=\"u\"}";
+    // 1,000 datagrams in batches of 100, a scrape between batches: more than the window (about
+    // 218 of them) and the queue (64) hold. A burst may outrun the flow's writer before the window
+    // closes, too; either way what cannot be sent at once is dropped, never queued beyond 64.
+    let mut sent = 1u64;
+    for _ in 0..10 {
+        for _ in 0..100 {
+            stalled.send_to(&datagram, public).await.unwrap();
+        }
+        sent += 100;
+        assert_eq!(get(&metrics, "/metrics").await.0, 200);
+    }
+    let dropped = series(
+        &scrape_until(&metrics, dropped_series, 1.0).await,
+        dropped_series,
+    )
+    .unwrap();
+    // What reached this peer on the stalled flow: never beyond the one window it granted.
+    let mut carried = 0;
+    while let Ok(e) = peer.events.try_recv() {
+        if let Event::Bytes(s, n) = e {
+            if s == first {
+                carried += n as u64;
+            }
+        }
+    }
+    assert!(carried <= INITIAL_CREDIT, "{carried} bytes carried");
+    let carried_datagrams = carried / (2 + datagram.len() as u64);
+    assert!(dropped as u64 + carried_datagrams <= sent);
+    log.wait_for("datagram dropped: its flow's queue is full")
+        .await;
+
+    // The session goes on, and so does another visitor's flow, both ways.
+    peer.ping_and_wait(WAIT).await;
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    other.send_to(b"second", public).await.unwrap();
+    let second = accept_flow(&mut peer).await;
+    assert_ne!(first, second);
+    bytes_on(&mut peer, second, 2 + 6).await;
+    peer.send_raw(&frame(
+        DATA,
+        0,
+        second,
+        &[0, 5, b'r', b'e', b'p', b'l', b'y'],
+        None,
+    ))
+    .await
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = tokio::time::timeout(WAIT, other.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((&buf[..n], from), (&b"reply"[..], public));
+
+    // A frame from the client declaring 65,535 bytes closes that flow only.
+    peer.send_raw(&frame(DATA, 0, second, &[0xff, 0xff, b'x'], None))
+        .await
+        .unwrap();
+    let closed = log.wait_for("protocol violation by the client").await;
+    assert!(closed.contains("exceeds the limit of 65507"), "{closed}");
+    let third = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    third.send_to(b"third", public).await.unwrap();
+    let stream = accept_flow(&mut peer).await;
+    bytes_on(&mut peer, stream, 2 + 5).await;
+    println!(
+        "a flow nobody reads: {sent} datagrams of 1,200 bytes sent, {carried_datagrams} carried (its window), {dropped} dropped and counted by the server, the rest in its queue (64) or lost before the server read them; another flow and the session went on"
+    );
+    let _ = server.start_kill();
 }

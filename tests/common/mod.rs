@@ -735,3 +735,48 @@ pub async fn echo_process() -> (tokio::process::Child, SocketAddr) {
     let line = wait_for_line(&mut child, "echo service listening on").await;
     (child, line.rsplit(' ').next().unwrap().parse().unwrap())
 }
+
+/// One HTTP GET of `path` at `addr`: the status code and the body.
+pub async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"));
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// The value of one series (its name and labels exactly as exposed) in a scrape.
+pub fn series(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Scrapes `addr` until `series` has at least `at_least`; returns the scrape.
+pub async fn scrape_until(addr: &str, name: &str, at_least: f64) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        if series(&body, name).is_some_and(|v| v >= at_least) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{name} never reached {at_least}:\n{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -404,3 +404,23 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> RawPeer<S> {
             .unwrap();
     }
 }
+
+/// A client TLS connection, as [`tls_to`] makes it.
+pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// TLS to the server started in `dir`, pinned to its certificate.
+pub async fn tls_to(server: std::net::SocketAddr, dir: &std::path::Path) -> Tls {
+    let fp = ncx::certs::load_or_create_self_signed(dir)
+        .unwrap()
+        .0
+        .fingerprint();
+    let cfg = ncx::tls::client_config(&ncx::tls::ServerTrust::Pinned(vec![fp]), None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(server).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
