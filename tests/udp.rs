@@ -513,3 +513,101 @@ async fn the_access_rules_are_checked_for_every_new_source() {
     client.stop().await;
     server.stop().await;
 }
+
+/// A TCP service that writes as fast as its visitor reads, until the visitor goes.
+async fn bulk_source() -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![b'b'; 64 * 1024];
+                while tcp.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_cross_beside_a_bulk_download_and_a_stalled_one() {
+    use tokio::io::AsyncReadExt;
+    const ROUND_TRIPS: usize = 200;
+    let udp = udp_echo().await;
+    let bulk = bulk_source().await;
+    let (server, client) = start(
+        |_| {},
+        vec![udp_service("game", udp, 0), service("files", bulk, 0)],
+    )
+    .await;
+    let game: SocketAddr = ([127, 0, 0, 1], client.port("game")).into();
+    let files: SocketAddr = ([127, 0, 0, 1], client.port("files")).into();
+    // One download stalled: its visitor reads a byte and then nothing, so its substream's window
+    // stays full for the whole test.
+    let mut stalled = tokio::net::TcpStream::connect(files).await.unwrap();
+    let mut one = [0u8; 1];
+    tokio::time::timeout(WAIT, stalled.read_exact(&mut one))
+        .await
+        .unwrap()
+        .unwrap();
+    // One download as fast as this process reads; it reports how far it got.
+    let (progress, mut watch) = tokio::sync::watch::channel(0u64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let download = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(files).await.unwrap();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return total,
+                    n = tcp.read(&mut buf) => {
+                        let n = n.unwrap();
+                        assert!(n > 0, "the download ended early");
+                        total += n as u64;
+                        progress.send_replace(total);
+                    }
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, watch.wait_for(|&n| n >= 8 << 20))
+        .await
+        .expect("the download runs")
+        .unwrap();
+    let before = *watch.borrow();
+
+    // Round trips one at a time, each given one try: none may be lost or wait behind the bulk.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut rtts = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS {
+        let payload = format!("ping {i}");
+        let t = std::time::Instant::now();
+        socket.send_to(payload.as_bytes(), game).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("round trip {i} got no reply beside the bulk"))
+            .unwrap();
+        rtts.push(t.elapsed());
+        assert_eq!(split_reply(&buf[..n]).1, payload.as_bytes());
+    }
+    let during = *watch.borrow() - before;
+    stop.cancel();
+    let total = download.await.unwrap();
+    assert!(during > 0, "the download went on during the round trips");
+    rtts.sort();
+    println!(
+        "{ROUND_TRIPS} datagram round trips beside a download ({} MiB in all, {} MiB during them) and a stalled one: all answered, p50 {:?}, p99 {:?}, max {:?} (debug build)",
+        total >> 20,
+        during >> 20,
+        rtts[ROUND_TRIPS / 2],
+        rtts[ROUND_TRIPS * 99 / 100],
+        rtts[ROUND_TRIPS - 1]
+    );
+    drop(stalled);
+    client.stop().await;
+    server.stop().await;
+}
