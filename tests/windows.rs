@@ -1,7 +1,7 @@
 //! The Windows build under wine: `ncx.exe demo --check`, a Windows `ncx.exe client` serving a
-//! visitor through a Linux `ncx server` (and answering `ncx.exe status` and `ncx.exe ctl reload`
-//! on its named pipe), and a Windows `ncx.exe visit` reaching a private service
-//! offered by a Linux client; and `ncx.exe service install`, a client as a Windows service that
+//! visitor and UDP datagrams through a Linux `ncx server` (and answering `ncx.exe status` and
+//! `ncx.exe ctl reload` on its named pipe), and a Windows `ncx.exe visit` reaching a private TCP
+//! and a private UDP service offered by a Linux client; and `ncx.exe service install`, a client as a Windows service that
 //! wine's service manager starts when the prefix boots, that serves a visitor and that lets it
 //! finish when `sc stop` stops it. Real bytes through each, checked.
 //!
@@ -178,9 +178,12 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
     let (mut server, addr) = server_process(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let fp = fingerprint(dir.path());
     let echo = echo_service().await;
+    let udp = udp_echo().await;
     // Its admin endpoint is a named pipe, unique to this run.
     let pipe = format!(r"\\.\pipe\ncx-test-{}", std::process::id());
     let service = format!("e={echo}@0");
+    let udp_port = free_port();
+    let udp_service = format!("u={udp}@{udp_port}/udp");
     let client_args = [
         "client",
         "--server",
@@ -191,6 +194,8 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         &fp,
         "--service",
         &service,
+        "--service",
+        &udp_service,
         "--admin-socket",
         &pipe,
     ]
@@ -201,8 +206,15 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         .env("NCX_TOKEN", "t")
         .spawn()
         .unwrap();
-    let line = wait_for_line(&mut client, "service available").await;
-    let public: std::net::SocketAddr = log_field(&line, "public").parse().unwrap();
+    let mut log = LogLines::new(&mut client);
+    let mut public = None;
+    for _ in 0..2 {
+        let line = log.wait_for("service available").await;
+        if !line.contains(&format!(":{udp_port}")) {
+            public = Some(log_field(&line, "public"));
+        }
+    }
+    let public: std::net::SocketAddr = public.expect("the TCP service's line").parse().unwrap();
     let payload = Rng(11).bytes(256 * 1024);
     assert_eq!(
         exchange(public, &payload).await.unwrap(),
@@ -230,6 +242,13 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         "{err}"
     );
     assert_eq!(exchange(public, b"still").await.unwrap(), b"still");
+    // Datagrams through the Windows client's UDP service, each visitor its own flow.
+    let udp_public: std::net::SocketAddr = ([127, 0, 0, 1], udp_port).into();
+    for (i, payload) in [&b"one"[..], &[b'u'; 1400][..]].into_iter().enumerate() {
+        let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_, back) = split_reply(&ask(&visitor, udp_public, payload).await);
+        assert_eq!(back, payload, "datagram {i} through the Windows client");
+    }
     client.kill().await.unwrap();
 
     // 3. A Windows `ncx visit` reaches a private service a Linux client offers.
@@ -239,7 +258,13 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         trust,
         "a",
         "t",
-        vec![private_service("p", echo, &["a"])],
+        vec![
+            private_service("p", echo, &["a"]),
+            ncx::config::ServiceSpec {
+                udp: true,
+                ..private_service("pu", udp, &["a"])
+            },
+        ],
     ))
     .await;
     let mut visit = wine
@@ -266,6 +291,39 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         exchange(local, &payload).await.unwrap(),
         payload,
         "bytes through the Windows visit listener"
+    );
+    visit.kill().await.unwrap();
+    // And a Windows `ncx visit` of a private UDP service: its local UDP port, two senders, each
+    // answered.
+    let mut visit = wine
+        .ncx(&[
+            "visit",
+            "--server",
+            &addr.to_string(),
+            "--identity",
+            "a",
+            "--server-fingerprint",
+            &fp,
+            "--service",
+            "a/pu/udp",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("NCX_TOKEN", "t")
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut visit, "visit listener ready").await;
+    let local: std::net::SocketAddr = log_field(&line, "listen").parse().unwrap();
+    let mut sources = Vec::new();
+    for payload in [&b"first sender"[..], &b"second sender"[..]] {
+        let sender = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (source, back) = split_reply(&ask(&sender, local, payload).await);
+        assert_eq!(back, payload, "a datagram through the Windows visit");
+        sources.push(source);
+    }
+    assert_ne!(
+        sources[0], sources[1],
+        "each local sender is a flow of its own"
     );
     visit.kill().await.unwrap();
     office.stop().await;

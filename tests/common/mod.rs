@@ -780,3 +780,48 @@ pub async fn scrape_until(addr: &str, name: &str, at_least: f64) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A UDP service that answers every datagram with the address it came from, then the datagram.
+pub async fn udp_echo() -> SocketAddr {
+    let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let mut reply = format!("{from} ").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `payload` to `to` from `socket` and waits for the reply, sending again every 500 ms
+/// (UDP may lose a datagram), at most 20 times.
+pub async fn ask(socket: &tokio::net::UdpSocket, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 65_536 + 64];
+    for _ in 0..20 {
+        socket.send_to(payload, to).await.unwrap();
+        if let Ok(Ok((n, _))) = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            socket.recv_from(&mut buf),
+        )
+        .await
+        {
+            return buf[..n].to_vec();
+        }
+    }
+    panic!("no reply from {to} after 20 tries");
+}
+
+/// The echo's reply, split into the source address the service saw and the datagram.
+pub fn split_reply(reply: &[u8]) -> (String, Vec<u8>) {
+    let space = reply
+        .iter()
+        .position(|&b| b == b' ')
+        .expect("an address first");
+    (
+        String::from_utf8(reply[..space].to_vec()).unwrap(),
+        reply[space + 1..].to_vec(),
+    )
+}
