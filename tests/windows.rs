@@ -1,9 +1,9 @@
 //! The Windows build under wine: `ncx.exe demo --check`, a Windows `ncx.exe client` serving a
 //! visitor and UDP datagrams through a Linux `ncx server` (and answering `ncx.exe status` and
 //! `ncx.exe ctl reload` on its named pipe), and a Windows `ncx.exe visit` reaching a private TCP
-//! and a private UDP service offered by a Linux client; and `ncx.exe service install`, a client as a Windows service that
-//! wine's service manager starts when the prefix boots, that serves a visitor and that lets it
-//! finish when `sc stop` stops it. Real bytes through each, checked.
+//! and a private UDP service offered by a Linux client; and `ncx.exe service install`, a client
+//! as a Windows service that wine's service manager starts when the prefix boots, that serves a
+//! visitor and that lets it finish when `sc stop` stops it. Real bytes through each, checked.
 //!
 //! Needs `target/x86_64-pc-windows-gnu/debug/ncx.exe` (`cargo build --target
 //! x86_64-pc-windows-gnu --bin ncx`), `wine` and mingw-w64's `x86_64-w64-mingw32-gcc`, which builds
@@ -182,8 +182,7 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
     // Its admin endpoint is a named pipe, unique to this run.
     let pipe = format!(r"\\.\pipe\ncx-test-{}", std::process::id());
     let service = format!("e={echo}@0");
-    let udp_port = free_port();
-    let udp_service = format!("u={udp}@{udp_port}/udp");
+    let udp_service = format!("u={udp}@0/udp");
     let client_args = [
         "client",
         "--server",
@@ -207,14 +206,18 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         .spawn()
         .unwrap();
     let mut log = LogLines::new(&mut client);
-    let mut public = None;
+    // One line per service, in either order.
+    let (mut public, mut udp_public) = (None, None);
     for _ in 0..2 {
         let line = log.wait_for("service available").await;
-        if !line.contains(&format!(":{udp_port}")) {
-            public = Some(log_field(&line, "public"));
+        let addr: std::net::SocketAddr = log_field(&line, "public").parse().unwrap();
+        if line.contains("service=u ") {
+            udp_public = Some(addr);
+        } else {
+            public = Some(addr);
         }
     }
-    let public: std::net::SocketAddr = public.expect("the TCP service's line").parse().unwrap();
+    let (public, udp_public) = (public.unwrap(), udp_public.unwrap());
     let payload = Rng(11).bytes(256 * 1024);
     assert_eq!(
         exchange(public, &payload).await.unwrap(),
@@ -243,7 +246,6 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
     );
     assert_eq!(exchange(public, b"still").await.unwrap(), b"still");
     // Datagrams through the Windows client's UDP service, each visitor its own flow.
-    let udp_public: std::net::SocketAddr = ([127, 0, 0, 1], udp_port).into();
     for (i, payload) in [&b"one"[..], &[b'u'; 1400][..]].into_iter().enumerate() {
         let visitor = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (_, back) = split_reply(&ask(&visitor, udp_public, payload).await);
