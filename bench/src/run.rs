@@ -52,6 +52,9 @@ const UDP_RATES: [u64; 2] = [100, 400];
 const UDP_RUN: Duration = Duration::from_secs(2);
 /// Datagrams of the UDP measurement, bytes.
 const UDP_DATAGRAM: usize = 1400;
+/// The server's visitor limits (per session and per identity) for the benchmark: above any
+/// `--idle-connections` it is given, at most the largest limit the server takes.
+const VISITOR_LIMIT: usize = 15_000;
 /// Parallel streams of the multi-stream bulk measurement.
 const PARALLEL: usize = 8;
 
@@ -222,8 +225,23 @@ async fn setup(
     debug_assert!(created);
     let fingerprint = identity.fingerprint();
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    // Visitor limits above the idle visitors held, which count against their service and
+    // identity as well as the session, beside the UDP flows of the UDP rows (each a visitor of the
+    // identity until it idles out). Those two limits have no flags, so they come from a file
+    // beside the flags.
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "max_visitors_per_identity = {VISITOR_LIMIT}\nmax_visitors_per_service = {VISITOR_LIMIT}\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
     let server = ncx_command(exe)
-        .args(["server", "--listen", &listen.to_string(), "--auto-cert-dir"])
+        .arg("server")
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &listen.to_string(), "--auto-cert-dir"])
         .arg(dir.join("certs"))
         .args([
             "--identity",
@@ -233,7 +251,7 @@ async fn setup(
             "--bind",
             "127.0.0.1",
         ])
-        .args(["--max-visitors-per-session", "15000"])
+        .args(["--max-visitors-per-session", &VISITOR_LIMIT.to_string()])
         .spawn()
         .context("starting ncx server")?;
     let (svc_port, echo_port, udp_port) = (free_port()?, free_port()?, free_port()?);
@@ -467,10 +485,17 @@ async fn run_inner(
         status_kib(pids[0], "RssAnon:"),
         status_kib(pids[1], "RssAnon:"),
     ];
-    let held = hold_idle(s.echo_tunnel, opts.idle_connections).await;
+    let (held, failed) = hold_idle(s.echo_tunnel, opts.idle_connections).await;
     let loaded = [rss_kib(pids[0]), rss_kib(pids[1])];
-    let held_n = held.as_ref().map(Vec::len).unwrap_or(0);
+    let held_n = held.len();
     drop(held);
+    if let Some(e) = failed {
+        // The rows below then say how many were held; with none, there is no figure per visitor.
+        eprintln!(
+            "ncx-bench: held {held_n} of {} idle visitors, then: {e:#}",
+            opts.idle_connections
+        );
+    }
     let mib = |kib: u64| ncx_only(kib as f64 / 1024.0);
     rows.push(row("server RSS idle", "MiB", &mib(idle[0])));
     rows.push(row("client RSS idle", "MiB", &mib(idle[1])));
@@ -496,13 +521,15 @@ async fn run_inner(
         "MiB",
         &mib(loaded[1]),
     ));
-    let per_conn =
-        (loaded[0] + loaded[1]).saturating_sub(idle[0] + idle[1]) as f64 / held_n.max(1) as f64;
-    rows.push(row(
-        "memory per idle visitor (both sides)",
-        "KiB",
-        &ncx_only(per_conn),
-    ));
+    if held_n > 0 {
+        let per_conn =
+            (loaded[0] + loaded[1]).saturating_sub(idle[0] + idle[1]) as f64 / held_n as f64;
+        rows.push(row(
+            "memory per idle visitor (both sides)",
+            "KiB",
+            &ncx_only(per_conn),
+        ));
+    }
 
     print_table(&rows, opts);
     if let Some(path) = &opts.json {
@@ -821,17 +848,26 @@ async fn connection_rate(addr: SocketAddr) -> anyhow::Result<f64> {
 }
 
 /// Opens `n` visitors to the echo service through the tunnel and keeps them open (each has read
-/// the greeting, so it is spliced end to end).
-async fn hold_idle(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
+/// the greeting, so it is spliced end to end). Stops at the first that fails, and returns the
+/// ones held with that error, so a limit met on the way shows as such instead of as a figure.
+async fn hold_idle(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Option<anyhow::Error>) {
     let mut held = Vec::with_capacity(n);
     let banner = ncx::demo::BANNER.len();
     for _ in 0..n {
-        let mut s = connect(addr).await?;
-        let mut b = vec![0u8; banner];
-        s.read_exact(&mut b).await?;
-        held.push(s);
+        let opened = async {
+            let mut s = connect(addr).await?;
+            let mut b = vec![0u8; banner];
+            s.read_exact(&mut b)
+                .await
+                .context("reading the echo's banner")?;
+            anyhow::Ok(s)
+        };
+        match opened.await {
+            Ok(s) => held.push(s),
+            Err(e) => return (held, Some(e)),
+        }
     }
-    Ok(held)
+    (held, None)
 }
 
 /// What some processes have used so far, summed, from one read of each `/proc/PID/stat`.
