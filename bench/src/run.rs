@@ -52,7 +52,7 @@ const UDP_RATES: [u64; 2] = [100, 400];
 const UDP_RUN: Duration = Duration::from_secs(2);
 /// Datagrams of the UDP measurement, bytes.
 const UDP_DATAGRAM: usize = 1400;
-/// The server's visitor limits (per session and per identity) for the benchmark: above any
+/// The server's visitor limits (per session, service and identity) for the benchmark: above any
 /// `--idle-connections` it is given, at most the largest limit the server takes.
 const VISITOR_LIMIT: usize = 15_000;
 /// Parallel streams of the multi-stream bulk measurement.
