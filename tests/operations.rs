@@ -348,17 +348,7 @@ async fn metrics_move_with_real_traffic_and_ready_follows_the_session() {
         .spawn()
         .unwrap();
     let mut log = LogLines::new(&mut server);
-    // The two listening lines, in either order.
-    let (mut server_metrics, mut addr) = (String::new(), String::new());
-    for _ in 0..2 {
-        let line = log.wait_for(" listening").await;
-        let field = log_field(&line, "addr");
-        if line.contains("metrics listening") {
-            server_metrics = field;
-        } else {
-            addr = field;
-        }
-    }
+    let (addr, server_metrics) = log.listen_and_metrics_addrs().await;
     assert_eq!(
         get(&server_metrics, "/ready").await,
         (200, "ready\n".into())

@@ -181,16 +181,7 @@ async fn a_flow_its_client_never_reads_drops_and_counts_and_stalls_nothing_else(
         .spawn()
         .unwrap();
     let mut log = LogLines::new(&mut server);
-    let (mut metrics, mut addr) = (String::new(), String::new());
-    for _ in 0..2 {
-        let line = log.wait_for(" listening").await;
-        let field = log_field(&line, "addr");
-        if line.contains("metrics listening") {
-            metrics = field;
-        } else {
-            addr = field;
-        }
-    }
+    let (addr, metrics) = log.listen_and_metrics_addrs().await;
     let tls = tls_to(addr.parse().unwrap(), dir.path()).await;
     let exported = ncx::auth::export(tls.get_ref().1).unwrap();
     let mut peer = RawPeer::start(tls);

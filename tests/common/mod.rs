@@ -615,6 +615,22 @@ impl LogLines {
         self.history
     }
 
+    /// A server started with `--metrics-listen`: its tunnel address and its metrics address,
+    /// from the two "listening" lines it prints in either order.
+    pub async fn listen_and_metrics_addrs(&mut self) -> (String, String) {
+        let (mut addr, mut metrics) = (String::new(), String::new());
+        for _ in 0..2 {
+            let line = self.wait_for(" listening").await;
+            let field = log_field(&line, "addr");
+            if line.contains("metrics listening") {
+                metrics = field;
+            } else {
+                addr = field;
+            }
+        }
+        (addr, metrics)
+    }
+
     /// The next line containing `needle` (earlier lines are skipped).
     pub async fn wait_for(&mut self, needle: &str) -> String {
         tokio::time::timeout(WAIT, async {
