@@ -269,25 +269,32 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
         ],
     ))
     .await;
-    let mut visit = wine
-        .ncx(&[
-            "visit",
-            "--server",
-            &addr.to_string(),
-            "--identity",
-            "a",
-            "--server-fingerprint",
-            &fp,
-            "--service",
-            "a/p",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("NCX_TOKEN", "t")
-        .spawn()
-        .unwrap();
-    let line = wait_for_line(&mut visit, "visit listener ready").await;
-    let local: std::net::SocketAddr = log_field(&line, "listen").parse().unwrap();
+    // A Windows `ncx visit` of one of a's private services, and the local address it listens on.
+    let start_visit = |service: &'static str| {
+        let mut visit = wine
+            .ncx(&[
+                "visit",
+                "--server",
+                &addr.to_string(),
+                "--identity",
+                "a",
+                "--server-fingerprint",
+                &fp,
+                "--service",
+                service,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("NCX_TOKEN", "t")
+            .spawn()
+            .unwrap();
+        async move {
+            let line = wait_for_line(&mut visit, "visit listener ready").await;
+            let local: std::net::SocketAddr = log_field(&line, "listen").parse().unwrap();
+            (visit, local)
+        }
+    };
+    let (mut visit, local) = start_visit("a/p").await;
     let payload = Rng(12).bytes(256 * 1024);
     assert_eq!(
         exchange(local, &payload).await.unwrap(),
@@ -297,25 +304,7 @@ async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine
     visit.kill().await.unwrap();
     // And a Windows `ncx visit` of a private UDP service: its local UDP port, two senders, each
     // answered.
-    let mut visit = wine
-        .ncx(&[
-            "visit",
-            "--server",
-            &addr.to_string(),
-            "--identity",
-            "a",
-            "--server-fingerprint",
-            &fp,
-            "--service",
-            "a/pu/udp",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("NCX_TOKEN", "t")
-        .spawn()
-        .unwrap();
-    let line = wait_for_line(&mut visit, "visit listener ready").await;
-    let local: std::net::SocketAddr = log_field(&line, "listen").parse().unwrap();
+    let (mut visit, local) = start_visit("a/pu/udp").await;
     let mut sources = Vec::new();
     for payload in [&b"first sender"[..], &b"second sender"[..]] {
         let sender = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
