@@ -3,6 +3,11 @@
 //! Decoding has two kinds of "no": `Ok(None)` means the bytes so far are a strict prefix of a frame
 //! and more are needed; `Err(DecodeError)` means no continuation can make them valid, and the
 //! stream that carried them must be closed.
+//!
+//! Kept as one piece of about 570 lines: the decoder (`decode_body` and its bounded `Reader`) and
+//! the encoder (`encode` and its `put_*` helpers) each hold one arm per message, in the same
+//! order, and a message's wire form is checked by reading its two arms side by side against
+//! `README.md`. Splitting them apart would put the two halves of every message in two files.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
