@@ -149,6 +149,24 @@ async fn wait_for_log(log: &Path, needle: &str) -> String {
     }
 }
 
+/// Asks the prefix's service manager until it reports service `name` STOPPED, within
+/// [`WINE_WAIT`] (`sc query` is the only way to learn the state; there is nothing to wait on).
+async fn wait_for_stopped(wine: &Wine, name: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = output(wine.program("sc").args(["query", name])).await;
+        let state = String::from_utf8_lossy(&out.stdout).into_owned();
+        if state.contains("STOPPED") {
+            return;
+        }
+        assert!(
+            start.elapsed() < WINE_WAIT,
+            "service {name} is not STOPPED within {WINE_WAIT:?}: {state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_windows_binary_runs_the_demo_serves_a_visitor_and_visits_under_wine() {
     if let Some(why) = missing_requirement() {
@@ -454,9 +472,8 @@ async fn a_windows_service_starts_at_boot_serves_and_drains_on_stop_under_wine()
     );
     drop(visitor);
     wait_for_log(&log, "service stopped").await;
-    let out = output(wine.program("sc").args(["query", &name])).await;
-    let state = String::from_utf8_lossy(&out.stdout);
-    assert!(state.contains("STOPPED"), "{state}");
+    // The line comes just before the service reports Stopped to the service manager.
+    wait_for_stopped(&wine, &name).await;
 
     // Start by hand, and a visitor again.
     std::fs::write(&log, "").unwrap();

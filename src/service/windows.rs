@@ -11,6 +11,10 @@
 //! Stop and Shutdown cancel the command's shutdown token: the client closes its listeners and
 //! lets visitors finish for `drain_timeout_secs`, reporting StopPending with that as the wait
 //! hint, and then Stopped.
+//!
+//! The dispatcher returns on the main thread as soon as Stopped is reported, and the process
+//! ends when `main` does; so the callback logs its last line before reporting Stopped, and the
+//! main thread waits for the callback to finish (a bounded wait) before returning.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -152,17 +156,25 @@ struct Waiting {
     name: String,
     drain: Duration,
     job: Job,
+    /// Told when the callback has finished, so that the process ends only after its last line.
+    finished: std::sync::mpsc::SyncSender<()>,
 }
+
+/// How long the main thread waits for the callback after the dispatcher returned: the callback
+/// has reported Stopped by then, and has only a runtime shut down and a line to write.
+const CALLBACK_FINISH: Duration = Duration::from_secs(5);
 
 static WAITING: Mutex<Option<Waiting>> = Mutex::new(None);
 
 /// Runs as the service `name`: connects to the service manager, which calls [`service_main`] on
 /// a thread of its own, and returns when the service has stopped.
 pub(super) fn run(name: String, drain: Duration, job: Job) -> anyhow::Result<()> {
+    let (finished, callback_done) = std::sync::mpsc::sync_channel(1);
     *WAITING.lock().unwrap_or_else(|e| e.into_inner()) = Some(Waiting {
         name: name.clone(),
         drain,
         job,
+        finished,
     });
     service_dispatcher::start(&name, service_main).map_err(|e| {
         match win32_code(&e) {
@@ -171,7 +183,12 @@ pub(super) fn run(name: String, drain: Duration, job: Job) -> anyhow::Result<()>
             ),
             _ => words(&e, "connecting to the service manager"),
         }
-    })
+    })?;
+    // The callback's last steps (and its error, if any) come after Stopped was reported. A
+    // callback that never ran left its sender in the static: dropping it ends the wait at once.
+    drop(WAITING.lock().unwrap_or_else(|e| e.into_inner()).take());
+    let _ = callback_done.recv_timeout(CALLBACK_FINISH);
+    Ok(())
 }
 
 /// The dispatcher's callback. The service arguments (`sc start NAME ARGS`) are not used: the
@@ -180,14 +197,18 @@ extern "system" fn service_main(_argc: u32, _argv: *mut *mut u16) {
     let Some(waiting) = WAITING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
+    let finished = waiting.finished.clone();
     if let Err(e) = serve(waiting) {
         tracing::error!(error = %format!("{e:#}"), "the service stopped with an error");
     }
+    let _ = finished.send(());
 }
 
 /// Runs the job's command until it ends or the service manager stops it, reporting each state.
 fn serve(waiting: Waiting) -> anyhow::Result<()> {
-    let Waiting { name, drain, job } = waiting;
+    let Waiting {
+        name, drain, job, ..
+    } = waiting;
     let shutdown = CancellationToken::new();
     let handler = {
         let shutdown = shutdown.clone();
@@ -248,12 +269,13 @@ fn serve(waiting: Waiting) -> anyhow::Result<()> {
         Ok(_) => ServiceExitCode::Win32(0),
         Err(_) => ServiceExitCode::ServiceSpecific(1),
     };
+    // Logged first: once Stopped is reported the main thread may return and the process end.
+    tracing::info!(service = %name, "service stopped");
     report(
         ServiceState::Stopped,
         ServiceControlAccept::empty(),
         Duration::ZERO,
         code,
     );
-    tracing::info!(service = %name, "service stopped");
     result
 }
