@@ -640,10 +640,24 @@ impl LogLines {
                     return l;
                 }
             }
-            panic!("the process ended without printing {needle:?}");
+            panic!(
+                "the process ended without printing {needle:?}; its last lines:\n{}",
+                self.tail()
+            );
         })
         .await
-        .unwrap_or_else(|_| panic!("no line with {needle:?} in time"))
+        .unwrap_or_else(|_| {
+            panic!(
+                "no line with {needle:?} in time; the last lines:\n{}",
+                self.tail()
+            )
+        })
+    }
+
+    /// The last lines read so far, for a failure message.
+    fn tail(&self) -> String {
+        let from = self.history.len().saturating_sub(40);
+        self.history[from..].join("\n")
     }
 }
 
