@@ -48,18 +48,6 @@ fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuar
 const FORGED: &str =
     "nope\n2026-01-01T00:00:00Z  INFO ncx::audit: visitor connection service=forged end=finished\u{1b}[2K";
 
-fn raw_tls_client(pki: &Pki) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(ncx::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![ncx_proto::ALPN.to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-}
-
 // One thread, so the server's tasks log through the subscriber this test sets.
 #[tokio::test(flavor = "current_thread")]
 async fn peer_text_cannot_forge_log_lines() {
@@ -68,45 +56,15 @@ async fn peer_text_cannot_forge_log_lines() {
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
     // A hand-made client: real TLS, a real hello, then hostile answers.
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let tls = raw_tls_client(&pki)
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let exported = ncx::auth::export(tls.get_ref().1).unwrap();
-    let (inbound_tx, mut inbound) = tokio::sync::mpsc::channel(4);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, driver) = ncx::mux::start(
-        tls,
-        yamux::Mode::Client,
-        Box::new(move |s, _| {
-            let _ = inbound_tx.try_send(s);
-        }),
-        cancel.clone(),
-    );
-    let driver = tokio::spawn(driver);
-    let mut ctrl = handle.open().await.unwrap().compat();
-    let mut reader = ncx::framed::MessageReader::new();
-    ncx::framed::write_message(&mut ctrl, &hello("a", "t", &exported))
-        .await
-        .unwrap();
-    assert!(matches!(
-        reader.read(&mut ctrl).await.unwrap(),
-        Message::Welcome { .. }
-    ));
+    let mut session = RawSession::start(&server, &pki, ncx_proto::PROTOCOL_VERSION).await;
+    assert!(matches!(session.answer, Message::Welcome { .. }));
     let register = Message::Register {
         group: None,
         service: name("s"),
         remote_port: 0,
         access: Default::default(),
     };
-    ncx::framed::write_message(&mut ctrl, &register)
-        .await
-        .unwrap();
-    let port = match reader.read(&mut ctrl).await.unwrap() {
+    let port = match session.ask(register).await {
         Message::Registered { remote_port, .. } => remote_port,
         other => panic!("expected the service registered, got {other:?}"),
     };
@@ -115,7 +73,7 @@ async fn peer_text_cannot_forge_log_lines() {
     let started = tokio::time::Instant::now();
     for _ in 0..VISITORS {
         let mut visitor = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let stream = tokio::time::timeout(WAIT, inbound.recv())
+        let stream = tokio::time::timeout(WAIT, session.inbound.recv())
             .await
             .unwrap()
             .unwrap();
@@ -145,20 +103,20 @@ async fn peer_text_cannot_forge_log_lines() {
         code: ErrorCode::ShuttingDown,
         message: Text::new(FORGED),
     };
-    ncx::framed::write_message(&mut ctrl, &bye).await.unwrap();
+    session.send(&bye).await;
     // The server has read the go-away once it released the port.
     wait_until_refused(std::net::SocketAddr::from(([127, 0, 0, 1], port)), WAIT).await;
     let error = Message::Error {
         code: ErrorCode::Internal,
         message: Text::new(FORGED),
     };
-    ncx::framed::write_message(&mut ctrl, &error).await.unwrap();
+    session.send(&error).await;
     // The server ends the session on the error, which ends the connection here.
-    tokio::time::timeout(WAIT, driver)
+    tokio::time::timeout(WAIT, session.driver)
         .await
         .expect("the server closes the session")
         .unwrap();
-    cancel.cancel();
+    session.cancel.cancel();
     server.stop().await;
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

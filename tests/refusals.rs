@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use ncx::client::ClientError;
 use ncx::config::PortRange;
@@ -110,18 +108,6 @@ async fn ca_that_did_not_sign_the_server_is_refused() {
     let text = err.to_string();
     assert!(text.contains("not signed by the CA"), "{text}");
     server.stop().await;
-}
-
-fn raw_tls_client_for(pki: &Pki, alpn: Vec<Vec<u8>>) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(ncx::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn;
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
 #[tokio::test]
@@ -407,111 +393,46 @@ async fn exit_on_forward_failure_stops_a_client_when_any_service_is_refused() {
     server.stop().await;
 }
 
-/// A hand-made session of `version` as identity `a` (token `t`): its control stream, reader and
-/// the welcome's version, or the refusal.
-async fn raw_session(
-    server: &TestServer,
-    pki: &Pki,
-    version: u16,
-) -> (
-    tokio_util::compat::Compat<yamux::Stream>,
-    ncx::framed::MessageReader,
-    Message,
-    tokio_util::sync::CancellationToken,
-) {
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let tls = raw_tls_client_for(pki, vec![ncx_proto::ALPN.to_vec()])
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let exported = ncx::auth::export(tls.get_ref().1).unwrap();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, driver) = ncx::mux::start(
-        tls,
-        yamux::Mode::Client,
-        Box::new(|_, _| {}),
-        cancel.clone(),
-    );
-    tokio::spawn(driver);
-    let stream = handle.open().await.unwrap();
-    let mut ctrl = tokio_util::compat::FuturesAsyncReadCompatExt::compat(stream);
-    let mut reader = ncx::framed::MessageReader::new();
-    let hello = match hello("a", "t", &exported) {
-        Message::Hello {
-            identity, proof, ..
-        } => Message::Hello {
-            instance: None,
-            version,
-            identity,
-            proof,
-        },
-        _ => unreachable!(),
-    };
-    ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
-    let answer = tokio::time::timeout(WAIT, reader.read(&mut ctrl))
-        .await
-        .unwrap()
-        .unwrap();
-    (ctrl, reader, answer, cancel)
-}
-
-async fn ask(
-    ctrl: &mut tokio_util::compat::Compat<yamux::Stream>,
-    reader: &mut ncx::framed::MessageReader,
-    msg: Message,
-) -> Message {
-    ncx::framed::write_message(ctrl, &msg).await.unwrap();
-    tokio::time::timeout(WAIT, reader.read(ctrl))
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_version_1_client_is_welcomed_with_version_1_and_version_0_is_refused() {
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
-    let (mut ctrl, mut reader, welcome, cancel) = raw_session(&server, &pki, 1).await;
-    assert_eq!(welcome, Message::Welcome { version: 1 });
-    let registered = ask(
-        &mut ctrl,
-        &mut reader,
-        Message::Register {
+    let mut session = RawSession::start(&server, &pki, 1).await;
+    assert_eq!(session.answer, Message::Welcome { version: 1 });
+    let registered = session
+        .ask(Message::Register {
             group: None,
             service: name("s"),
             remote_port: 0,
             access: Default::default(),
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(
         matches!(registered, Message::Registered { .. }),
         "{registered:?}"
     );
-    cancel.cancel();
-    let (_, _, welcome, cancel) = raw_session(&server, &pki, ncx_proto::PROTOCOL_VERSION).await;
+    session.cancel.cancel();
+    let session = RawSession::start(&server, &pki, ncx_proto::PROTOCOL_VERSION).await;
     assert_eq!(
-        welcome,
+        session.answer,
         Message::Welcome {
             version: ncx_proto::PROTOCOL_VERSION
         }
     );
-    cancel.cancel();
-    let (_, _, refused, cancel) = raw_session(&server, &pki, 0).await;
+    session.cancel.cancel();
+    let session = RawSession::start(&server, &pki, 0).await;
     assert!(
         matches!(
-            refused,
+            session.answer,
             Message::Error {
                 code: ErrorCode::VersionMismatch,
                 ..
             }
         ),
-        "{refused:?}"
+        "{:?}",
+        session.answer
     );
-    cancel.cancel();
+    session.cancel.cancel();
     server.stop().await;
 }
 
@@ -519,30 +440,25 @@ async fn a_version_1_client_is_welcomed_with_version_1_and_version_0_is_refused(
 async fn withdraw_releases_the_port_at_once_and_the_name_can_be_registered_again() {
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
-    let (mut ctrl, mut reader, _, cancel) = raw_session(&server, &pki, 2).await;
+    let mut session = RawSession::start(&server, &pki, 2).await;
     let register = |port| Message::Register {
         group: None,
         service: name("s"),
         remote_port: port,
         access: Default::default(),
     };
-    let port = match ask(&mut ctrl, &mut reader, register(0)).await {
+    let port = match session.ask(register(0)).await {
         Message::Registered { remote_port, .. } => remote_port,
         other => panic!("{other:?}"),
     };
-    let withdrawn = ask(
-        &mut ctrl,
-        &mut reader,
-        Message::Withdraw { service: name("s") },
-    )
-    .await;
+    let withdrawn = session.ask(Message::Withdraw { service: name("s") }).await;
     assert_eq!(withdrawn, Message::Withdrawn { service: name("s") });
     // Released before the answer: refused now, without waiting.
     let e = TcpStream::connect(("127.0.0.1", port)).await.unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
     // The same name on the same port, at once.
     assert_eq!(
-        ask(&mut ctrl, &mut reader, register(port)).await,
+        session.ask(register(port)).await,
         Message::Registered {
             service: name("s"),
             remote_port: port
@@ -555,28 +471,25 @@ async fn withdraw_releases_the_port_at_once_and_the_name_can_be_registered_again
         visitors: vec![name("b")],
     };
     assert!(matches!(
-        ask(&mut ctrl, &mut reader, private.clone()).await,
+        session.ask(private.clone()).await,
         Message::Registered { remote_port: 0, .. }
     ));
     for service in ["p", "never"] {
         assert_eq!(
-            ask(
-                &mut ctrl,
-                &mut reader,
-                Message::Withdraw {
+            session
+                .ask(Message::Withdraw {
                     service: name(service)
-                }
-            )
-            .await,
+                })
+                .await,
             Message::Withdrawn {
                 service: name(service)
             }
         );
     }
     assert!(matches!(
-        ask(&mut ctrl, &mut reader, private).await,
+        session.ask(private).await,
         Message::Registered { remote_port: 0, .. }
     ));
-    cancel.cancel();
+    session.cancel.cancel();
     server.stop().await;
 }

@@ -214,6 +214,110 @@ impl TestServer {
     }
 }
 
+/// A TLS 1.3 client trusting `pki`'s CA and offering `alpn`, for hand-made sessions.
+pub fn raw_tls_client_for(pki: &Pki, alpn: Vec<Vec<u8>>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(ncx::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn;
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// A session made by hand as identity `a` (token `t`) to a [`TestServer`]: real TLS and yamux,
+/// and every message written by the test, so it can send what ncx's client would not, or send
+/// it at a moment of the test's choosing.
+pub struct RawSession {
+    pub ctrl: tokio_util::compat::Compat<yamux::Stream>,
+    pub reader: ncx::framed::MessageReader,
+    /// The server's answer to the hello: a welcome or a refusal.
+    pub answer: ncx_proto::Message,
+    /// The substreams the server opened (visitors), up to 16 waiting; more are dropped.
+    pub inbound: tokio::sync::mpsc::Receiver<yamux::Stream>,
+    /// Ends the session's connection.
+    pub cancel: CancellationToken,
+    /// The connection's driver, which ends when either side closes it.
+    pub driver: JoinHandle<ncx::mux::SessionEnd>,
+}
+
+impl RawSession {
+    /// Connects and says hello with protocol `version`.
+    pub async fn start(server: &TestServer, pki: &Pki, version: u16) -> Self {
+        use ncx_proto::Message;
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let tls = raw_tls_client_for(pki, vec![ncx_proto::ALPN.to_vec()])
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let exported = ncx::auth::export(tls.get_ref().1).unwrap();
+        let cancel = CancellationToken::new();
+        let (inbound_tx, inbound) = tokio::sync::mpsc::channel(16);
+        let (handle, driver) = ncx::mux::start(
+            tls,
+            yamux::Mode::Client,
+            Box::new(move |s, _| {
+                let _ = inbound_tx.try_send(s);
+            }),
+            cancel.clone(),
+        );
+        let driver = tokio::spawn(driver);
+        let stream = handle.open().await.unwrap();
+        let mut ctrl = tokio_util::compat::FuturesAsyncReadCompatExt::compat(stream);
+        let mut reader = ncx::framed::MessageReader::new();
+        let hello = match hello("a", "t", &exported) {
+            Message::Hello {
+                identity, proof, ..
+            } => Message::Hello {
+                instance: None,
+                version,
+                identity,
+                proof,
+            },
+            _ => unreachable!(),
+        };
+        ncx::framed::write_message(&mut ctrl, &hello).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, reader.read(&mut ctrl))
+            .await
+            .unwrap()
+            .unwrap();
+        RawSession {
+            ctrl,
+            reader,
+            answer,
+            inbound,
+            cancel,
+            driver,
+        }
+    }
+
+    /// Sends `msg` on the control stream.
+    pub async fn send(&mut self, msg: &ncx_proto::Message) {
+        ncx::framed::write_message(&mut self.ctrl, msg)
+            .await
+            .unwrap();
+    }
+
+    /// The next message on the control stream, within [`WAIT`].
+    pub async fn next(&mut self) -> ncx_proto::Message {
+        tokio::time::timeout(WAIT, self.reader.read(&mut self.ctrl))
+            .await
+            .expect("a message in time")
+            .unwrap()
+    }
+
+    /// Sends `msg` and returns the next message.
+    pub async fn ask(&mut self, msg: ncx_proto::Message) -> ncx_proto::Message {
+        self.send(&msg).await;
+        self.next().await
+    }
+}
+
 pub fn service(n: &str, local: SocketAddr, remote_port: u16) -> ServiceSpec {
     ServiceSpec {
         name: name(n),
