@@ -3,7 +3,8 @@
 //! sessions and their visitors' bytes flowing; added ones get in; removed ones and changed
 //! credentials are closed with a reason; ports taken out of a policy move the service while the
 //! visitor in flight finishes; a configuration that does not check out is refused and the one in
-//! force stays.
+//! force stays. And `ncx client` reloading its services in place, or through a new session that
+//! takes over while the old session's visitors finish.
 
 mod common;
 
@@ -392,4 +393,103 @@ async fn the_client_reloads_its_services_in_place_and_keeps_unaffected_visitors(
 
     client.kill().await.unwrap();
     server.kill().await.unwrap();
+}
+
+/// A client that reloads a setting of its connection announces its new session on the old one
+/// (go-away `Rotate`), then opens the new one; the two travel on different connections, and the
+/// new session can take over before the server reads the announcement. Read late, it must still
+/// do what it does on time: the old session's visitors finish without the drain deadline. The
+/// old session is played by hand so that the announcement comes after the takeover every time.
+#[tokio::test]
+async fn a_new_session_announced_after_it_took_over_keeps_the_old_visitors() {
+    use ncx_proto::{ErrorCode, Message, Text};
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+    const DRAIN: Duration = Duration::from_secs(1);
+    let pki = Pki::new();
+    let mut settings = server_settings(vec![identity("a", "t")]);
+    settings.timing.drain_timeout = DRAIN;
+    let server = TestServer::start(&pki, settings).await;
+    let mut old = RawSession::start(&server, &pki, ncx_proto::PROTOCOL_VERSION).await;
+    assert!(
+        matches!(old.answer, Message::Welcome { .. }),
+        "{:?}",
+        old.answer
+    );
+    let registered = old
+        .ask(Message::Register {
+            group: None,
+            service: name("s"),
+            remote_port: 0,
+            access: Default::default(),
+        })
+        .await;
+    let Message::Registered { remote_port, .. } = registered else {
+        panic!("{registered:?}")
+    };
+
+    // A visitor on the old session, which echoes it by hand.
+    let mut visitor = tokio::net::TcpStream::connect(("127.0.0.1", remote_port))
+        .await
+        .unwrap();
+    let mut sub = tokio::time::timeout(WAIT, old.inbound.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .compat();
+    let header = ncx::framed::MessageReader::new()
+        .read(&mut sub)
+        .await
+        .unwrap();
+    assert!(
+        matches!(header, Message::VisitorHeader { .. }),
+        "{header:?}"
+    );
+    ncx::framed::write_message(&mut sub, &Message::VisitorStatus { refusal: None })
+        .await
+        .unwrap();
+    let echo = tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(sub);
+        tokio::io::copy(&mut r, &mut w).await
+    });
+    round_trip(&mut visitor, b"before the takeover").await;
+
+    // The new session takes over; the old one learns it, and only then announces it.
+    let local = echo_service().await;
+    let new = connect(client_settings(
+        server.addr,
+        pki.pinned(),
+        "a",
+        "t",
+        vec![service("s", local, 0)],
+    ))
+    .await
+    .expect("the new session is welcomed");
+    loop {
+        match old.next().await {
+            Message::GoAway {
+                code: ErrorCode::SessionReplaced,
+                ..
+            } => break,
+            Message::Ping(v) => old.send(&Message::Pong(v)).await,
+            other => panic!("expected the takeover's go-away, got {other:?}"),
+        }
+    }
+    // The drain began when the takeover did, before the go-away above was sent.
+    let deadline_passed = tokio::time::Instant::now() + DRAIN + Duration::from_millis(500);
+    old.send(&Message::GoAway {
+        code: ErrorCode::Rotate,
+        message: Text::new("the client reloaded; its new session follows"),
+    })
+    .await;
+    round_trip(&mut visitor, b"after the announcement").await;
+    // Not reset at the deadline: the visitor keeps going past it.
+    tokio::time::sleep_until(deadline_passed).await;
+    round_trip(&mut visitor, b"past the drain deadline").await;
+
+    drop(visitor);
+    let _ = tokio::time::timeout(WAIT, echo).await;
+    drop(new);
+    old.cancel.cancel();
+    server.stop().await;
 }

@@ -63,6 +63,10 @@ enum Phase {
         drain: Drain,
         /// Why the session goes away, for the log line that ends it.
         reason: String,
+        /// Whether a newer session took over before the client announced it (the client's
+        /// go-away `Rotate` races its new session, which comes on another connection): the
+        /// announcement, arriving now, lifts the deadline as it would have before.
+        replaced_unannounced: bool,
     },
 }
 
@@ -83,6 +87,16 @@ impl Phase {
 
     fn accepts_registrations(&self) -> bool {
         matches!(self, Phase::Serving | Phase::RotationAsked)
+    }
+
+    fn replaced_unannounced(&self) -> bool {
+        matches!(
+            self,
+            Phase::Draining {
+                replaced_unannounced: true,
+                ..
+            }
+        )
     }
 }
 
@@ -231,7 +245,8 @@ impl Control {
                 // After a rotation the client is alive and its visitors (a remote desktop, say) may
                 // last for hours: they keep this session until they end. Otherwise the takeover
                 // usually means this session's client is gone, and the drain deadline applies.
-                let drain = if self.phase.rotation_asked() {
+                let announced = self.phase.rotation_asked();
+                let drain = if announced {
                     UNBOUNDED_DRAIN
                 } else {
                     timing.drain_timeout
@@ -243,6 +258,13 @@ impl Control {
                 .await;
                 self.begin_drain(drain, "replaced by a newer session of the same identity")
                     .await;
+                if let Phase::Draining {
+                    replaced_unannounced,
+                    ..
+                } = &mut self.phase
+                {
+                    *replaced_unannounced = !announced;
+                }
                 None
             }
             Event::RotationDue => {
@@ -313,6 +335,7 @@ impl Control {
         self.phase = Phase::Draining {
             drain: Drain::start(self.ctx.visitors.tracker(), timeout),
             reason: reason.into(),
+            replaced_unannounced: false,
         };
     }
 
@@ -409,6 +432,23 @@ impl Control {
                 // rotation this side asked for, and the visitors here finish without a deadline.
                 info!(reason = %message, "the client announces a new session; its ports and visitors stay until that session takes over");
                 self.phase = Phase::RotationAsked;
+                return None;
+            }
+            Ok(Message::GoAway {
+                code: ErrorCode::Rotate,
+                message,
+            }) if self.phase.replaced_unannounced() => {
+                // The same announcement, overtaken by the new session it announces.
+                info!(reason = %message, "the client announces a new session, which has taken over already; the visitors here finish without a deadline");
+                if let Phase::Draining {
+                    drain,
+                    replaced_unannounced,
+                    ..
+                } = &mut self.phase
+                {
+                    *drain = Drain::start(self.ctx.visitors.tracker(), UNBOUNDED_DRAIN);
+                    *replaced_unannounced = false;
+                }
                 return None;
             }
             Ok(Message::GoAway { code, message }) => {
