@@ -38,6 +38,42 @@ fn hup(child: &tokio::process::Child) {
     assert!(sent.success());
 }
 
+/// SIGHUP is watched before the server tells systemd it is ready: a reload asked for at once (as
+/// `ExecReload` may) reloads it instead of ending it, which is the signal's default.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sighup_the_moment_the_server_is_ready_reloads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = d.join("server.toml");
+    std::fs::write(&path, config(d, &[("a", "ta", "1024-65535")])).unwrap();
+    let notify = tokio::net::UnixDatagram::bind(d.join("notify.sock")).unwrap();
+    let mut server = ncx_process()
+        .args(["server", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", d.join("notify.sock"))
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::new(&mut server);
+    let mut buf = vec![0u8; 256];
+    loop {
+        let n = tokio::time::timeout(WAIT, notify.recv(&mut buf))
+            .await
+            .expect("READY in time")
+            .unwrap();
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    hup(&server);
+    let line = log.wait_for("configuration reloaded").await;
+    assert!(
+        line.contains("added=none removed=none changed=none"),
+        "{line}"
+    );
+    server.kill().await.unwrap();
+}
+
 /// `ncx client` as `identity` with `token`, exposing an echo service on any allowed port.
 fn client(
     server: &str,

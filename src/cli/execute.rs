@@ -24,6 +24,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 crate::say!("{}: the server configuration is valid", path.display());
                 return Ok(ExitCode::SUCCESS);
             }
+            let hangups = reloading::Hangups::watch();
             let settings = args.clone().settings()?;
             let identity = match &settings.cert {
                 ServerCert::Files { cert, key } => {
@@ -105,7 +106,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             with_watchdog(async {
                 tokio::select! {
                     _ = serving => {}
-                    never = reloading::reload_on_hangup(&args, &server, &status) => match never {},
+                    never = reloading::reload_on_hangup(hangups, &args, &server, &status) => match never {},
                 }
             })
             .await;
@@ -119,6 +120,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
                 crate::say!("{}: the client configuration is valid", path.display());
                 return Ok(ExitCode::SUCCESS);
             }
+            let hangups = reloading::Hangups::watch();
             let settings = args.clone().settings()?;
             if let Some(limit) = crate::fdlimit::raise() {
                 tracing::debug!(?limit, "open-file limit");
@@ -132,7 +134,7 @@ pub async fn execute(command: Command, shutdown: CancellationToken) -> anyhow::R
             with_watchdog(async {
                 tokio::select! {
                     r = running => r,
-                    never = reloading::client_reload_on_hangup(reloader) => match never {},
+                    never = reloading::client_reload_on_hangup(hangups, reloader) => match never {},
                 }
             })
             .await?;

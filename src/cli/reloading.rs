@@ -4,51 +4,67 @@
 
 use super::*;
 
+/// SIGHUP, watched from the start of the server or the client: until it is, the signal's default
+/// action ends the process, so a reload asked for as soon as the process said it was ready (a
+/// systemd `ExecReload`, a script) must find it watched already. Never fires where there is no
+/// SIGHUP (Windows) or it cannot be watched.
+pub(super) struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Starts watching (within the runtime).
+    pub(super) fn watch() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::hangup())
+                .map_err(|e| tracing::warn!(error = %e, "cannot watch SIGHUP: no reloads"))
+                .ok();
+            Hangups { signal }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    /// The next SIGHUP; pending forever when there is none to watch.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
 /// On SIGHUP, re-reads the configuration (the file and the flags, as at start) and reloads the
 /// server with it; a configuration that does not check out is refused whole, with its error,
-/// and the one in force stays. Pending forever where there is no SIGHUP (Windows).
+/// and the one in force stays.
 pub(super) async fn reload_on_hangup(
+    mut hangups: Hangups,
     args: &ServerArgs,
     server: &crate::server::Server,
     status: &str,
 ) -> std::convert::Infallible {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                while hup.recv().await.is_some() {
-                    let _ = reload(args, server, status);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP: no reloads"),
-        }
+    loop {
+        hangups.next().await;
+        let _ = reload(args, server, status);
     }
-    #[cfg(not(unix))]
-    let _ = (args, server, status);
-    std::future::pending().await
 }
 
 /// On SIGHUP, has the client re-read its configuration and take it (what the reload did, or
-/// why it was refused, is logged). Pending forever where there is no SIGHUP (Windows).
+/// why it was refused, is logged).
 pub(super) async fn client_reload_on_hangup(
+    mut hangups: Hangups,
     reloader: crate::client::Reloader,
 ) -> std::convert::Infallible {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                while hup.recv().await.is_some() {
-                    let _ = reloader.reload().await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP: no reloads"),
-        }
+    loop {
+        hangups.next().await;
+        let _ = reloader.reload().await;
     }
-    #[cfg(not(unix))]
-    let _ = reloader;
-    std::future::pending().await
 }
 
 /// The server's admin requests: `status`, and `reload` (as SIGHUP does, answered with what it
