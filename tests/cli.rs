@@ -10,6 +10,9 @@ use tokio::process::Command;
 
 fn ncx() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ncx"));
+    for var in SERVICE_MANAGER_VARS {
+        c.env_remove(var);
+    }
     c.env_remove("RUST_LOG")
         .env_remove("NCX_TOKEN")
         .stdin(Stdio::null())
@@ -654,7 +657,6 @@ async fn the_server_keeps_its_identity_whatever_directory_it_starts_from() {
         c.args(["server", "--config"])
             .arg(&cfg)
             .current_dir(cwd)
-            .env_remove("STATE_DIRECTORY")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(s) = state {

@@ -640,12 +640,25 @@ pub fn succeeded(out: &std::process::Output, what: &str) -> String {
 }
 
 /// `ncx` as a child process with a clean environment, killed when dropped.
+/// What systemd hands a service. A test run inside a unit must not hand its own to the ncx it
+/// starts; a test that plays systemd sets them after this.
+pub const SERVICE_MANAGER_VARS: [&str; 5] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "CREDENTIALS_DIRECTORY",
+    "STATE_DIRECTORY",
+];
+
 pub fn ncx_process() -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ncx"));
     for var in ncx::proxy::PROXY_VARS
         .iter()
         .chain(&["no_proxy", "NO_PROXY"])
     {
+        c.env_remove(var);
+    }
+    for var in SERVICE_MANAGER_VARS {
         c.env_remove(var);
     }
     c.env_remove("RUST_LOG")
