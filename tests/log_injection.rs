@@ -56,15 +56,9 @@ async fn peer_text_cannot_forge_log_lines() {
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
     // A hand-made client: real TLS, a real hello, then hostile answers.
-    let mut session = RawSession::start(&server, &pki, ncx_proto::PROTOCOL_VERSION).await;
+    let mut session = RawSession::start(server.addr, &pki, ncx_proto::PROTOCOL_VERSION).await;
     assert!(matches!(session.answer, Message::Welcome { .. }));
-    let register = Message::Register {
-        group: None,
-        service: name("s"),
-        remote_port: 0,
-        access: Default::default(),
-    };
-    let port = match session.ask(register).await {
+    let port = match session.register("s", 0).await {
         Message::Registered { remote_port, .. } => remote_port,
         other => panic!("expected the service registered, got {other:?}"),
     };

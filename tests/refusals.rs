@@ -397,22 +397,15 @@ async fn exit_on_forward_failure_stops_a_client_when_any_service_is_refused() {
 async fn a_version_1_client_is_welcomed_with_version_1_and_version_0_is_refused() {
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
-    let mut session = RawSession::start(&server, &pki, 1).await;
+    let mut session = RawSession::start(server.addr, &pki, 1).await;
     assert_eq!(session.answer, Message::Welcome { version: 1 });
-    let registered = session
-        .ask(Message::Register {
-            group: None,
-            service: name("s"),
-            remote_port: 0,
-            access: Default::default(),
-        })
-        .await;
+    let registered = session.register("s", 0).await;
     assert!(
         matches!(registered, Message::Registered { .. }),
         "{registered:?}"
     );
     session.cancel.cancel();
-    let session = RawSession::start(&server, &pki, ncx_proto::PROTOCOL_VERSION).await;
+    let session = RawSession::start(server.addr, &pki, ncx_proto::PROTOCOL_VERSION).await;
     assert_eq!(
         session.answer,
         Message::Welcome {
@@ -420,7 +413,7 @@ async fn a_version_1_client_is_welcomed_with_version_1_and_version_0_is_refused(
         }
     );
     session.cancel.cancel();
-    let session = RawSession::start(&server, &pki, 0).await;
+    let session = RawSession::start(server.addr, &pki, 0).await;
     assert!(
         matches!(
             session.answer,
@@ -440,14 +433,8 @@ async fn a_version_1_client_is_welcomed_with_version_1_and_version_0_is_refused(
 async fn withdraw_releases_the_port_at_once_and_the_name_can_be_registered_again() {
     let pki = Pki::new();
     let server = TestServer::start(&pki, server_settings(vec![identity("a", "t")])).await;
-    let mut session = RawSession::start(&server, &pki, 2).await;
-    let register = |port| Message::Register {
-        group: None,
-        service: name("s"),
-        remote_port: port,
-        access: Default::default(),
-    };
-    let port = match session.ask(register(0)).await {
+    let mut session = RawSession::start(server.addr, &pki, 2).await;
+    let port = match session.register("s", 0).await {
         Message::Registered { remote_port, .. } => remote_port,
         other => panic!("{other:?}"),
     };
@@ -458,7 +445,7 @@ async fn withdraw_releases_the_port_at_once_and_the_name_can_be_registered_again
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
     // The same name on the same port, at once.
     assert_eq!(
-        session.ask(register(port)).await,
+        session.register("s", port).await,
         Message::Registered {
             service: name("s"),
             remote_port: port

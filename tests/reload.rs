@@ -451,20 +451,13 @@ async fn a_new_session_announced_after_it_took_over_keeps_the_old_visitors() {
     let mut settings = server_settings(vec![identity("a", "t")]);
     settings.timing.drain_timeout = DRAIN;
     let server = TestServer::start(&pki, settings).await;
-    let mut old = RawSession::start(&server, &pki, ncx_proto::PROTOCOL_VERSION).await;
+    let mut old = RawSession::start(server.addr, &pki, ncx_proto::PROTOCOL_VERSION).await;
     assert!(
         matches!(old.answer, Message::Welcome { .. }),
         "{:?}",
         old.answer
     );
-    let registered = old
-        .ask(Message::Register {
-            group: None,
-            service: name("s"),
-            remote_port: 0,
-            access: Default::default(),
-        })
-        .await;
+    let registered = old.register("s", 0).await;
     let Message::Registered { remote_port, .. } = registered else {
         panic!("{registered:?}")
     };

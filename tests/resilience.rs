@@ -84,53 +84,21 @@ async fn liveness_holds_while_a_stream_is_saturated_both_ways() {
 /// Connects as a client, registers a service, then stops reading: it answers no ping, while the
 /// kernel still accepts what the server writes.
 async fn frozen_client(server: SocketAddr, pki: &Pki, port: u16) -> tokio::task::JoinHandle<()> {
-    let tcp = TcpStream::connect(server).await.unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(ncx::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![ncx_proto::ALPN.to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let exported = ncx::auth::export(tls.get_ref().1).unwrap();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let (handle, driver) = ncx::mux::start(
-        tls,
-        yamux::Mode::Client,
-        Box::new(|_, _| {}),
-        cancel.clone(),
-    );
-    let driver = tokio::spawn(driver);
-    let mut ctrl =
-        tokio_util::compat::FuturesAsyncReadCompatExt::compat(handle.open().await.unwrap());
-    ncx::framed::write_message(&mut ctrl, &hello("a", "t", &exported))
-        .await
-        .unwrap();
-    let mut reader = ncx::framed::MessageReader::new();
+    let mut session = RawSession::start(server, pki, ncx_proto::PROTOCOL_VERSION).await;
+    assert!(matches!(session.answer, ncx_proto::Message::Welcome { .. }));
     assert!(matches!(
-        reader.read(&mut ctrl).await.unwrap(),
-        ncx_proto::Message::Welcome { .. }
-    ));
-    let reg = ncx_proto::Message::Register {
-        group: None,
-        service: name("s"),
-        remote_port: port,
-        access: Default::default(),
-    };
-    ncx::framed::write_message(&mut ctrl, &reg).await.unwrap();
-    assert!(matches!(
-        reader.read(&mut ctrl).await.unwrap(),
+        session.register("s", port).await,
         ncx_proto::Message::Registered { .. }
     ));
-    // From here on the control stream is never read again: pings go unanswered.
+    // From here on the control stream is never read again: pings go unanswered. The substreams
+    // the server opens are dropped (reset) at once: the receiver they would wait in is gone.
+    let RawSession {
+        ctrl,
+        inbound,
+        driver,
+        ..
+    } = session;
+    drop(inbound);
     tokio::spawn(async move {
         let _keep = ctrl;
         let _ = driver.await;

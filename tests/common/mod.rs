@@ -227,7 +227,7 @@ pub fn raw_tls_client_for(pki: &Pki, alpn: Vec<Vec<u8>>) -> tokio_rustls::TlsCon
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
-/// A session made by hand as identity `a` (token `t`) to a [`TestServer`]: real TLS and yamux,
+/// A session made by hand as identity `a` (token `t`) to a server in this process: real TLS and yamux,
 /// and every message written by the test, so it can send what ncx's client would not, or send
 /// it at a moment of the test's choosing.
 pub struct RawSession {
@@ -244,10 +244,11 @@ pub struct RawSession {
 }
 
 impl RawSession {
-    /// Connects and says hello with protocol `version`.
-    pub async fn start(server: &TestServer, pki: &Pki, version: u16) -> Self {
+    /// Connects to the server at `server` (certified by `pki`) and says hello with protocol
+    /// `version`.
+    pub async fn start(server: SocketAddr, pki: &Pki, version: u16) -> Self {
         use ncx_proto::Message;
-        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let tcp = TcpStream::connect(server).await.unwrap();
         let tls = raw_tls_client_for(pki, vec![ncx_proto::ALPN.to_vec()])
             .connect(
                 rustls::pki_types::ServerName::try_from("localhost").unwrap(),
@@ -315,6 +316,18 @@ impl RawSession {
     pub async fn ask(&mut self, msg: ncx_proto::Message) -> ncx_proto::Message {
         self.send(&msg).await;
         self.next().await
+    }
+
+    /// Registers the public service `service` on `remote_port` (0: any), without a group or
+    /// access rules, and returns the server's answer.
+    pub async fn register(&mut self, service: &str, remote_port: u16) -> ncx_proto::Message {
+        self.ask(ncx_proto::Message::Register {
+            group: None,
+            service: name(service),
+            remote_port,
+            access: Default::default(),
+        })
+        .await
     }
 }
 
