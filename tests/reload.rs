@@ -38,6 +38,21 @@ fn hup(child: &tokio::process::Child) {
     assert!(sent.success());
 }
 
+/// `ncx server` with the configuration at `path`, notifying a datagram socket in `dir` that
+/// stands in for systemd's, and that socket.
+#[cfg(unix)]
+fn server_notifying(dir: &Path, path: &Path) -> (tokio::process::Child, tokio::net::UnixDatagram) {
+    let socket = dir.join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&socket).unwrap();
+    let server = ncx_process()
+        .args(["server", "--config"])
+        .arg(path)
+        .env("NOTIFY_SOCKET", &socket)
+        .spawn()
+        .unwrap();
+    (server, notify)
+}
+
 /// SIGHUP is watched before the server tells systemd it is ready: a reload asked for at once (as
 /// `ExecReload` may) reloads it instead of ending it, which is the signal's default.
 #[cfg(unix)]
@@ -47,13 +62,7 @@ async fn a_sighup_the_moment_the_server_is_ready_reloads_it() {
     let d = dir.path();
     let path = d.join("server.toml");
     std::fs::write(&path, config(d, &[("a", "ta", "1024-65535")])).unwrap();
-    let notify = tokio::net::UnixDatagram::bind(d.join("notify.sock")).unwrap();
-    let mut server = ncx_process()
-        .args(["server", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", d.join("notify.sock"))
-        .spawn()
-        .unwrap();
+    let (mut server, notify) = server_notifying(d, &path);
     let mut log = LogLines::new(&mut server);
     let mut buf = vec![0u8; 256];
     // READY is among the first few notifications (each waited for within WAIT).
@@ -121,13 +130,7 @@ async fn sighup_reloads_identities_without_dropping_unaffected_visitors() {
         config(d, &[("a", "ta", "1024-9999"), ("c", "tc", "20000-29999")]),
     )
     .unwrap();
-    let notify = tokio::net::UnixDatagram::bind(d.join("notify.sock")).unwrap();
-    let mut server = ncx_process()
-        .args(["server", "--config"])
-        .arg(&path)
-        .env("NOTIFY_SOCKET", d.join("notify.sock"))
-        .spawn()
-        .unwrap();
+    let (mut server, notify) = server_notifying(d, &path);
     let mut log = LogLines::new(&mut server);
     let addr = log_field(&log.wait_for("server listening").await, "addr");
     let fp = fingerprint(&d.join("tls"));
