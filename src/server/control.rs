@@ -2,7 +2,7 @@
 //! in one [`Control`] whose [`Phase`] says what the session still does, until it ends with an
 //! [`Outcome`].
 //!
-//! Kept as one piece of about 500 lines: the events, their handlers and the phase they move
+//! Kept as one piece of about 550 lines: the events, their handlers and the phase they move
 //! between are one state machine, and every handler reads or changes the same phase. What a
 //! reload means for a session is in `control/reloaded.rs`, as methods of the same `Control`.
 
