@@ -6,7 +6,8 @@
 //! How a window is read: the sender stops, waits until the service behind the client has read
 //! every byte sent (so the client consumed them all), and then until every window update the
 //! client queued has arrived. At that point the credit left to the sender is exactly what the
-//! client lets be in flight: its window for the stream, less at most one update step. The barrier
+//! client lets be in flight: its window for the stream, less at most one update step (up to half
+//! the window where the window is more than the path needs, as at its 256 KiB minimum). The barrier
 //! for the updates: the service writes one byte back, which the client sends on the same stream;
 //! yamux queues a stream's frames in one queue, behind the update the client queued when it
 //! consumed the last bytes, so once that byte is here, so is the update.
@@ -180,8 +181,9 @@ async fn a_streams_window_grows_on_a_long_path_and_comes_back_down_after_idling(
     }
     let w2 = window(&mut peer, &mut service, sent).await;
     println!("after idling and a trickle: window {} KiB", w2 / 1024);
+    // (less one step, which at the 256 KiB minimum may be up to half of it)
     assert!(
-        (INITIAL_CREDIT - 64 * 1024..=INITIAL_CREDIT).contains(&w2),
+        (INITIAL_CREDIT / 2..=INITIAL_CREDIT).contains(&w2),
         "after idling, the window is back at 256 KiB: {w2}"
     );
     let _ = client.start_kill();

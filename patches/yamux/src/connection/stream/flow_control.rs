@@ -13,6 +13,13 @@ const UPDATE_STEP_TIME: f64 = 0.001;
 const MIN_UPDATE_STEP: u32 = 16 * 1024;
 const MAX_UPDATE_STEP: u32 = 64 * 1024;
 
+/// ncx: while the connection probes for its minimum round trip, every stream's sender is held to
+/// this much credit, below the bandwidth-delay product of any path a stream grows on: the queue of
+/// the connection's own bytes then drains even where the smallest window, [`DEFAULT_CREDIT`], is
+/// more than the path holds (on loopback 256 KiB is about half a millisecond of queue, which a
+/// probe at that window measured as path, and the windows grew by it).
+const PROBE_WINDOW: u32 = 32 * 1024;
+
 /// ncx: the largest window one stream may get, whatever its rate and round-trip time (1 Gbit/s at
 /// 130 ms). The connection's budget bounds the sum over all streams.
 const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
@@ -168,16 +175,23 @@ impl Policy {
         let Some(rtt) = min_rtt else {
             return DEFAULT_CREDIT;
         };
+        let allowance = self.allowance_in_force(rtt);
         let rtt = rtt.as_secs_f64();
-        let allowance = if self.startup {
+        let want = self.max_rate * (rtt + allowance) + 2.0 * self.step(u32::MAX) as f64;
+        want.clamp(DEFAULT_CREDIT as f64, MAX_STREAM_WINDOW as f64) as u32
+    }
+
+    /// The time beyond the round trip that the window holds the stream's rate for, in seconds:
+    /// start-up's gain, a running probe's allowance, or the allowance.
+    fn allowance_in_force(&self, rtt: Duration) -> f64 {
+        let rtt = rtt.as_secs_f64();
+        if self.startup {
             (STARTUP_GAIN - 1.0) * rtt
         } else if self.probing > 0 {
             (self.allowance(rtt) * PROBE_GAIN).min(max_allowance(rtt))
         } else {
             self.allowance(rtt)
-        };
-        let want = self.max_rate * (rtt + allowance) + 2.0 * self.step(u32::MAX) as f64;
-        want.clamp(DEFAULT_CREDIT as f64, MAX_STREAM_WINDOW as f64) as u32
+        }
     }
 
     /// The queue allowance in force, in seconds, on a path of round trip `rtt` seconds.
@@ -213,6 +227,25 @@ impl Policy {
     fn step(&self, max: u32) -> u32 {
         let step = (self.max_rate * UPDATE_STEP_TIME).min(u32::MAX as f64) as u32;
         cmp::min(step.clamp(MIN_UPDATE_STEP, MAX_UPDATE_STEP), max / 2)
+    }
+
+    /// The step in force for a window of `max` on a path of round trip `min_rtt`: [`Self::step`],
+    /// or more where the window holds more than the path needs plus that step, up to half the
+    /// window (yamux's own step). That is a window held at [`DEFAULT_CREDIT`] on a path that needs
+    /// less (loopback, a LAN): every byte of credit the sender holds beyond what the path needs
+    /// is a byte queued ahead of a keystroke on another stream, and a larger step returns credit
+    /// later without holding the stream below what the path carries.
+    fn step_in_force(&self, max: u32, min_rtt: Option<Duration>) -> u32 {
+        let step = self.step(max);
+        let Some(rtt) = min_rtt else {
+            return step;
+        };
+        let need = self.max_rate * (rtt.as_secs_f64() + self.allowance_in_force(rtt));
+        let spare = max as f64 - need - step as f64;
+        if spare <= step as f64 {
+            return step;
+        }
+        cmp::min(spare as u32, max / 2).max(step)
     }
 }
 
@@ -279,7 +312,8 @@ impl FlowController {
         if self.policy.observe(now, consumed, min_rtt) {
             self.rtt.want_samples();
         }
-        let target = if self.rtt.probing() {
+        let probing = self.rtt.probing();
+        let target = if probing {
             DEFAULT_CREDIT
         } else {
             self.policy.target(min_rtt)
@@ -316,11 +350,19 @@ impl FlowController {
             self.max_receive_window = new_max;
         }
 
-        let next_window_update = self
-            .max_receive_window
+        // ncx: a probe for the minimum round trip holds the sender to `PROBE_WINDOW` without
+        // changing the window (credit granted before is used up, none is returned meanwhile).
+        let (cap, step) = if probing {
+            let cap = cmp::min(self.max_receive_window, PROBE_WINDOW);
+            (cap, self.policy.step(cap))
+        } else {
+            let max = self.max_receive_window;
+            (max, self.policy.step_in_force(max, min_rtt))
+        };
+        let next_window_update = cap
             .saturating_sub(self.receive_window)
             .saturating_sub(buffer_len.try_into().unwrap_or(u32::MAX));
-        if next_window_update < self.policy.step(self.max_receive_window) {
+        if next_window_update < step {
             return None;
         }
         self.receive_window += next_window_update;
