@@ -175,10 +175,14 @@ impl Policy {
         let Some(rtt) = min_rtt else {
             return DEFAULT_CREDIT;
         };
-        let allowance = self.allowance_in_force(rtt);
-        let rtt = rtt.as_secs_f64();
-        let want = self.max_rate * (rtt + allowance) + 2.0 * self.step(u32::MAX) as f64;
+        let want = self.need(rtt) + 2.0 * self.step(u32::MAX) as f64;
         want.clamp(DEFAULT_CREDIT as f64, MAX_STREAM_WINDOW as f64) as u32
+    }
+
+    /// What the path needs in flight for the stream's rate, in bytes: the rate over the round
+    /// trip `rtt` and the allowance in force.
+    fn need(&self, rtt: Duration) -> f64 {
+        self.max_rate * (rtt.as_secs_f64() + self.allowance_in_force(rtt))
     }
 
     /// The time beyond the round trip that the window holds the stream's rate for, in seconds:
@@ -240,12 +244,9 @@ impl Policy {
         let Some(rtt) = min_rtt else {
             return step;
         };
-        let need = self.max_rate * (rtt.as_secs_f64() + self.allowance_in_force(rtt));
-        let spare = max as f64 - need - step as f64;
-        if spare <= step as f64 {
-            return step;
-        }
-        cmp::min(spare as u32, max / 2).max(step)
+        // (`step` is at most `max / 2`; a negative spare converts to 0)
+        let spare = (max as f64 - self.need(rtt) - step as f64) as u32;
+        cmp::max(step, cmp::min(spare, max / 2))
     }
 }
 
