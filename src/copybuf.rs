@@ -9,9 +9,12 @@
 
 use std::cell::RefCell;
 
-/// Bytes per copy buffer. 64 KiB measured about 35% faster than tokio's 8 KiB default through
-/// the full tunnel (ARCHITECTURE.md, "Measured facts the code relies on").
-pub const COPY_BUFFER: usize = 64 * 1024;
+/// Bytes per copy buffer. About 64 KiB measured about 35% faster than tokio's 8 KiB default
+/// through the full tunnel (ARCHITECTURE.md, "Measured facts the code relies on"). It is yamux's
+/// frame size, [`crate::mux::SPLIT_SEND_SIZE`], so that one full read becomes one frame: with a
+/// buffer 12 bytes larger than a frame, every full read was sent as a frame and a second frame of
+/// 12 bytes, each with its own TLS record and system call.
+pub const COPY_BUFFER: usize = crate::mux::SPLIT_SEND_SIZE;
 
 /// Spare buffers kept per thread: enough for the splices one thread runs back to back on a busy
 /// tunnel (each visitor has two directions), 256 KiB per runtime thread at most.

@@ -15,6 +15,7 @@
 //! yamux writes ([`FrameWatch`]); once one is a GoAway with an error code, the driver closes the
 //! connection ([`SessionEnd::ProtocolViolation`]).
 
+mod join;
 mod state;
 
 use std::future::Future;
@@ -33,10 +34,12 @@ use tokio_util::sync::CancellationToken;
 /// well below it (see [`crate::server`]'s per-session visitor limit).
 pub const MAX_YAMUX_STREAMS: usize = 16_384;
 
-/// Data frames are split at this size. 64 KiB measured fastest through TLS here (ARCHITECTURE.md,
-/// "Measured facts the code relies on") and stays far below the 1 MiB frame-body limit a yamux
-/// peer enforces.
-pub const SPLIT_SEND_SIZE: usize = 64 * 1024;
+/// Data frames are split at this size. About 64 KiB measured fastest through TLS here
+/// (ARCHITECTURE.md, "Measured facts the code relies on") and stays far below the 1 MiB frame-body
+/// limit a yamux peer enforces. It is 12 bytes short of 64 KiB so that a full frame, its 12-byte
+/// header joined to its body ([`join`]), is exactly four full TLS records of 16 KiB: with a 64 KiB
+/// body every frame ended in a record of 12 bytes.
+pub const SPLIT_SEND_SIZE: usize = 64 * 1024 - 12;
 
 /// yamux's fixed initial per-stream window (256 KiB); its setters require the connection window to
 /// cover every stream's initial window.
@@ -51,13 +54,6 @@ const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 /// 100 ms for twenty at once; it is also the most a session's streams together can hold beyond
 /// their initial windows.
 pub const SHARED_WINDOW_BUDGET: usize = 32 * 1024 * 1024;
-
-/// Write buffer under yamux. It joins a small frame's 12-byte header and body into one TLS record
-/// (a keystroke); a body at least this large is written past it, straight to TLS, instead of
-/// being copied in first: the buffer used to hold a whole 64 KiB frame, which cost one more copy
-/// of every byte sent (3–6% of a sending process's CPU in a profile at 2 Gbit/s). The header then
-/// goes out as a record of its own, in the same write.
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Open requests that may wait for the driver at once; callers beyond it wait for a slot.
 const OPEN_QUEUE: usize = 64;
@@ -140,13 +136,9 @@ where
 {
     let state = Arc::new(SessionState::default());
     let (open_tx, open_rx) = mpsc::channel(OPEN_QUEUE);
-    // yamux writes a frame's 12-byte header and its body separately and flushes after each frame;
-    // the buffer joins them for small frames, so a keystroke becomes one TLS record instead of
-    // two (see WRITE_BUFFER).
-    let io = futures::io::BufWriter::with_capacity(
-        WRITE_BUFFER,
-        WatchedIo::new(io, state.clone()).compat(),
-    );
+    // yamux writes a frame's 12-byte header and its body separately; the join writer hands them
+    // to TLS together, so a frame's header shares a record and a system call with its body.
+    let io = WatchedIo::new(join::JoinWriter::new(io), state.clone()).compat();
     let conn = yamux::Connection::new(io, yamux_config(), mode);
     let handle = SessionHandle {
         open_tx,
