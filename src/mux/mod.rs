@@ -39,7 +39,7 @@ pub const MAX_YAMUX_STREAMS: usize = 16_384;
 /// limit a yamux peer enforces. It is 12 bytes short of 64 KiB so that a full frame, its 12-byte
 /// header joined to its body ([`join`]), is exactly four full TLS records of 16 KiB: with a 64 KiB
 /// body every frame ended in a record of 12 bytes.
-pub const SPLIT_SEND_SIZE: usize = 64 * 1024 - 12;
+pub const SPLIT_SEND_SIZE: usize = 64 * 1024 - state::FRAME_HEADER;
 
 /// yamux's fixed initial per-stream window (256 KiB); its setters require the connection window to
 /// cover every stream's initial window.

@@ -95,7 +95,7 @@ impl<T> WatchedIo<T> {
 }
 
 /// yamux's frame header: version, type, flags, stream id, length (12 bytes, big-endian).
-const FRAME_HEADER: usize = 12;
+pub(super) const FRAME_HEADER: usize = 12;
 /// yamux frame types that matter here: data frames carry `length` bytes of body; a GoAway's
 /// `length` is its error code (0 normal, 1 protocol error, 2 internal error).
 const FRAME_DATA: u8 = 0;
