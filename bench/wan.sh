@@ -16,11 +16,14 @@
 # --seconds (20) while a 64-byte round trip is taken every 50 ms after a 3 s warm-up (less for runs
 # shorter than 12 s), on a connection of
 # its own (direct) or through the tunnel (ncx). Then two bulk streams at once through ncx at 50 ms
-# (fairness), and both directions at 20 ms without a rate cap (where the CPU is the limit).
+# (fairness), and both directions at 20 ms without a rate cap (where the CPU is the limit). Those
+# two run --repeat times (3), alternating: on two shared cores one run's ratio moves by a tenth
+# with the machine's state, so the table adds their median, as well as every run.
 #
 # Usage: bench/wan.sh [--ncx PATH] [--bench PATH] [--seconds S] [--rtts "20 50 100"] [--rate 100mbit]
 #                     [--quick]   (--quick: only the single-stream runs at RATE)
-#                     [--unshaped] (only the two runs without a rate cap, at the first of --rtts)
+#                     [--unshaped] (only the runs without a rate cap, at the first of --rtts)
+#                     [--repeat N] (runs of each unshaped row, 3)
 #   defaults: target/release/ncx and target/release/ncx-bench (cargo build --release first).
 # Prints "SKIPPED: <why>" and exits 0 where namespaces cannot be created.
 set -euo pipefail
@@ -33,6 +36,7 @@ RTTS="20 50 100"
 RATE=100mbit
 QUICK=0
 UNSHAPED_ONLY=0
+REPEAT=3
 while [ $# -gt 0 ]; do
   case $1 in
     --ncx) NCX=$2; shift 2 ;;
@@ -42,10 +46,12 @@ while [ $# -gt 0 ]; do
     --rate) RATE=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --unshaped) UNSHAPED_ONLY=1; shift ;;
-    *) echo "usage: $0 [--ncx PATH] [--bench PATH] [--seconds S] [--rtts \"20 50 100\"] [--rate 100mbit]" >&2; exit 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    *) echo "usage: $0 [--ncx PATH] [--bench PATH] [--seconds S] [--rtts \"20 50 100\"] [--rate 100mbit] [--quick] [--unshaped] [--repeat N]" >&2; exit 2 ;;
   esac
 done
 NCX=$(readlink -f "$NCX"); BENCH=$(readlink -f "$BENCH")
+case $REPEAT in ''|*[!0-9]*|0) echo "--repeat takes a count of runs, got '$REPEAT'" >&2; exit 2 ;; esac
 RELAY=$ROOT/bench/wan/relay-delay.py
 WARMUP=$(python3 -c "print(min(3.0, $SECS / 4))" 2>/dev/null || echo 3)
 
@@ -123,16 +129,18 @@ wait_for "$TMP/server.out" "fingerprint:"
 FP=$(sed -n 's/^server certificate fingerprint: //p' "$TMP/server.out")
 
 RESULTS=()
+RUN_NO=0
 # run LABEL RTT DIR STREAMS: one direct run and one ncx run; appends a table row.
 run() {
   local label=$1 rtt=$2 dir=$3 streams=$4 half direct_dir ncx_dir d n
+  RUN_NO=$((RUN_NO + 1))
   half=$(python3 -c "print($rtt / 2)")
   bg pub relay-ncx python3 "$RELAY" --listen 10.79.2.2:443 --target 127.0.0.1:8443 --delay-ms "$half" --buffer-bytes 16777216 --quiet
   local relay_ncx=$!
   bg pub relay-direct python3 "$RELAY" --listen 10.79.2.2:9443 --target 127.0.0.1:9000 --delay-ms "$half" --buffer-bytes 16777216 --quiet
   local relay_direct=$!
   wait_for "$TMP/relay-ncx.out" "listening"; wait_for "$TMP/relay-direct.out" "listening"
-  bg lan "client-$label-$rtt-$dir-$streams" env -u RUST_LOG "$NCX" --log-level warn client --server 10.79.2.2:443 --server-name localhost \
+  bg lan "client-$label-$rtt-$dir-$streams-r$RUN_NO" env -u RUST_LOG "$NCX" --log-level warn client --server 10.79.2.2:443 --server-name localhost \
     --identity bench --server-fingerprint "$FP" --service "bench=127.0.0.1:9000@10000"
   local client=$!
   wait_port pub 10000
@@ -146,10 +154,18 @@ run() {
   RESULTS+=("$label|$rtt|$dir|$streams|$d|$n")
 }
 
-if [ "$UNSHAPED_ONLY" = 1 ]; then
+# unshaped RTT: the CPU-bound rows, --repeat times, the two directions taking turns.
+unshaped() {
+  local i
   shape off
-  run unshaped "${RTTS%% *}" download 1
-  run unshaped "${RTTS%% *}" upload 1
+  for i in $(seq "$REPEAT"); do
+    run unshaped "$1" download 1
+    run unshaped "$1" upload 1
+  done
+}
+
+if [ "$UNSHAPED_ONLY" = 1 ]; then
+  unshaped "${RTTS%% *}"
 else
   for rtt in $RTTS; do
     shape "$RATE"
@@ -159,26 +175,39 @@ else
   if [ "$QUICK" = 0 ]; then
     shape "$RATE"
     run "$RATE" 50 download 2
-    shape off
-    run unshaped 20 download 1
-    run unshaped 20 upload 1
+    unshaped 20
   fi
 fi
 
-kv() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 echo
-echo "| link | RTT | bytes | streams | direct Mbit/s | ncx Mbit/s | ncx / direct | per stream (ncx) | direct RTT p50 / p99 ms | ncx RTT p50 / p99 ms | ncx p99 − direct p99 |"
-echo "|---|---:|---|---:|---:|---:|---:|---|---|---|---:|"
-for r in "${RESULTS[@]}"; do
-  IFS='|' read -r label rtt dir streams d n <<<"$r"
-  dm=$(kv "$d" mbit); nm=$(kv "$n" mbit)
-  dp50=$(kv "$d" rtt_p50_ms); dp99=$(kv "$d" rtt_p99_ms); np50=$(kv "$n" rtt_p50_ms); np99=$(kv "$n" rtt_p99_ms)
-  way=$([ "$dir" = download ] && echo "lan → pub" || echo "pub → lan")
-  python3 - "$label" "$rtt" "$way" "$streams" "$dm" "$nm" "$(kv "$n" streams)" "$dp50" "$dp99" "$np50" "$np99" <<'EOF'
-import sys
-label, rtt, way, streams, dm, nm, per, dp50, dp99, np50, np99 = sys.argv[1:]
-dm, nm, dp99f, np99f = float(dm), float(nm), float(dp99), float(np99)
-print(f"| {label} | {rtt} ms | {way} | {streams} | {dm:.0f} | {nm:.0f} | {nm / dm:.2f}× | {per} | "
-      f"{float(dp50):.1f} / {dp99f:.1f} | {float(np50):.1f} / {np99f:.1f} | {np99f - dp99f:+.1f} ms |")
+# One row per run; then, for a row that ran more than once, the median of its runs (of the rates,
+# of the ratios and of the p99 differences, each taken on its own).
+cat >"$TMP/table.py" <<'EOF'
+import statistics, sys
+
+def kv(s):
+    return dict(f.split("=", 1) for f in s.split())
+
+print("| link | RTT | bytes | streams | direct Mbit/s | ncx Mbit/s | ncx / direct | per stream (ncx) "
+      "| direct RTT p50 / p99 ms | ncx RTT p50 / p99 ms | ncx p99 − direct p99 |")
+print("|---|---:|---|---:|---:|---:|---:|---|---|---|---:|")
+groups = {}
+for line in sys.stdin:
+    label, rtt, way, streams, d, n = line.rstrip("\n").split("|")
+    d, n = kv(d), kv(n)
+    way = "lan → pub" if way == "download" else "pub → lan"
+    dm, nm, per = float(d["mbit"]), float(n["mbit"]), n["streams"]
+    dp50, dp99 = float(d["rtt_p50_ms"]), float(d["rtt_p99_ms"])
+    np50, np99 = float(n["rtt_p50_ms"]), float(n["rtt_p99_ms"])
+    print(f"| {label} | {rtt} ms | {way} | {streams} | {dm:.0f} | {nm:.0f} | {nm / dm:.2f}× | {per} | "
+          f"{dp50:.1f} / {dp99:.1f} | {np50:.1f} / {np99:.1f} | {np99 - dp99:+.1f} ms |")
+    groups.setdefault((label, rtt, way, streams), []).append((dm, nm, nm / dm, np99 - dp99))
+for (label, rtt, way, streams), runs in groups.items():
+    if len(runs) < 2:
+        continue
+    dm, nm, ratio, p99 = (statistics.median(col) for col in zip(*runs))
+    lo, hi = min(r[2] for r in runs), max(r[2] for r in runs)
+    print(f"| {label}, median of {len(runs)} | {rtt} ms | {way} | {streams} | {dm:.0f} | {nm:.0f} | "
+          f"{ratio:.2f}× ({lo:.2f}–{hi:.2f}) | | | | {p99:+.1f} ms |")
 EOF
-done
+for r in "${RESULTS[@]}"; do echo "$r"; done | python3 "$TMP/table.py"
