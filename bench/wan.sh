@@ -19,6 +19,8 @@
 # (fairness), and both directions at 20 ms without a rate cap (where the CPU is the limit). Those
 # two run --repeat times (3), alternating: on two shared cores one run's ratio moves by a tenth
 # with the machine's state, so the table adds their median, as well as every run.
+# A second table gives the CPU while each run measured: the idle share of all cores and what the
+# relay, the services and the two ncx processes used (from /proc; a sampler beside each probe).
 #
 # Usage: bench/wan.sh [--ncx PATH] [--bench PATH] [--seconds S] [--rtts "20 50 100"] [--rate 100mbit]
 #                     [--quick]   (--quick: only the single-stream runs at RATE)
@@ -120,19 +122,63 @@ shape() { # shape RATE|off: tbf on both router egresses (as a plain router's upl
 
 # Fixed ports are safe here: nothing else runs in these namespaces.
 bg pub svc-pub "$BENCH" service --listen 127.0.0.1:9000
+SVC_PUB=$!
 bg lan svc-lan "$BENCH" service --listen 127.0.0.1:9000
+SVC_LAN=$!
 wait_for "$TMP/svc-pub.out" "listening"; wait_for "$TMP/svc-lan.out" "listening"
 export NCX_TOKEN=wan-bench-token-not-secret
 bg pub server env -u RUST_LOG "$NCX" --log-level warn server --listen 127.0.0.1:8443 \
   --auto-cert-dir "$TMP/certs" --identity bench --ports 10000-10001 --bind 127.0.0.1
+SERVER=$!
 wait_for "$TMP/server.out" "fingerprint:"
 FP=$(sed -n 's/^server certificate fingerprint: //p' "$TMP/server.out")
+
+# cpu.py DELAY SPAN NAME=PID...: after DELAY seconds, the CPU each process used over SPAN seconds,
+# in % of one core, and the share of all cores that sat idle ("idle=27 server=48 ..."). Where the
+# rate is set by the CPU, the idle share tells whether the cores were full or the stages waited.
+cat >"$TMP/cpu.py" <<'EOF'
+import os, sys, time
+
+def busy(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+def idle():
+    with open("/proc/stat") as f:
+        cpu = [int(v) for v in f.readline().split()[1:]]
+    return cpu[3] + cpu[4], sum(cpu)
+
+delay, span = float(sys.argv[1]), float(sys.argv[2])
+procs = [arg.split("=", 1) for arg in sys.argv[3:]]
+time.sleep(delay)
+i0, t0 = idle()
+b0 = {name: busy(pid) for name, pid in procs}
+time.sleep(span)
+i1, t1 = idle()
+hz = os.sysconf("SC_CLK_TCK")
+out = [f"idle={100 * (i1 - i0) / max(1, t1 - t0):.0f}"]
+for name, pid in procs:
+    b1 = busy(pid)
+    if b0[name] is not None and b1 is not None:
+        out.append(f"{name}={100 * (b1 - b0[name]) / hz / span:.0f}")
+print(" ".join(out))
+EOF
+CPU_DELAY=$(python3 -c "print($WARMUP + 0.5)")
+CPU_SPAN=$(python3 -c "print(max(0.5, $SECS - $WARMUP - 1.5))")
+# cpu_from NAME=PID...: starts the sampler for the run that follows; cpu_read waits for its line
+# (it ends before the run does).
+cpu_from() { python3 "$TMP/cpu.py" "$CPU_DELAY" "$CPU_SPAN" "$@" >"$TMP/cpu.out" & CPU_PID=$!; }
+cpu_read() { wait "$CPU_PID" 2>/dev/null; cat "$TMP/cpu.out"; }
 
 RESULTS=()
 RUN_NO=0
 # run LABEL RTT DIR STREAMS: one direct run and one ncx run; appends a table row.
 run() {
-  local label=$1 rtt=$2 dir=$3 streams=$4 half direct_dir ncx_dir d n
+  local label=$1 rtt=$2 dir=$3 streams=$4 half direct_dir ncx_dir d n dc nc
   RUN_NO=$((RUN_NO + 1))
   half=$(python3 -c "print($rtt / 2)")
   bg pub relay-ncx python3 "$RELAY" --listen 10.79.2.2:443 --target 127.0.0.1:8443 --delay-ms "$half" --buffer-bytes 16777216 --quiet
@@ -146,12 +192,16 @@ run() {
   wait_port pub 10000
   # download = bytes lan -> pub: the direct probe in the lan sends, the visitor in pub receives.
   if [ "$dir" = download ]; then direct_dir=upload; ncx_dir=download; else direct_dir=download; ncx_dir=upload; fi
+  cpu_from relay="$relay_direct" service="$SVC_PUB"
   d=$(x lan "$BENCH" probe --bulk 10.79.2.2:9443 --ping 10.79.2.2:9443 --direction "$direct_dir" --streams "$streams" --seconds "$SECS" --warmup "$WARMUP")
+  dc=$(cpu_read)
+  cpu_from server="$SERVER" relay="$relay_ncx" client="$client" service="$SVC_LAN"
   n=$(x pub "$BENCH" probe --bulk 127.0.0.1:10000 --ping 127.0.0.1:10000 --direction "$ncx_dir" --streams "$streams" --seconds "$SECS" --warmup "$WARMUP")
+  nc=$(cpu_read)
   stop "$client" "$relay_ncx" "$relay_direct"
-  echo "$label $rtt ms $dir x$streams: direct: $d" >&2
-  echo "$label $rtt ms $dir x$streams: ncx:    $n" >&2
-  RESULTS+=("$label|$rtt|$dir|$streams|$d|$n")
+  echo "$label $rtt ms $dir x$streams: direct: $d cpu: $dc" >&2
+  echo "$label $rtt ms $dir x$streams: ncx:    $n cpu: $nc" >&2
+  RESULTS+=("$label|$rtt|$dir|$streams|$d|$n|$dc|$nc")
 }
 
 # unshaped RTT: the CPU-bound rows, --repeat times, the two directions taking turns.
@@ -181,7 +231,7 @@ fi
 
 echo
 # One row per run; then, for a row that ran more than once, the median of its runs (of the rates,
-# of the ratios and of the p99 differences, each taken on its own).
+# of the ratios and of the p99 differences, each taken on its own). Then the CPU of each run.
 cat >"$TMP/table.py" <<'EOF'
 import statistics, sys
 
@@ -191,11 +241,12 @@ def kv(s):
 print("| link | RTT | bytes | streams | direct Mbit/s | ncx Mbit/s | ncx / direct | per stream (ncx) "
       "| direct RTT p50 / p99 ms | ncx RTT p50 / p99 ms | ncx p99 − direct p99 |")
 print("|---|---:|---|---:|---:|---:|---:|---|---|---|---:|")
-groups = {}
+groups, cpu = {}, []
 for line in sys.stdin:
-    label, rtt, way, streams, d, n = line.rstrip("\n").split("|")
+    label, rtt, way, streams, d, n, dc, nc = line.rstrip("\n").split("|")
     d, n = kv(d), kv(n)
     way = "lan → pub" if way == "download" else "pub → lan"
+    cpu.append((label, rtt, way, streams, kv(dc), kv(nc)))
     dm, nm, per = float(d["mbit"]), float(n["mbit"]), n["streams"]
     dp50, dp99 = float(d["rtt_p50_ms"]), float(d["rtt_p99_ms"])
     np50, np99 = float(n["rtt_p50_ms"]), float(n["rtt_p99_ms"])
@@ -209,5 +260,18 @@ for (label, rtt, way, streams), runs in groups.items():
     lo, hi = min(r[2] for r in runs), max(r[2] for r in runs)
     print(f"| {label}, median of {len(runs)} | {rtt} ms | {way} | {streams} | {dm:.0f} | {nm:.0f} | "
           f"{ratio:.2f}× ({lo:.2f}–{hi:.2f}) | | | | {p99:+.1f} ms |")
+
+def shares(c, names):
+    return " / ".join(c.get(name, "?") for name in names)
+
+print()
+print("CPU while each run measured: idle is the share of all cores; each process in % of one core.")
+print()
+print("| link | RTT | bytes | streams | direct: idle % / relay / service | "
+      "ncx: idle % / server / relay / client / service |")
+print("|---|---:|---|---:|---|---|")
+for label, rtt, way, streams, dc, nc in cpu:
+    print(f"| {label} | {rtt} ms | {way} | {streams} | {shares(dc, ['idle', 'relay', 'service'])} | "
+          f"{shares(nc, ['idle', 'server', 'relay', 'client', 'service'])} |")
 EOF
 for r in "${RESULTS[@]}"; do echo "$r"; done | python3 "$TMP/table.py"
