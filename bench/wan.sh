@@ -69,7 +69,8 @@ TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
   set +e
-  # WAN_KEEP=DIR keeps the logs of every process (for looking into a result).
+  # WAN_KEEP=DIR keeps the logs of every process and every round trip of each run, one file per
+  # run and path (rtts-*.txt: seconds since the start, milliseconds), for looking into a result.
   [ -n "${WAN_KEEP-}" ] && mkdir -p "$WAN_KEEP" && cp -r "$TMP"/. "$WAN_KEEP"/
   exec 2>/dev/null
   for pid in "${PIDS[@]}"; do kill -9 "$pid"; done
@@ -193,10 +194,12 @@ run() {
   # download = bytes lan -> pub: the direct probe in the lan sends, the visitor in pub receives.
   if [ "$dir" = download ]; then direct_dir=upload; ncx_dir=download; else direct_dir=download; ncx_dir=upload; fi
   cpu_from relay="$relay_direct" service="$SVC_PUB"
-  d=$(x lan "$BENCH" probe --bulk 10.79.2.2:9443 --ping 10.79.2.2:9443 --direction "$direct_dir" --streams "$streams" --seconds "$SECS" --warmup "$WARMUP")
+  d=$(x lan "$BENCH" probe --bulk 10.79.2.2:9443 --ping 10.79.2.2:9443 --direction "$direct_dir" --streams "$streams" --seconds "$SECS" --warmup "$WARMUP" \
+    --rtt-log "$TMP/rtts-$label-$rtt-$dir-$streams-r$RUN_NO-direct.txt")
   dc=$(cpu_read)
   cpu_from server="$SERVER" relay="$relay_ncx" client="$client" service="$SVC_LAN"
-  n=$(x pub "$BENCH" probe --bulk 127.0.0.1:10000 --ping 127.0.0.1:10000 --direction "$ncx_dir" --streams "$streams" --seconds "$SECS" --warmup "$WARMUP")
+  n=$(x pub "$BENCH" probe --bulk 127.0.0.1:10000 --ping 127.0.0.1:10000 --direction "$ncx_dir" --streams "$streams" --seconds "$SECS" --warmup "$WARMUP" \
+    --rtt-log "$TMP/rtts-$label-$rtt-$dir-$streams-r$RUN_NO-ncx.txt")
   nc=$(cpu_read)
   stop "$client" "$relay_ncx" "$relay_direct"
   echo "$label $rtt ms $dir x$streams: direct: $d cpu: $dc" >&2

@@ -88,6 +88,10 @@ enum Command {
         /// Seconds after the start before round trips are taken.
         #[arg(long, default_value_t = 3.0)]
         warmup: f64,
+        /// Also write every round trip to this file, one line each: seconds since the start
+        /// of the bulk transfer, then milliseconds (where in a run the slow ones fall).
+        #[arg(long)]
+        rtt_log: Option<std::path::PathBuf>,
     },
 }
 
@@ -142,6 +146,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
             ping,
             ping_interval_ms,
             warmup,
+            rtt_log,
         }) => {
             let run = std::time::Duration::try_from_secs_f64(seconds).ok();
             let warm = std::time::Duration::try_from_secs_f64(warmup).ok();
@@ -159,6 +164,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
                 ping,
                 ping_interval: std::time::Duration::from_millis(ping_interval_ms),
                 warmup: warm,
+                rtt_log,
             })
             .await;
         }

@@ -45,6 +45,8 @@ pub struct ProbeOptions {
     pub ping_interval: Duration,
     /// Round trips start this long after the bulk transfer.
     pub warmup: Duration,
+    /// Where to write every round trip (seconds since the start, milliseconds), if anywhere.
+    pub rtt_log: Option<std::path::PathBuf>,
 }
 
 /// `ncx-bench service`: the bench service on `listen` until `shutdown`.
@@ -84,12 +86,23 @@ pub async fn probe(opts: ProbeOptions) -> anyhow::Result<()> {
         });
     }
     let mut rtts = Vec::new();
+    let mut log = String::new();
     if let Some(s) = ping.as_mut() {
         tokio::time::sleep_until(start + opts.warmup).await;
         while Instant::now() + opts.ping_interval < deadline {
-            rtts.push(echo(s).await.context("round trip under load")?);
+            let at = start.elapsed();
+            let rtt = echo(s).await.context("round trip under load")?;
+            log.push_str(&format!(
+                "{:.3} {:.2}\n",
+                at.as_secs_f64(),
+                rtt.as_secs_f64() * 1e3
+            ));
+            rtts.push(rtt);
             tokio::time::sleep(opts.ping_interval).await;
         }
+    }
+    if let Some(path) = &opts.rtt_log {
+        std::fs::write(path, log).with_context(|| format!("writing {}", path.display()))?;
     }
     let mut per_stream = Vec::new();
     while let Some(r) = bulk.join_next().await {
