@@ -65,6 +65,14 @@ const MIN_ROUND: Duration = Duration::from_millis(10);
 /// ncx: the highest rate of this many rounds is the stream's rate.
 const RATE_FILTER_ROUNDS: u32 = 10;
 
+/// ncx: the measuring rounds after a probe for the minimum round trip whose rate is not a sample
+/// of the stream's rate: a rate is measured over two rounds, and the probe held the sender down in
+/// the round it ended in. Such rounds leave the rate filter, start-up and the allowance's probe as
+/// they were: counted as samples, they aged out the stream's rate (the highest of ten rounds gave
+/// way to the probe's) and the window fell from 1.3 MB to 300 KB after a probe at 100 ms, then
+/// took seconds to grow back by its allowance.
+const PROBE_HELD_ROUNDS: u8 = 2;
+
 /// ncx: a stream whose reader consumed nothing for this long (or four round trips, if longer)
 /// starts over: its window goes back to the minimum and start-up begins again.
 const IDLE_RESTART: Duration = Duration::from_secs(1);
@@ -101,6 +109,8 @@ pub(crate) struct Policy {
     /// The last time the reader consumed anything, and how much it had consumed by then.
     last_progress: Instant,
     last_consumed: u64,
+    /// Round ends still to come whose rate a probe for the minimum round trip held down.
+    held_rounds: u8,
 }
 
 impl Policy {
@@ -123,12 +133,20 @@ impl Policy {
             probe_from_rate: 0.0,
             last_progress: now,
             last_consumed: 0,
+            held_rounds: 0,
         }
     }
 
-    /// Takes note that the reader has consumed `consumed` bytes in total by `now`; true when it
-    /// made progress (the stream is busy and round-trip samples are wanted).
-    fn observe(&mut self, now: Instant, consumed: u64, min_rtt: Option<Duration>) -> bool {
+    /// Takes note that the reader has consumed `consumed` bytes in total by `now`, while the
+    /// connection probes for its minimum round trip or not; true when it made progress (the
+    /// stream is busy and round-trip samples are wanted).
+    fn observe(
+        &mut self,
+        now: Instant,
+        consumed: u64,
+        min_rtt: Option<Duration>,
+        probing: bool,
+    ) -> bool {
         let round = cmp::max(min_rtt.unwrap_or(MIN_ROUND), MIN_ROUND);
         let progressed = consumed > self.last_consumed;
         if progressed {
@@ -142,25 +160,32 @@ impl Policy {
             self.last_progress = now;
             self.last_consumed = consumed;
         }
+        if probing {
+            self.held_rounds = PROBE_HELD_ROUNDS;
+        }
         if now.duration_since(self.round_start) >= round {
-            let elapsed = now.duration_since(self.prev_round_start);
-            let rate =
-                consumed.saturating_sub(self.prev_round_consumed) as f64 / elapsed.as_secs_f64();
-            self.max_rate_age += 1;
-            if rate >= self.max_rate || self.max_rate_age > RATE_FILTER_ROUNDS {
-                self.max_rate = rate;
-                self.max_rate_age = 0;
-            }
-            if self.startup {
-                if self.max_rate >= self.startup_best * STARTUP_GROWTH {
-                    self.startup_best = self.max_rate;
-                    self.flat_rounds = 0;
-                } else {
-                    self.flat_rounds += 1;
-                    self.startup = self.flat_rounds < STARTUP_FLAT_ROUNDS;
+            if self.held_rounds > 0 {
+                self.held_rounds -= 1;
+            } else {
+                let elapsed = now.duration_since(self.prev_round_start);
+                let consumed_in_rounds = consumed.saturating_sub(self.prev_round_consumed);
+                let rate = consumed_in_rounds as f64 / elapsed.as_secs_f64();
+                self.max_rate_age += 1;
+                if rate >= self.max_rate || self.max_rate_age > RATE_FILTER_ROUNDS {
+                    self.max_rate = rate;
+                    self.max_rate_age = 0;
                 }
-            } else if let Some(rtt) = min_rtt {
-                self.probe_round(rate, rtt.as_secs_f64());
+                if self.startup {
+                    if self.max_rate >= self.startup_best * STARTUP_GROWTH {
+                        self.startup_best = self.max_rate;
+                        self.flat_rounds = 0;
+                    } else {
+                        self.flat_rounds += 1;
+                        self.startup = self.flat_rounds < STARTUP_FLAT_ROUNDS;
+                    }
+                } else if let Some(rtt) = min_rtt {
+                    self.probe_round(rate, rtt.as_secs_f64());
+                }
             }
             self.prev_round_start = self.round_start;
             self.prev_round_consumed = self.round_consumed;
@@ -310,10 +335,10 @@ impl FlowController {
         let now = Instant::now();
         let consumed = self.policy.received.saturating_sub(buffer_len as u64);
         let min_rtt = self.rtt.min();
-        if self.policy.observe(now, consumed, min_rtt) {
+        let probing = self.rtt.probing();
+        if self.policy.observe(now, consumed, min_rtt, probing) {
             self.rtt.want_samples();
         }
-        let probing = self.rtt.probing();
         let target = if probing {
             DEFAULT_CREDIT
         } else {
