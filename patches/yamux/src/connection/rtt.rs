@@ -142,9 +142,10 @@ impl Rtt {
     }
 
     /// ncx: whether the connection is probing for its minimum round-trip time: every stream's
-    /// window policy then aims at the smallest window, so the queue of the connection's own bytes
-    /// drains and pings (sent back to back meanwhile) measure the path. Like BBR's ProbeRTT; it
-    /// costs a few round trips at a lower rate every [`MIN_RTT_WINDOW`] on a busy connection.
+    /// sender is then held to half of what the path holds at the stream's rate, so the queue of
+    /// the connection's own bytes drains and pings (sent back to back meanwhile) measure the
+    /// path. Like BBR's ProbeRTT; it costs a few round trips at half the rate every
+    /// [`MIN_RTT_WINDOW`] on a busy connection.
     pub(crate) fn probing(&self) -> bool {
         self.inner.lock().probe.is_some()
     }

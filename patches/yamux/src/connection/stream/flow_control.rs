@@ -14,11 +14,29 @@ const MIN_UPDATE_STEP: u32 = 16 * 1024;
 const MAX_UPDATE_STEP: u32 = 64 * 1024;
 
 /// ncx: while the connection probes for its minimum round trip, every stream's sender is held to
-/// this much credit, below the bandwidth-delay product of any path a stream grows on: the queue of
-/// the connection's own bytes then drains even where the smallest window, [`DEFAULT_CREDIT`], is
-/// more than the path holds (on loopback 256 KiB is about half a millisecond of queue, which a
-/// probe at that window measured as path, and the windows grew by it).
+/// [`PROBE_SHARE`] of what the path holds at the stream's rate (its rate × the minimum round trip),
+/// and at least to this much credit: the queue of the connection's own bytes drains, and the
+/// stream keeps moving at about that share of its rate, so its reader keeps returning credit,
+/// which lets the window come back gradually after the probe (see [`RttProbe`]). The floor is
+/// below the bandwidth-delay product of any path a stream grows on, so the queue drains even
+/// where the smallest window, [`DEFAULT_CREDIT`], is more than the path holds (on loopback 256 KiB
+/// is about half a millisecond of queue, which a probe at that window measured as path, and the
+/// windows grew by it).
 const PROBE_WINDOW: u32 = 32 * 1024;
+const PROBE_SHARE: f64 = 0.5;
+
+/// ncx: where a stream is in the connection's probe for its minimum round trip. After a probe the
+/// sender's credit goes back from what the probe held it to the whole window over one round trip,
+/// not at once: returned in one step, it went out as one burst that queued at the slowest link,
+/// and a keystroke behind it took 143–172 ms at 100 ms (the others 102–117).
+#[derive(Debug, Clone, Copy)]
+enum RttProbe {
+    None,
+    /// The probe holds the sender to this much credit.
+    Holding(u32),
+    /// The probe ended: since when, and the credit it held the sender to.
+    Ramping { since: Instant, from: u32 },
+}
 
 /// ncx: the largest window one stream may get, whatever its rate and round-trip time (1 Gbit/s at
 /// 130 ms). The connection's budget bounds the sum over all streams.
@@ -111,6 +129,8 @@ pub(crate) struct Policy {
     last_consumed: u64,
     /// Round ends still to come whose rate a probe for the minimum round trip held down.
     held_rounds: u8,
+    /// The connection's probe for its minimum round trip, as this stream's credit saw it.
+    rtt_probe: RttProbe,
 }
 
 impl Policy {
@@ -134,6 +154,7 @@ impl Policy {
             last_progress: now,
             last_consumed: 0,
             held_rounds: 0,
+            rtt_probe: RttProbe::None,
         }
     }
 
@@ -252,6 +273,39 @@ impl Policy {
         }
     }
 
+    /// The credit the sender may hold while the connection probes for its minimum round trip:
+    /// [`PROBE_SHARE`] of the stream's bandwidth-delay product, at least [`PROBE_WINDOW`].
+    fn probe_cap(&self, min_rtt: Option<Duration>) -> u32 {
+        let bdp = min_rtt.map_or(0.0, |rtt| self.max_rate * rtt.as_secs_f64());
+        (bdp * PROBE_SHARE).clamp(PROBE_WINDOW as f64, u32::MAX as f64) as u32
+    }
+
+    /// The credit the sender may hold for a window of `max` while the connection does not probe:
+    /// `max`, except within one round trip after a probe, when it is what the probe held the
+    /// sender to plus the share of the rest that the time since the probe is of a round trip.
+    fn cap_after_probe(&mut self, now: Instant, max: u32, min_rtt: Option<Duration>) -> u32 {
+        match (self.rtt_probe, min_rtt) {
+            (RttProbe::Holding(from), Some(_)) => {
+                self.rtt_probe = RttProbe::Ramping { since: now, from };
+                cmp::min(from, max)
+            }
+            (RttProbe::Ramping { since, from }, Some(rtt)) => {
+                let share = now.duration_since(since).as_secs_f64() / rtt.as_secs_f64();
+                if share >= 1.0 {
+                    self.rtt_probe = RttProbe::None;
+                    max
+                } else {
+                    let back = (max.saturating_sub(from) as f64 * share) as u32;
+                    cmp::min(max, from.saturating_add(back))
+                }
+            }
+            _ => {
+                self.rtt_probe = RttProbe::None;
+                max
+            }
+        }
+    }
+
     /// How much consumed credit is collected before it is returned, for a window of `max`.
     fn step(&self, max: u32) -> u32 {
         let step = (self.max_rate * UPDATE_STEP_TIME).min(u32::MAX as f64) as u32;
@@ -340,7 +394,7 @@ impl FlowController {
             self.rtt.want_samples();
         }
         let target = if probing {
-            DEFAULT_CREDIT
+            cmp::max(DEFAULT_CREDIT, self.policy.probe_cap(min_rtt))
         } else {
             self.policy.target(min_rtt)
         };
@@ -376,14 +430,19 @@ impl FlowController {
             self.max_receive_window = new_max;
         }
 
-        // ncx: a probe for the minimum round trip holds the sender to `PROBE_WINDOW` without
-        // changing the window (credit granted before is used up, none is returned meanwhile).
+        // ncx: a probe for the minimum round trip holds the sender to `probe_cap` (credit
+        // granted before is used up first), and after it the credit comes back over one round
+        // trip (`cap_after_probe`).
+        let max = self.max_receive_window;
         let (cap, step) = if probing {
-            let cap = cmp::min(self.max_receive_window, PROBE_WINDOW);
+            let cap = cmp::min(max, self.policy.probe_cap(min_rtt));
+            self.policy.rtt_probe = RttProbe::Holding(cap);
             (cap, self.policy.step(cap))
         } else {
-            let max = self.max_receive_window;
-            (max, self.policy.step_in_force(max, min_rtt))
+            match self.policy.cap_after_probe(now, max, min_rtt) {
+                cap if cap < max => (cap, self.policy.step(cap)),
+                _ => (max, self.policy.step_in_force(max, min_rtt)),
+            }
         };
         let next_window_update = cap
             .saturating_sub(self.receive_window)
