@@ -86,22 +86,25 @@ pub async fn probe(opts: ProbeOptions) -> anyhow::Result<()> {
         });
     }
     let mut rtts = Vec::new();
-    let mut log = String::new();
+    // (formatted only when asked for)
+    let mut log = opts.rtt_log.as_ref().map(|_| String::new());
     if let Some(s) = ping.as_mut() {
         tokio::time::sleep_until(start + opts.warmup).await;
         while Instant::now() + opts.ping_interval < deadline {
             let at = start.elapsed();
             let rtt = echo(s).await.context("round trip under load")?;
-            log.push_str(&format!(
-                "{:.3} {:.2}\n",
-                at.as_secs_f64(),
-                rtt.as_secs_f64() * 1e3
-            ));
+            if let Some(log) = log.as_mut() {
+                log.push_str(&format!(
+                    "{:.3} {:.2}\n",
+                    at.as_secs_f64(),
+                    rtt.as_secs_f64() * 1e3
+                ));
+            }
             rtts.push(rtt);
             tokio::time::sleep(opts.ping_interval).await;
         }
     }
-    if let Some(path) = &opts.rtt_log {
+    if let (Some(path), Some(log)) = (&opts.rtt_log, log) {
         std::fs::write(path, log).with_context(|| format!("writing {}", path.display()))?;
     }
     let mut per_stream = Vec::new();

@@ -393,8 +393,9 @@ impl FlowController {
         if self.policy.observe(now, consumed, min_rtt, probing) {
             self.rtt.want_samples();
         }
+        let probe_cap = self.policy.probe_cap(min_rtt);
         let target = if probing {
-            cmp::max(DEFAULT_CREDIT, self.policy.probe_cap(min_rtt))
+            cmp::max(DEFAULT_CREDIT, probe_cap)
         } else {
             self.policy.target(min_rtt)
         };
@@ -435,7 +436,7 @@ impl FlowController {
         // trip (`cap_after_probe`).
         let max = self.max_receive_window;
         let (cap, step) = if probing {
-            let cap = cmp::min(max, self.policy.probe_cap(min_rtt));
+            let cap = cmp::min(max, probe_cap);
             self.policy.rtt_probe = RttProbe::Holding(cap);
             (cap, self.policy.step(cap))
         } else {
